@@ -1,0 +1,22 @@
+"""monitor: field bioacoustic monitoring with the Audio Spectrogram Transformer.
+
+Importing this package is cheap (no torch); heavy modules load on first use.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "run", "load_bundle"]
+
+
+def run(*args, **kwargs):
+    """Run the detector over an SD-card folder; see :func:`monitor.pipeline.run`."""
+    from monitor.pipeline import run as _run
+
+    return _run(*args, **kwargs)
+
+
+def load_bundle(*args, **kwargs):
+    """Load a model bundle by name or path; see :func:`monitor.model.bundle.load_bundle`."""
+    from monitor.model.bundle import load_bundle as _load
+
+    return _load(*args, **kwargs)
