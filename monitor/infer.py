@@ -1,0 +1,274 @@
+"""Batched inference with worker-process prefetch.
+
+Decoding and the front end run in worker processes (``workers > 0``) on chunks of a file's
+segments; the main process batches their features through the model(s). Results come back in
+task order whatever the worker count, and the last batch is zero-padded to ``batch_size`` so a
+segment's score never depends on which other segments shared its batch: runs with 0 or N
+workers, or resumed after an interruption, give bit-identical scores on CPU.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from monitor.config import Preprocess
+
+log = logging.getLogger(__name__)
+
+CHUNK_SAMPLES = 8_000_000  # decoded samples (frames x channels) a worker holds at once, ~32 MB float32
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """Segments ``[first, first + len(bounds))`` of one file, as frame ranges at the native rate."""
+
+    path: str
+    file: str
+    bounds: tuple[tuple[int, int, int], ...]  # (segment index, start_frame, end_frame)
+    sample_rate_hz: int
+    last: bool  # the file's final chunk
+
+
+@dataclass
+class ChunkResult:
+    file: str
+    index: np.ndarray  # (n,) segment indices
+    start_s: np.ndarray  # (n,)
+    end_s: np.ndarray  # (n,)
+    features: np.ndarray | None  # (n, target_frames, mel) float32; None on error
+    nonfinite: int = 0
+    error: str = ""
+    last: bool = False
+
+
+def plan_chunks(path: Path, file: str, n_frames: int, channels: int, sample_rate_hz: int,
+                pre: Preprocess, batch_size: int) -> list[ChunkTask]:
+    """Split one file's segment plan into chunks that bound worker memory."""
+    from monitor.audio import plan_segments
+
+    plan = plan_segments(n_frames, sample_rate_hz, pre.segment)
+    window_frames = max(1, int(round(pre.segment.window_s * sample_rate_hz)))
+    per_chunk = max(1, min(4 * batch_size, CHUNK_SAMPLES // (window_frames * max(1, channels))))
+    tasks = []
+    for k in range(0, len(plan), per_chunk):
+        part = tuple(tuple(int(v) for v in b) for b in plan[k:k + per_chunk])
+        tasks.append(ChunkTask(str(path), file, part, sample_rate_hz, last=k + per_chunk >= len(plan)))
+    return tasks
+
+
+def compute_chunk(task: ChunkTask, pre: Preprocess) -> ChunkResult:
+    """Decode a chunk's frames (seeking, never the whole file) and run the shared front end."""
+    import soundfile as sf
+
+    from monitor.frontend import features, prepare_wave
+
+    sr = task.sample_rate_hz
+    idx = np.array([b[0] for b in task.bounds], dtype=np.int64)
+    start_s = np.array([b[1] / sr for b in task.bounds])
+    end_s = np.array([b[2] / sr for b in task.bounds])
+    try:
+        waves, nonfinite = [], 0
+        with sf.SoundFile(task.path) as f:
+            lo, hi = task.bounds[0][1], max(b[2] for b in task.bounds)
+            f.seek(lo)
+            block = f.read(hi - lo, dtype="float32", always_2d=True)
+            if block.shape[0] < hi - lo:
+                log.debug("%s: expected %d frames, read %d", task.file, hi - lo, block.shape[0])
+            for _, a, b in task.bounds:
+                part = block[a - lo:b - lo]
+                if part.shape[0] == 0:
+                    raise ValueError(f"no audio data at {a / sr:.1f} s (file shorter than its header says)")
+                wave, bad = prepare_wave(part, sr, pre)
+                nonfinite += bad
+                waves.append(wave)
+        feats = features(waves, pre).numpy().astype(np.float32, copy=False)
+        return ChunkResult(task.file, idx, start_s, end_s, feats, nonfinite, last=task.last)
+    except Exception as exc:  # one bad file never stops the run
+        log.debug("chunk of %s failed", task.file, exc_info=True)
+        return ChunkResult(task.file, idx, start_s, end_s, None, error=_human(exc), last=task.last)
+
+
+def _human(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"could not decode audio: {text}"
+
+
+_WORKER_PRE: Preprocess | None = None
+
+
+def _worker_init(pre: Preprocess) -> None:
+    global _WORKER_PRE
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides how to stop
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER_PRE = pre
+
+
+def _worker_run(task: ChunkTask) -> ChunkResult:
+    assert _WORKER_PRE is not None
+    return compute_chunk(task, _WORKER_PRE)
+
+
+def prefetch(tasks: Iterable[ChunkTask], pre: Preprocess, workers: int) -> Iterator[ChunkResult]:
+    """Yield chunk results in task order; at most ``2 * workers`` chunks in flight (bounded memory)."""
+    if workers <= 0:
+        for t in tasks:
+            yield compute_chunk(t, pre)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # never fork a process that holds torch/OpenMP threads
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(pre,)) as pool:
+        pending: collections.deque = collections.deque()
+        it = iter(tasks)
+        for t in it:
+            pending.append(pool.apply_async(_worker_run, (t,)))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            res = pending.popleft().get()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.apply_async(_worker_run, (nxt,)))
+            yield res
+
+
+def pick_device(device: str) -> str:
+    """``auto`` -> cuda, then mps, then cpu."""
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def prepare_models(bundles: Sequence, device: str, precision: str) -> tuple[list, str]:
+    """Build each bundle's model for ``device``; returns (models, resolved precision)."""
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "fp32"
+    models = []
+    for b in bundles:
+        m = b.build_model(device="cpu")
+        if precision == "int8":
+            if device != "cpu":
+                from monitor.errors import MonitorError
+
+                raise MonitorError("--precision int8 runs on the CPU only; use --device cpu or --precision bf16")
+            from torch.ao.quantization import quantize_dynamic
+
+            m = quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
+        models.append(m.to(device).eval())
+    return models, precision
+
+
+class Scorer:
+    """Batches features through an ensemble; scores are the mean of the members' probabilities."""
+
+    def __init__(self, bundles: Sequence, models: Sequence, device: str, precision: str, batch_size: int):
+        self.bundles, self.models = list(bundles), list(models)
+        self.device, self.precision, self.batch_size = device, precision, int(batch_size)
+
+    def __call__(self, feats: np.ndarray) -> np.ndarray:
+        """``feats`` (n <= batch_size, T, F) -> scores (n, labels); input zero-padded to batch_size."""
+        import torch
+
+        n = feats.shape[0]
+        x = torch.zeros((self.batch_size, *feats.shape[1:]), dtype=torch.float32)
+        x[:n] = torch.from_numpy(feats)
+        x = x.to(self.device)
+        out = None
+        with torch.inference_mode():
+            for b, m in zip(self.bundles, self.models):
+                if self.precision == "bf16" and self.device == "cuda":
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        logits = m(x)
+                else:
+                    logits = m(x)
+                p = b.scores(logits.float())[:n].cpu().numpy().astype(np.float64)
+                out = p if out is None else out + p
+        return (out / len(self.models)).astype(np.float32)
+
+
+@dataclass
+class _FileAcc:
+    index: list = field(default_factory=list)
+    start_s: list = field(default_factory=list)
+    end_s: list = field(default_factory=list)
+    scores: list = field(default_factory=list)
+    nonfinite: int = 0
+    error: str = ""
+
+
+def score_chunks(results: Iterable[ChunkResult], scorer: Scorer,
+                 on_file_done: Callable[[str, _FileAcc], None],
+                 on_segments: Callable[[int], None] | None = None) -> None:
+    """Batch chunk features through ``scorer``; call ``on_file_done(file, acc)`` in file order."""
+    accs: dict[str, _FileAcc] = {}
+    order: collections.deque = collections.deque()  # files in arrival order
+    finished: set[str] = set()
+    buf_feats: list[np.ndarray] = []
+    buf_owner: list[tuple[str, int]] = []  # (file, row in chunk-concatenated acc)
+    buf_n = 0
+
+    def flush(force: bool = False) -> None:
+        nonlocal buf_feats, buf_owner, buf_n
+        while buf_n >= scorer.batch_size or (force and buf_n):
+            allf = np.concatenate(buf_feats, axis=0)
+            take = min(scorer.batch_size, buf_n)
+            scores = scorer(allf[:take])
+            for (file, _), s in zip(buf_owner[:take], scores):
+                if file in accs:  # a file that failed part-way was already reported
+                    accs[file].scores.append(s)
+            rest = allf[take:]
+            buf_feats, buf_owner, buf_n = ([rest] if len(rest) else []), buf_owner[take:], buf_n - take
+            if on_segments:
+                on_segments(take)
+        emit()
+
+    def emit() -> None:
+        while order and order[0] in finished:
+            f = order[0]
+            acc = accs[f]
+            if acc.error or len(acc.scores) == len(acc.index):
+                order.popleft()
+                on_file_done(f, accs.pop(f))
+            else:
+                break
+
+    for r in results:
+        if r.file not in accs:
+            accs[r.file] = _FileAcc()
+            order.append(r.file)
+        acc = accs[r.file]
+        if r.error or acc.error:
+            acc.error = acc.error or r.error
+        else:
+            acc.index.extend(r.index.tolist())
+            acc.start_s.extend(r.start_s.tolist())
+            acc.end_s.extend(r.end_s.tolist())
+            acc.nonfinite += r.nonfinite
+            buf_feats.append(r.features)
+            buf_owner.extend((r.file, i) for i in range(len(r.index)))
+            buf_n += len(r.index)
+        if r.last:
+            finished.add(r.file)
+        flush()
+    flush(force=True)
+    emit()
