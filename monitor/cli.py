@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """One line per message on the terminal: tracebacks go only to the log file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        return super().format(record)
+
+
 def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
     """Configure the root logger once: terse on stderr, full detail in ``log_file`` if given."""
     root = logging.getLogger()
@@ -107,7 +115,7 @@ def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
         root.removeHandler(h)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG)
-    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    console.setFormatter(_ConsoleFormatter("%(levelname)s: %(message)s"))
     root.addHandler(console)
     if log_file is not None:
         add_log_file(log_file)

@@ -147,10 +147,11 @@ def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size
     for s in found.skipped:
         store.put_file(FileKey(s.rel, 0, 0, model_hash), s.status, s.reason, {})
 
-    todo, total_segments, total_audio_s = [], 0, 0.0
+    todo, total_segments, total_audio_s, resumed = [], 0, 0.0, 0
     for f in found.recordings:
         key = FileKey(f.rel, f.size, f.mtime_ns, model_hash)
         if store.is_done(key):
+            resumed += 1
             continue
         meta = read_metadata(f.path, f.rel).to_row()
         try:
@@ -176,8 +177,7 @@ def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size
     scorer = Scorer(bundles, nets, dev, prec, batch_size)
     by_file = {f.rel: (key, meta) for f, key, meta, _ in todo}
     stats = {"done": 0, "segments": 0, "device": dev, "precision": prec, "workers": workers,
-             "audio_s": total_audio_s, "found": len(found.recordings) + len(found.skipped), "resumed":
-             len(found.recordings) - len(todo)}
+             "audio_s": total_audio_s, "found": len(found.recordings) + len(found.skipped), "resumed": resumed}
     stop = {"flag": False}
 
     def tasks():
@@ -358,8 +358,8 @@ def run_cli(args) -> int:
                    precision=args.precision, command=command)
     except MonitorError:
         raise
-    except Exception as exc:  # unexpected: full detail to the log, one line to the user
-        log.exception("run failed")
+    except Exception as exc:  # unexpected: full detail to the log file, one line to the user
+        log.debug("run failed", exc_info=True)
         raise MonitorError(f"unexpected error: {exc} (details in {dst / 'monitor.log'})") from None
     c = info["counts"]
     print(f"monitor: {c['found']} files: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed; "

@@ -1,0 +1,214 @@
+"""Streaming decode and the signal stages, as pure functions on arrays.
+
+``stream_segments`` reads a file with soundfile in blocks (never the whole file) and yields
+``Segment``s in true time order. ``to_mono``, ``sanitize``, ``resample`` and ``bandpass`` are pure
+functions on ``(samples,)`` / ``(samples, channels)`` float arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from monitor.config import SegmentConfig
+
+log = logging.getLogger(__name__)
+
+
+class AudioError(Exception):
+    """A per-file decoding problem; the message is a reason a field biologist understands."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate_hz: int
+    channels: int
+    frames: int
+    duration_s: float
+    format: str
+    subtype: str
+
+
+@dataclass
+class Segment:
+    """One analysis window. ``samples`` (n,) float32 mono at the native rate; the final partial
+    segment is shorter than the window (the feature step pads it)."""
+
+    file: str
+    index: int
+    start_s: float
+    end_s: float
+    samples: np.ndarray
+    sample_rate_hz: int
+    nonfinite: int = 0
+
+
+def probe(path: Path | str) -> AudioInfo:
+    """Header facts via soundfile, without decoding audio. Raises ``AudioError`` with a human reason."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except sf.LibsndfileError as exc:
+        raise AudioError(f"not a readable audio file ({_sf_reason(exc)})") from None
+    except (OSError, RuntimeError) as exc:
+        raise AudioError(f"could not open the file ({getattr(exc, 'strerror', None) or exc})") from None
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise AudioError(f"invalid header (sample rate {info.samplerate} Hz, {info.channels} channels)")
+    return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames),
+                     info.frames / info.samplerate, str(info.format), str(info.subtype))
+
+
+def _sf_reason(exc: Exception) -> str:
+    text = str(exc)
+    return text.split(": ", 1)[-1].strip() if ": " in text else text
+
+
+def plan_segments(n_frames: int, sample_rate_hz: int, cfg: SegmentConfig) -> list[tuple[int, int, int]]:
+    """``(index, start_frame, end_frame)`` of every segment, exact in integer frames.
+
+    Windows of ``window_s`` start every ``hop_s``; a final partial window is kept when it holds at
+    least ``min_segment_s`` of audio. Start frames are ``round(k * hop_s * sr)``, so no drift
+    accumulates over long files.
+    """
+    if n_frames <= 0 or sample_rate_hz <= 0:
+        return []
+    win = max(1, int(round(cfg.window_s * sample_rate_hz)))
+    min_frames = max(1, int(np.ceil(cfg.min_segment_s * sample_rate_hz - 1e-9)))
+    hop = Fraction(cfg.hop_s).limit_denominator(10**6) * sample_rate_hz
+    out = []
+    k = 0
+    while True:
+        start = int(round(k * hop))
+        if start >= n_frames:
+            break
+        end = min(start + win, n_frames)
+        if end - start < min_frames:
+            break
+        out.append((k, start, end))
+        if end == n_frames:
+            break
+        k += 1
+    return out
+
+
+def too_short(info: AudioInfo, cfg: SegmentConfig) -> bool:
+    """True when the file yields no segment (shorter than ``min_segment_s``)."""
+    return not plan_segments(info.frames, info.sample_rate_hz, cfg)
+
+
+def stream_segments(path: Path | str, cfg: SegmentConfig, rel: str | None = None) -> Iterator[Segment]:
+    """Yield the file's segments in time order, reading ``block_s`` of audio at a time.
+
+    Memory is bounded by one block plus one window, whatever the file's length. Overlapping
+    windows (hop < window) and gaps (hop > window) are both handled.
+    """
+    import soundfile as sf
+
+    rel = rel if rel is not None else Path(path).name
+    try:
+        f = sf.SoundFile(str(path))
+    except sf.LibsndfileError as exc:
+        raise AudioError(f"not a readable audio file ({_sf_reason(exc)})") from None
+    with f:
+        sr = int(f.samplerate)
+        plan = plan_segments(int(f.frames), sr, cfg)
+        block = max(int(cfg.block_s * sr), 1)
+        buf = np.zeros(0, dtype=np.float32)
+        buf_start = 0  # frame index of buf[0]
+        pos = 0  # frames read so far
+        for k, start, end in plan:
+            if start > pos:  # gap between windows: skip without decoding
+                f.seek(start)
+                pos = start
+                buf, buf_start = np.zeros(0, np.float32), start
+            elif start > buf_start:
+                buf = buf[start - buf_start:]
+                buf_start = start
+            while pos < end:
+                chunk = f.read(block, dtype="float32", always_2d=True)
+                if len(chunk) == 0:
+                    break
+                buf = np.concatenate([buf, to_mono(chunk)])
+                pos += len(chunk)
+            x = buf[: end - start]
+            if len(x) == 0:
+                return
+            x, bad = sanitize(x)
+            yield Segment(rel, k, start / sr, (start + len(x)) / sr, x, sr, bad)
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """(n,) or (n, channels) -> (n,) float32, the mean of the channels."""
+    x = np.asarray(x)
+    if x.ndim == 1:
+        return x.astype(np.float32, copy=False)
+    if x.shape[1] == 1:
+        return x[:, 0].astype(np.float32, copy=False)
+    return x.mean(axis=1, dtype=np.float32)
+
+
+def sanitize(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Replace NaN/Inf with 0; returns (clean array, number replaced). Never propagates non-finite."""
+    bad = ~np.isfinite(x)
+    n = int(bad.sum())
+    if n:
+        x = np.where(bad, 0.0, x).astype(x.dtype, copy=False)
+    return x, n
+
+
+def resample(x: np.ndarray, sr_in_hz: int, sr_out_hz: int = 16000, method: str = "poly") -> np.ndarray:
+    """Anti-aliased polyphase resampling along axis 0 (``scipy.signal.resample_poly``, or soxr).
+
+    Handles any integer rates (8 kHz to 384 kHz, 22 050, 312 500 ...): up/down are reduced by their gcd.
+    """
+    if sr_in_hz == sr_out_hz:
+        return np.asarray(x, dtype=np.float32)
+    if method == "soxr":
+        import soxr
+
+        return soxr.resample(np.asarray(x, dtype=np.float32), sr_in_hz, sr_out_hz, quality="HQ").astype(np.float32)
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(int(sr_in_hz), int(sr_out_hz))
+    up, down = sr_out_hz // g, sr_in_hz // g
+    return resample_poly(np.asarray(x, dtype=np.float32), up, down, axis=0).astype(np.float32, copy=False)
+
+
+def _sos(sr_hz: int, low_hz: float | None, high_hz: float | None, order: int):
+    from scipy.signal import butter
+
+    nyq = sr_hz / 2.0
+    lo = low_hz if low_hz is not None and low_hz > 0 else None
+    hi = high_hz if high_hz is not None and high_hz < nyq else None
+    if lo is not None and lo >= nyq:
+        raise ValueError(f"band low edge {lo} Hz is at or above Nyquist ({nyq} Hz)")
+    if lo is None and hi is None:
+        return None
+    if lo is not None and hi is not None:
+        return butter(order, [lo, hi], btype="bandpass", fs=sr_hz, output="sos")
+    if lo is not None:
+        return butter(order, lo, btype="highpass", fs=sr_hz, output="sos")
+    return butter(order, hi, btype="lowpass", fs=sr_hz, output="sos")
+
+
+def bandpass(x: np.ndarray, sr_hz: int, low_hz: float | None, high_hz: float | None, order: int = 6) -> np.ndarray:
+    """Zero-phase Butterworth band/low/high-pass (SOS, ``sosfiltfilt``) along axis 0.
+
+    ``None`` (or 0 for the low edge, or >= Nyquist for the high edge) turns an edge off; both off
+    returns ``x`` unchanged. Zero phase doubles the attenuation in dB (the filter runs twice).
+    """
+    from scipy.signal import sosfiltfilt
+
+    sos = _sos(int(sr_hz), low_hz, high_hz, int(order))
+    if sos is None or len(x) == 0:
+        return np.asarray(x, dtype=np.float32)
+    padlen = min(3 * (2 * len(sos) + 1), max(0, len(x) - 1))
+    return sosfiltfilt(sos, np.asarray(x, dtype=np.float64), axis=0, padlen=padlen).astype(np.float32)

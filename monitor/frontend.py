@@ -1,0 +1,59 @@
+"""The one front end that training and inference both call, so they can never preprocess differently.
+
+Order of operations, per segment or training clip (see ARCHITECTURE.md):
+
+1. mix to mono; 2. replace non-finite samples with 0 (counted); 3. resample to 16 kHz (polyphase,
+anti-aliased); 4. band-limit at 16 kHz with a zero-phase Butterworth: after resampling, because the
+band of interest lies below 8 kHz, filtering 16 kHz audio is cheaper and better conditioned than at
+the recorder's rate (up to 384 kHz), and any edge at or above 8 kHz is already enforced by the
+resampler's anti-aliasing filter; 5. subtract the waveform mean (official AST), Kaldi fbank;
+6. pad with zero frames or crop to ``target_frames``; normalise ``(x - mean) / (2 * std)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from monitor.config import Preprocess
+
+
+def prepare_wave(samples: np.ndarray, sample_rate_hz: int, pre: Preprocess) -> tuple[np.ndarray, int]:
+    """(n,) or (n, channels) audio at its native rate -> ((m,) float32 16 kHz band-limited, n_nonfinite)."""
+    from monitor.audio import bandpass, resample, sanitize, to_mono
+
+    x, bad = sanitize(to_mono(samples))
+    x = resample(x, int(sample_rate_hz), pre.resample.sample_rate_hz, pre.resample.method)
+    x = bandpass(x, pre.resample.sample_rate_hz, pre.band.low_hz, pre.band.high_hz, pre.band.order)
+    return x, bad
+
+
+def features(waves: Sequence[np.ndarray], pre: Preprocess, normalize: bool = True):
+    """16 kHz waves -> ``(batch, target_frames, num_mel_bins)`` float32 features.
+
+    Equal-length waves share one batched fbank call; others are computed one by one.
+    """
+    import torch
+
+    from monitor.features import fbank, normalize as norm, pad_or_crop, remove_mean
+
+    fb = pre.fbank
+    sr = pre.resample.sample_rate_hz
+    out = torch.zeros((len(waves), fb.target_frames, fb.num_mel_bins), dtype=torch.float32)
+    groups: dict[int, list[int]] = {}
+    for i, w in enumerate(waves):
+        groups.setdefault(len(w), []).append(i)
+    for _, idx in groups.items():
+        batch = np.stack([np.asarray(waves[i], dtype=np.float32) for i in idx])
+        if fb.remove_wave_mean:
+            batch = remove_mean(batch)
+        f = fbank(torch.from_numpy(batch), sr, fb.num_mel_bins, fb.frame_length_ms, fb.frame_shift_ms)
+        out[idx] = pad_or_crop(f, fb.target_frames)
+    return norm(out, fb.norm_mean, fb.norm_std) if normalize else out
+
+
+def segment_features(samples: np.ndarray, sample_rate_hz: int, pre: Preprocess, normalize: bool = True):
+    """One clip at its native rate -> ``(target_frames, num_mel_bins)`` features."""
+    wave, _ = prepare_wave(samples, sample_rate_hz, pre)
+    return features([wave], pre, normalize)[0]

@@ -1,0 +1,56 @@
+"""``monitor metadata [--json] PATH...``: what each file's header, comment, GUANO and name say."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from monitor.errors import MonitorError
+
+TABLE = ["file", "recorder", "device_id", "firmware", "start_time", "temperature_c", "battery_v", "gain",
+         "sample_rate_hz", "duration_s", "stop_reason"]
+
+
+def _files(paths: list[Path]) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    from monitor.discover import discover
+
+    files, skipped = [], []
+    for p in paths:
+        if p.is_dir():
+            d = discover(p)
+            files += [(f.path, f.rel) for f in d.recordings]
+            skipped += [(s.rel, s.reason) for s in d.skipped]
+        elif p.is_file():
+            files.append((p, p.name))
+        else:
+            raise MonitorError(f"no such file or folder: {p}")
+    return files, skipped
+
+
+def metadata_command(paths: list[Path], as_json: bool = False) -> int:
+    from monitor.metadata import read_metadata
+
+    files, skipped = _files(paths)
+    rows = []
+    for path, rel in files:
+        rec = read_metadata(path, rel)
+        row = {"file": rel, **rec.to_row()}
+        row["warnings"] = rec.warnings
+        if as_json:
+            print(json.dumps(row, ensure_ascii=False, default=str))
+        else:
+            rows.append(row)
+    if as_json:
+        return 0
+    fmt = {c: (lambda v: "" if v is None else f"{v:g}" if isinstance(v, float) else str(v)) for c in TABLE}
+    cells = [[fmt[c](r.get(c)) for c in TABLE] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(TABLE)]
+    print("  ".join(c.ljust(w) for c, w in zip(TABLE, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    for r in rows:
+        for w in r["warnings"]:
+            print(f"warning: {r['file']}: {w}")
+    for rel, reason in skipped:
+        print(f"skipped: {rel}: {reason}")
+    return 0

@@ -1,0 +1,284 @@
+"""Typed training recipe: flat sections, defaults = product defaults, unknown keys fail.
+
+A recipe YAML holds only what differs from these defaults. Top-level sections are the training
+ones below plus the front end's ``segment``, ``band``, ``resample`` and ``fbank`` (the very
+``Preprocess`` that the exported bundle carries). Paths in a YAML file are relative to its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monitor.config import (BandConfig, ConfigError, FbankConfig, Preprocess, ResampleConfig, SegmentConfig,
+                            from_dict, load_yaml)
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("folders", "annotations", "manifest", "report")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where labelled audio comes from (``source``) and how it is cut into segments."""
+
+    source: str = "folders"  # folders | annotations | manifest | report
+    root: str | None = None  # folders: data/<label>/*; annotations/report: the recordings' folder
+    labels: list[str] | None = None  # label order; default: sorted names found
+    negative_class: str | None = None  # folders: this folder's segments carry no label (multilabel)
+    exclude: list[str] = field(default_factory=list)  # folder names to ignore (e.g. _background_noise_)
+    annotations: str | None = None  # a Raven/Audacity/CSV table or a folder of them
+    min_overlap_s: float = 0.5  # an annotation labels a window it overlaps by this much ...
+    min_overlap_frac: float = 0.5  # ... or by this fraction of the annotation's own length
+    unannotated_negative: bool = True  # windows that no annotation touches become negatives
+    manifest: str | None = None  # official AST JSON manifest {"data": [{"wav", "labels"}]}
+    val_manifest: str | None = None  # optional: a fixed validation manifest (no split of the train one)
+    label_csv: str | None = None  # class_labels_indices.csv (index,mid,display_name)
+    report: str | None = None  # a reviewed report.xlsx: Verified yes/no rows
+    group_regex: str | None = None  # group = first match group on the relative path (default: the file)
+    max_per_label: int | None = None  # cap segments per label (quick experiments, tests)
+    norm_stats: str = "train"  # train: mean/std from the training split; config: fbank.norm_mean/std
+    cache_dir: str | None = None  # on-disk fbank cache (off when null)
+    num_workers: int = 0  # DataLoader workers
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"data.source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.norm_stats not in ("train", "config"):
+            raise ConfigError(f"data.norm_stats must be 'train' or 'config', got {self.norm_stats!r}")
+        if self.min_overlap_s < 0 or not 0 <= self.min_overlap_frac <= 1:
+            raise ConfigError("data.min_overlap_s must be >= 0 and data.min_overlap_frac in 0..1")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Grouped, stratified, seeded split; segments of one group never share two splits."""
+
+    val_fraction: float = 0.2
+    seed: int = 0
+    val_files: str | None = None  # a text file of relative paths forming the validation split
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"split.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and initialisation."""
+
+    size: str = "base384"
+    depth: int | None = None
+    fstride: int = 10
+    tstride: int = 10
+    init: str = "audioset"  # audioset | hf | imagenet | scratch | bundle
+    checkpoint: str | None = None  # audioset: pull name or .pth; hf: folder; imagenet: weights file; bundle: path
+    drop_path_rate: float = 0.0
+    freeze: str = "full"  # full | head | last_n
+    train_last_n: int = 2  # blocks trained with freeze: last_n
+
+    def __post_init__(self) -> None:
+        if self.init not in ("audioset", "hf", "imagenet", "scratch", "bundle"):
+            raise ConfigError(f"model.init must be audioset, hf, imagenet, scratch or bundle, got {self.init!r}")
+        if self.freeze not in ("full", "head", "last_n"):
+            raise ConfigError(f"model.freeze must be full, head or last_n, got {self.freeze!r}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-only augmentation (see ``augment.py`` for the order)."""
+
+    freqm: int = 0  # SpecAugment: max mel bins masked
+    timem: int = 0  # SpecAugment: max frames masked
+    mixup: float = 0.0  # fraction of samples mixed with another
+    mixup_alpha: float = 10.0  # Beta(alpha, alpha)
+    noise: bool = False  # official: + U(0,1) * U(0,1) * noise_scale, then a random roll in time
+    noise_scale: float = 0.1
+    time_shift_frames: int = 10  # roll by up to this many frames (with noise, as the official recipe)
+    gain_db: float = 0.0  # random gain in [-gain_db, +gain_db]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "adamw"  # adam | adamw
+    lr: float = 1e-5
+    weight_decay: float = 5e-7
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
+    head_lr_mult: float = 1.0
+    warmup_steps: int = 0
+    scheduler: str = "multistep"  # multistep | cosine | constant
+    lr_decay_start_epoch: int = 2  # multistep: the first epoch (0-based) at lr * decay
+    lr_decay_every: int = 1
+    lr_decay: float = 0.5
+    min_lr_frac: float = 0.0  # cosine floor as a fraction of the base LR
+    epochs: int = 10
+    batch_size: int = 12
+    accum_steps: int = 1
+    grad_clip: float | None = None
+    amp: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | bf16 | fp16 | off
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"optim.optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.scheduler not in ("multistep", "cosine", "constant"):
+            raise ConfigError(f"optim.scheduler must be multistep, cosine or constant, got {self.scheduler!r}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"optim.amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.accum_steps < 1:
+            raise ConfigError("optim.epochs, optim.batch_size and optim.accum_steps must be >= 1")
+        if len(self.betas) != 2:
+            raise ConfigError("optim.betas must be two numbers")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """``bce`` = multilabel task, ``ce`` = multiclass; class-balanced sampling as official gen_weight_file."""
+
+    kind: str = "bce"  # bce | ce
+    label_smoothing: float = 0.0
+    focal_gamma: float = 0.0  # > 0: focal BCE
+    balanced_sampling: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("bce", "ce"):
+            raise ConfigError(f"loss.kind must be bce or ce, got {self.kind!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("loss.label_smoothing must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    metric: str = "mAP"  # mAP | mAUC | d_prime | accuracy | val_loss | macro_f1
+    patience: int | None = None  # early stopping (epochs without improvement)
+    threshold: float = 0.5  # for per-label P/R/F1 during training
+    average_from_epoch: int | None = None  # checkpoint averaging over epochs [from, to] (1-based, official wa)
+    average_to_epoch: int | None = None
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("mAP", "mAUC", "d_prime", "accuracy", "val_loss", "macro_f1"):
+            raise ConfigError(f"eval.metric {self.metric!r} is not one of mAP, mAUC, d_prime, accuracy, "
+                              "val_loss, macro_f1")
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    method: str = "f1"  # f1 (max F1) | precision (lowest threshold reaching `precision`) | fixed
+    precision: float = 0.9
+    default: float = 0.5  # labels that cannot be calibrated (no positives in validation)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("f1", "precision", "fixed"):
+            raise ConfigError(f"calibrate.method must be f1, precision or fixed, got {self.method!r}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    name: str | None = None  # default: the config file's stem
+    version: str = "1.0.0"
+    weights: str = "auto"  # auto (averaged if configured, else best) | best | last | averaged
+    fp16: bool = False
+    intended_use: str = "Research and monitoring; verify detections before drawing conclusions."
+    plots: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    band: BandConfig = field(default_factory=BandConfig)
+    resample: ResampleConfig = field(default_factory=ResampleConfig)
+    fbank: FbankConfig = field(default_factory=FbankConfig)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.segment, self.band, self.resample, self.fbank)
+
+    @property
+    def task(self) -> str:
+        return "multiclass" if self.loss.kind == "ce" else "multilabel"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PATH_KEYS = {"data": ("root", "annotations", "manifest", "val_manifest", "label_csv", "report", "cache_dir"),
+             "split": ("val_files",), "model": ("checkpoint",)}
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make relative path values absolute against ``base`` (pull names like audioset-10-10 stay as they are)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for section, keys in PATH_KEYS.items():
+        sec = out.get(section)
+        if not isinstance(sec, dict):
+            continue
+        for key in keys:
+            val = sec.get(key)
+            if isinstance(val, str) and val and not Path(val).expanduser().is_absolute():
+                cand = (base / val).resolve()
+                if section == "model" and not cand.exists() and "/" not in val and "\\" not in val:
+                    continue  # a name to pull, not a path
+                sec[key] = str(cand)
+            elif isinstance(val, str):
+                sec[key] = str(Path(val).expanduser())
+    return out
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` (value in YAML syntax) -> (section, key, value)."""
+    import yaml
+
+    lhs, sep, rhs = text.partition("=")
+    section, dot, key = lhs.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(rhs) if rhs.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {lhs}: {rhs!r} is not a YAML value") from None
+    return section, key, value
+
+
+def build_config(raw: dict[str, Any], base_dir: Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """A ``TrainConfig`` from a section mapping; paths relative to ``base_dir``, ``--set`` ones to the cwd."""
+    raw = _resolve_paths(raw or {}, Path(base_dir or ".").resolve())
+    extra: dict[str, Any] = {}
+    for text in overrides or []:
+        section, key, value = parse_override(text)
+        extra.setdefault(section, {})[key] = value
+    extra = _resolve_paths(extra, Path.cwd())
+    for section, values in extra.items():
+        if section not in raw or raw[section] is None:
+            raw[section] = {}
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"section '{section}' must be a mapping")
+        raw[section].update(values)
+    return from_dict(TrainConfig, raw, "")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a recipe YAML (only what differs from defaults; unknown keys fail naming the key)."""
+    path = Path(path)
+    return build_config(load_yaml(path), path.parent, overrides)
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The fully resolved config as YAML (saved with every run)."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,482 @@
+"""Data sources -> one labelled-segment table: ``file, start_s, end_s, labels, group``.
+
+``file`` is an absolute path, ``labels`` a tuple of label names (empty = a negative), ``group`` the
+unit that splits keep together (the recording, or what ``data.group_regex`` extracts from its
+relative path: device, site, day). Every source cuts audio into the same ``segment`` windows as
+``monitor run``, so a training segment is exactly an inference segment.
+
+Sources: folder per class; Raven / Audacity / CSV annotation tables over long recordings; the
+official AST JSON manifest with ``class_labels_indices.csv``; the Verified column of a reviewed
+``report.xlsx``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from monitor.config import ConfigError, SegmentConfig
+from monitor.errors import MonitorError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["file", "start_s", "end_s", "labels", "group"]
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One labelled interval of a recording (seconds from the file start)."""
+
+    start_s: float
+    end_s: float
+    label: str
+
+
+def _audio_ext() -> frozenset[str]:
+    from monitor.discover import AUDIO_EXTENSIONS
+
+    return AUDIO_EXTENSIONS
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    ext = _audio_ext()
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in ext and not p.name.startswith("."))
+
+
+def make_table(rows: Iterable[dict[str, Any]]):
+    """A pandas DataFrame with the table columns (labels as tuples)."""
+    import pandas as pd
+
+    df = pd.DataFrame(list(rows), columns=COLUMNS)
+    df["labels"] = [tuple(x) for x in df["labels"]]
+    return df.reset_index(drop=True)
+
+
+def group_of(rel: str, group_regex: str | None) -> str:
+    """The split group of a file: the relative path, or the first match group of ``group_regex`` on it."""
+    if not group_regex:
+        return rel
+    m = re.search(group_regex, rel)
+    if not m:
+        return rel
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def windows(duration_s: float, sample_rate_hz: int, n_frames: int, seg: SegmentConfig,
+            offset_s: float = 0.0) -> list[tuple[float, float]]:
+    """``(start_s, end_s)`` of the inference segments of a region (``plan_segments``, exact in frames)."""
+    from monitor.audio import plan_segments
+
+    base = int(round(offset_s * sample_rate_hz))
+    return [((base + a) / sample_rate_hz, (base + b) / sample_rate_hz)
+            for _, a, b in plan_segments(n_frames, sample_rate_hz, seg)]
+
+
+def _probe(path: Path):
+    from monitor.audio import AudioError, probe
+
+    try:
+        return probe(path)
+    except AudioError as exc:
+        log.warning("skipping %s: %s", path, exc)
+        return None
+
+
+# --- folder per class --------------------------------------------------------------------------------
+
+def from_folders(root: Path, seg: SegmentConfig, labels: list[str] | None = None, negative_class: str | None = None,
+                 exclude: Iterable[str] = (), group_regex: str | None = None, multiclass: bool = False):
+    """``root/<label>/**/*.wav`` -> every file cut into inference segments labelled by its folder.
+
+    ``negative_class``: that folder's segments carry no label (multilabel background); in a
+    multiclass task it stays a class of its own. Returns (table, labels).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MonitorError(f"data.root {root} is not a folder; point it at data/<label>/ folders")
+    skip = set(exclude)
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in skip and not d.name.startswith("."))
+    if labels is None:
+        labels = [f for f in folders if multiclass or f != negative_class]
+    missing = [x for x in labels if x not in folders]
+    if missing:
+        raise MonitorError(f"no folder for label(s) {', '.join(missing)} under {root}")
+    use = [f for f in folders if f in labels or f == negative_class]
+    rows = []
+    for name in use:
+        tag: tuple[str, ...] = () if (name == negative_class and not multiclass) else (name,)
+        for p in _audio_files(root / name):
+            info = _probe(p)
+            if info is None:
+                continue
+            rel = p.relative_to(root).as_posix()
+            for a, b in windows(info.duration_s, info.sample_rate_hz, info.frames, seg):
+                rows.append(dict(file=str(p), start_s=a, end_s=b, labels=tag, group=group_of(rel, group_regex)))
+    if not rows:
+        raise MonitorError(f"no readable audio found under {root}/<label>/")
+    return make_table(rows), list(labels)
+
+
+# --- annotation tables -------------------------------------------------------------------------------
+
+_RAVEN_LABEL_COLS = ("species", "label", "annotation", "class", "sound type", "common name", "code")
+
+
+def read_raven(path: Path) -> tuple[list[Annotation], str | None]:
+    """A Raven selection table (tab-separated, header row). Returns (annotations, recording named inside)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    if not rows:
+        return [], None
+    cols = {c.strip().lower(): c for c in rows[0].keys() if c}
+    try:
+        b, e = cols["begin time (s)"], cols["end time (s)"]
+    except KeyError:
+        raise MonitorError(f"{path}: not a Raven selection table (no 'Begin Time (s)' / 'End Time (s)' columns)") from None
+    lab = next((cols[c] for c in _RAVEN_LABEL_COLS if c in cols), None)
+    if lab is None:
+        raise MonitorError(f"{path}: no label column (one of {', '.join(_RAVEN_LABEL_COLS)})")
+    view = cols.get("view")
+    ann, rec = [], None
+    for r in rows:
+        if view and r.get(view) and "spectrogram" not in r[view].lower():
+            continue  # Raven writes a Waveform and a Spectrogram row per selection
+        ann.append(Annotation(float(r[b]), float(r[e]), r[lab].strip()))
+        for key in ("begin file", "begin path"):
+            if key in cols and r.get(cols[key]):
+                rec = Path(r[cols[key]].replace("\\", "/")).name
+    return ann, rec
+
+
+def read_audacity(path: Path) -> list[Annotation]:
+    """An Audacity label file: ``start<TAB>end<TAB>label`` lines (``\\`` lines hold frequencies)."""
+    ann = []
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        if not line.strip() or line.startswith("\\"):
+            continue
+        parts = line.split("\t")
+        if len(parts) < 3:
+            raise MonitorError(f"{path}: not an Audacity label file (line {line!r})")
+        ann.append(Annotation(float(parts[0]), float(parts[1]), parts[2].strip()))
+    return ann
+
+
+def read_csv_annotations(path: Path) -> dict[str, list[Annotation]]:
+    """CSV ``file,start_s,end_s,label`` -> {file: annotations}."""
+    out: dict[str, list[Annotation]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        need = {"file", "start_s", "end_s", "label"}
+        if not need <= set(reader.fieldnames or []):
+            raise MonitorError(f"{path}: an annotation CSV needs columns file,start_s,end_s,label")
+        for r in reader:
+            out.setdefault(r["file"], []).append(Annotation(float(r["start_s"]), float(r["end_s"]), r["label"].strip()))
+    return out
+
+
+def _kind(path: Path) -> str:
+    if path.suffix.lower() == ".csv":
+        return "csv"
+    head = path.read_text(encoding="utf-8-sig", errors="replace").split("\n", 1)[0]
+    return "raven" if "Begin Time (s)" in head else "audacity"
+
+
+def _find_audio(root: Path, stem_or_name: str, index: dict[str, list[Path]]) -> Path | None:
+    cand = root / stem_or_name
+    if cand.is_file():
+        return cand
+    hits = index.get(stem_or_name) or index.get(Path(stem_or_name).stem)
+    if hits and len(hits) > 1:
+        log.warning("%s matches several recordings; using %s", stem_or_name, hits[0])
+    return hits[0] if hits else None
+
+
+def collect_annotations(annotations: Path, audio_root: Path) -> dict[Path, list[Annotation]]:
+    """Read a table or a folder of tables; returns {recording path: annotations}."""
+    annotations = Path(annotations)
+    tables = sorted(p for p in annotations.rglob("*") if p.suffix.lower() in (".txt", ".csv")) \
+        if annotations.is_dir() else [annotations]
+    if not tables:
+        raise MonitorError(f"no annotation tables (.txt, .csv) found at {annotations}")
+    index: dict[str, list[Path]] = {}
+    for p in _audio_files(audio_root):
+        index.setdefault(p.name, []).append(p)
+        index.setdefault(p.stem, []).append(p)
+    out: dict[Path, list[Annotation]] = {}
+    for t in tables:
+        kind = _kind(t)
+        if kind == "csv":
+            pairs = list(read_csv_annotations(t).items())
+        elif kind == "raven":
+            ann, rec = read_raven(t)
+            pairs = [(rec or t.name.split(".")[0], ann)]
+        else:
+            pairs = [(t.name.split(".")[0], read_audacity(t))]
+        for name, ann in pairs:
+            audio = _find_audio(audio_root, name, index)
+            if audio is None:
+                log.warning("%s: no recording %r under %s; its annotations are skipped", t.name, name, audio_root)
+                continue
+            out.setdefault(audio, []).extend(ann)
+    return out
+
+
+def label_windows(wins: list[tuple[float, float]], ann: list[Annotation], min_overlap_s: float,
+                  min_overlap_frac: float, unannotated_negative: bool) -> list[tuple[float, float, tuple[str, ...]]]:
+    """Labels per window from overlap. A label is positive when it overlaps the window by
+    ``min_overlap_s`` or by ``min_overlap_frac`` of the annotation; a window touched by a label below
+    that is ambiguous and dropped; untouched windows are negatives if ``unannotated_negative``."""
+    out = []
+    for a, b in wins:
+        pos, ambiguous = set(), False
+        for an in ann:
+            ov = min(b, an.end_s) - max(a, an.start_s)
+            if ov <= 0:
+                continue
+            dur = max(an.end_s - an.start_s, 1e-9)
+            if ov >= min_overlap_s - 1e-9 or ov >= min_overlap_frac * dur - 1e-9:
+                pos.add(an.label)
+            else:
+                ambiguous = True
+        if ambiguous and not pos:
+            continue
+        if ambiguous:
+            # some label is only grazed: keep the window only if every grazing label is also positive
+            grazing = {an.label for an in ann if 0 < min(b, an.end_s) - max(a, an.start_s)}
+            if not grazing <= pos:
+                continue
+        if not pos and not unannotated_negative:
+            continue
+        out.append((a, b, tuple(sorted(pos))))
+    return out
+
+
+def from_annotations(annotations: Path, audio_root: Path, seg: SegmentConfig, labels: list[str] | None = None,
+                     min_overlap_s: float = 0.5, min_overlap_frac: float = 0.5, unannotated_negative: bool = True,
+                     group_regex: str | None = None):
+    """Annotated long recordings cut into ``seg`` windows labelled by overlap. Returns (table, labels)."""
+    audio_root = Path(audio_root)
+    by_rec = collect_annotations(Path(annotations), audio_root)
+    found = sorted({a.label for anns in by_rec.values() for a in anns})
+    labels = list(labels) if labels is not None else found
+    rows = []
+    for path in sorted(by_rec):
+        info = _probe(path)
+        if info is None:
+            continue
+        ann = [a for a in by_rec[path] if a.label in labels]
+        wins = windows(info.duration_s, info.sample_rate_hz, info.frames, seg)
+        rel = path.relative_to(audio_root).as_posix() if path.is_relative_to(audio_root) else path.name
+        for a, b, lab in label_windows(wins, ann, min_overlap_s, min_overlap_frac, unannotated_negative):
+            rows.append(dict(file=str(path), start_s=a, end_s=b, labels=lab, group=group_of(rel, group_regex)))
+    if not rows:
+        raise MonitorError(f"the annotation tables at {annotations} gave no segments (labels {labels})")
+    return make_table(rows), labels
+
+
+# --- official AST manifest ---------------------------------------------------------------------------
+
+def read_label_csv(path: Path) -> dict[str, str]:
+    """``class_labels_indices.csv`` (index,mid,display_name) -> {mid: display_name}, in index order."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"mid", "display_name"} <= set(rows[0]):
+        raise MonitorError(f"{path}: a label CSV needs columns index,mid,display_name")
+    rows.sort(key=lambda r: int(r.get("index") or 0))
+    return {r["mid"]: r["display_name"] for r in rows}
+
+
+def from_manifest(manifest: Path, label_csv: Path, seg: SegmentConfig, group_regex: str | None = None):
+    """Official ``{"data": [{"wav": path, "labels": "/m/a,/m/b"}]}``: one segment per clip (its first
+    window, as the official loader crops to ``target_length``). Returns (table, labels)."""
+    manifest = Path(manifest)
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise MonitorError(f"{manifest} is not an AST manifest ({{\"data\": [{{\"wav\", \"labels\"}}]}})") from None
+    mids = read_label_csv(Path(label_csv))
+    labels = list(mids.values())
+    rows = []
+    for item in data:
+        wav = Path(item["wav"])
+        if not wav.is_absolute():
+            wav = (manifest.parent / wav).resolve()
+        info = _probe(wav)
+        if info is None:
+            continue
+        unknown = [m for m in str(item.get("labels", "")).split(",") if m and m not in mids]
+        if unknown:
+            raise MonitorError(f"{manifest}: label {unknown[0]!r} of {wav.name} is not in {label_csv}")
+        lab = tuple(mids[m] for m in str(item.get("labels", "")).split(",") if m)
+        end = min(info.duration_s, seg.window_s)
+        rows.append(dict(file=str(wav), start_s=0.0, end_s=end, labels=lab, group=group_of(str(item["wav"]), group_regex)))
+    if not rows:
+        raise MonitorError(f"{manifest}: no readable clips")
+    return make_table(rows), labels
+
+
+# --- reviewed report.xlsx ----------------------------------------------------------------------------
+
+_REPORT_COLS = {
+    "file": ("file", "recording", "path", "file name"),
+    "label": ("label", "species", "class"),
+    "start": ("start (s)", "start_s", "start", "begin (s)", "begin time (s)"),
+    "end": ("end (s)", "end_s", "end", "end time (s)"),
+    "verified": ("verified", "verified?", "review", "reviewed"),
+}
+
+
+def read_report(path: Path, sheet: str = "Detections") -> list[dict[str, Any]]:
+    """Rows of a reviewed workbook: {file, label, start_s, end_s, verified} with verified yes/no/unsure/''.
+
+    The header is the first row (of the first 20) holding a 'Verified' cell; columns are matched
+    case-insensitively by the names in ``_REPORT_COLS``.
+    """
+    from openpyxl import load_workbook
+
+    try:
+        wb = load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:
+        raise MonitorError(f"cannot read {path} as a workbook ({type(exc).__name__})") from None
+    names = {n.lower(): n for n in wb.sheetnames}
+    if sheet.lower() not in names:
+        raise MonitorError(f"{path} has no sheet {sheet!r} (sheets: {', '.join(wb.sheetnames)})")
+    rows = list(wb[names[sheet.lower()]].iter_rows(values_only=True))
+    wb.close()
+    for h, header in enumerate(rows[:20]):
+        cells = [str(c).strip().lower() if c is not None else "" for c in header]
+        if any(c in _REPORT_COLS["verified"] for c in cells):
+            break
+    else:
+        raise MonitorError(f"{path}: sheet {sheet!r} has no 'Verified' column; review the detections first")
+    col = {}
+    for key, options in _REPORT_COLS.items():
+        idx = next((cells.index(o) for o in options if o in cells), None)
+        if idx is None:
+            raise MonitorError(f"{path}: sheet {sheet!r} has no {key!r} column (looked for {', '.join(options)})")
+        col[key] = idx
+    out = []
+    for r in rows[h + 1:]:
+        if r is None or all(c is None for c in r):
+            continue
+        try:
+            item = dict(file=str(r[col["file"]]), label=str(r[col["label"]]).strip(),
+                        start_s=float(r[col["start"]]), end_s=float(r[col["end"]]))
+        except (TypeError, ValueError, IndexError):
+            continue
+        v = r[col["verified"]]
+        item["verified"] = "" if v is None else str(v).strip().lower()
+        out.append(item)
+    return out
+
+
+def from_report(report: Path, audio_root: Path, seg: SegmentConfig, labels: list[str] | None = None,
+                group_regex: str | None = None):
+    """Verified ``yes`` rows -> positives of their label, ``no`` -> negatives; ``unsure``/blank are skipped.
+
+    A detection's span is cut into ``seg.window_s`` windows from its start (as inference segmented it).
+    A window with both yes and no rows keeps the yes labels. Returns (table, labels).
+    """
+    audio_root = Path(audio_root)
+    items = read_report(Path(report))
+    yes_no = [i for i in items if i["verified"] in ("yes", "y", "true", "1", "no", "n", "false", "0")]
+    if not yes_no:
+        raise MonitorError(f"{report}: no rows marked yes or no in the Verified column")
+    found = sorted({i["label"] for i in yes_no})
+    labels = list(labels) if labels is not None else found
+    regions: dict[tuple[str, float, float], set[str]] = {}
+    for i in yes_no:
+        if i["label"] not in labels:
+            continue
+        path = Path(i["file"]) if Path(i["file"]).is_absolute() else audio_root / i["file"]
+        info = _probe(path)
+        if info is None:
+            continue
+        sr = info.sample_rate_hz
+        start_f = int(round(i["start_s"] * sr))
+        end_f = min(int(round(i["end_s"] * sr)), info.frames)
+        wins = windows(0, sr, end_f - start_f, SegmentConfig(seg.window_s, seg.window_s, seg.min_segment_s,
+                                                             seg.block_s), offset_s=start_f / sr)
+        for a, b in wins:
+            key = (str(path), a, b)
+            regions.setdefault(key, set())
+            if i["verified"] in ("yes", "y", "true", "1"):
+                regions[key].add(i["label"])
+    rows = []
+    for (f, a, b), lab in sorted(regions.items()):
+        rel = Path(f).relative_to(audio_root).as_posix() if Path(f).is_relative_to(audio_root) else Path(f).name
+        rows.append(dict(file=f, start_s=a, end_s=b, labels=tuple(sorted(lab)), group=group_of(rel, group_regex)))
+    if not rows:
+        raise MonitorError(f"{report}: no verified rows point at readable recordings under {audio_root}")
+    return make_table(rows), labels
+
+
+# --- dispatch ----------------------------------------------------------------------------------------
+
+def _need(value: str | None, key: str) -> Path:
+    if not value:
+        raise ConfigError(f"data.{key} is required for this data.source")
+    return Path(value)
+
+
+def load_source(cfg, seg: SegmentConfig | None = None):
+    """TrainConfig -> (table, labels, fixed_val_table or None), capped by ``data.max_per_label``."""
+    d = cfg.data
+    seg = seg or cfg.segment
+    multiclass = cfg.task == "multiclass"
+    val = None
+    if d.source == "folders":
+        table, labels = from_folders(_need(d.root, "root"), seg, d.labels, d.negative_class, d.exclude,
+                                     d.group_regex, multiclass)
+    elif d.source == "annotations":
+        table, labels = from_annotations(_need(d.annotations, "annotations"), _need(d.root, "root"), seg, d.labels,
+                                         d.min_overlap_s, d.min_overlap_frac, d.unannotated_negative, d.group_regex)
+    elif d.source == "manifest":
+        table, labels = from_manifest(_need(d.manifest, "manifest"), _need(d.label_csv, "label_csv"), seg,
+                                      d.group_regex)
+        if d.val_manifest:
+            val, _ = from_manifest(Path(d.val_manifest), Path(d.label_csv), seg, d.group_regex)
+    else:
+        table, labels = from_report(_need(d.report, "report"), _need(d.root, "root"), seg, d.labels, d.group_regex)
+    if d.labels is not None:
+        labels = list(d.labels)
+    if d.max_per_label:
+        table = cap_per_label(table, d.max_per_label, cfg.split.seed)
+    if multiclass:
+        bad = [i for i, lab in enumerate(table["labels"]) if len(lab) != 1]
+        if bad:
+            raise MonitorError(f"loss.kind: ce (multiclass) needs exactly one label per segment; {len(bad)} segments "
+                               "have none or several (use bce, or give the background its own class)")
+    return table, labels, val
+
+
+def cap_per_label(table, n: int, seed: int):
+    """Keep at most ``n`` segments per label set, whole groups first (seeded)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, sub in table.groupby(table["labels"].map(lambda t: ";".join(t)), sort=True):
+        groups = list(dict.fromkeys(sub["group"]))
+        order = rng.permutation(len(groups))
+        taken = 0
+        for gi in order:
+            idx = sub.index[sub["group"] == groups[gi]].tolist()
+            if taken >= n:
+                break
+            keep += idx[: n - taken]
+            taken += min(len(idx), n - taken)
+    return table.loc[sorted(keep)].reset_index(drop=True)
+
+
+def summary(table, labels: list[str]) -> dict[str, Any]:
+    """Counts for provenance and the model card."""
+    per = {lab: int(sum(lab in t for t in table["labels"])) for lab in labels}
+    return dict(segments=int(len(table)), recordings=int(table["file"].nunique()), groups=int(table["group"].nunique()),
+                negatives=int(sum(len(t) == 0 for t in table["labels"])), per_label=per,
+                hours=round(float((table["end_s"] - table["start_s"]).sum()) / 3600.0, 4))

@@ -1,0 +1,148 @@
+"""A torch Dataset of labelled segments through the shared front end (``monitor.frontend``).
+
+Items are un-normalised, un-augmented log-mel features ``(target_frames, mel)`` float32, the label
+vector ``(n_labels,)`` and the number of real (un-padded) frames. Normalisation and augmentation
+happen per batch in the engine, so the optional on-disk cache holds exactly what the front end made,
+keyed by file path + size + mtime + region + a hash of the preprocessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitor.config import Preprocess
+
+log = logging.getLogger(__name__)
+
+
+def preprocess_hash(pre: Preprocess) -> str:
+    return hashlib.sha256(json.dumps(pre.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_region(path: str, start_s: float, end_s: float) -> tuple[np.ndarray, int]:
+    """Decode ``[start_s, end_s)`` of a file with soundfile (seeking) -> ((frames, channels) float32, sr)."""
+    import soundfile as sf
+
+    with sf.SoundFile(path) as f:
+        sr = int(f.samplerate)
+        a = int(round(start_s * sr))
+        b = int(round(end_s * sr))
+        f.seek(a)
+        x = f.read(b - a, dtype="float32", always_2d=True)
+    return x, sr
+
+
+def region_features(path: str, start_s: float, end_s: float, pre: Preprocess) -> tuple[np.ndarray, int]:
+    """One segment -> (un-normalised features (target_frames, mel) float32, real frames)."""
+    from monitor.frontend import features, prepare_wave
+
+    x, sr = read_region(path, start_s, end_s)
+    if x.shape[0] == 0:
+        raise ValueError(f"{path}: no audio at {start_s:.2f}-{end_s:.2f} s")
+    wave, _ = prepare_wave(x, sr, pre)
+    fb = pre.fbank
+    win = int(pre.resample.sample_rate_hz * fb.frame_length_ms * 0.001)
+    hop = int(pre.resample.sample_rate_hz * fb.frame_shift_ms * 0.001)
+    n_real = 0 if len(wave) < win else 1 + (len(wave) - win) // hop
+    feats = features([wave], pre, normalize=False)[0].numpy()
+    return feats.astype(np.float32, copy=False), min(n_real, fb.target_frames)
+
+
+class FbankCache:
+    """``<dir>/<preprocess hash>/<key>.npy``; the key covers file identity and region."""
+
+    def __init__(self, folder: str | Path, pre: Preprocess):
+        self.dir = Path(folder) / preprocess_hash(pre)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def key(self, path: str, start_s: float, end_s: float) -> str:
+        st = os.stat(path)
+        ident = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{start_s:.6f}|{end_s:.6f}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> tuple[np.ndarray, int] | None:
+        p = self.dir / f"{key}.npz"
+        if not p.is_file():
+            return None
+        try:
+            with np.load(p) as z:
+                return z["feats"], int(z["n"])
+        except Exception:  # a torn write: recompute
+            return None
+
+    def put(self, key: str, feats: np.ndarray, n: int) -> None:
+        tmp = self.dir / f".{key}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, feats=feats, n=np.int64(n))
+        os.replace(tmp, self.dir / f"{key}.npz")
+
+
+class SegmentDataset:
+    """``table`` rows -> ``(feats (T, F) tensor, target (L,) tensor, n_real int)``."""
+
+    def __init__(self, table, labels: list[str], pre: Preprocess, cache_dir: str | Path | None = None,
+                 multiclass: bool = False):
+        self.files = [str(f) for f in table["file"]]
+        self.start_s = [float(x) for x in table["start_s"]]
+        self.end_s = [float(x) for x in table["end_s"]]
+        self.labels = list(labels)
+        col = {n: j for j, n in enumerate(labels)}
+        y = np.zeros((len(table), len(labels)), dtype=np.float32)
+        for i, lab in enumerate(table["labels"]):
+            for x in lab:
+                if x in col:
+                    y[i, col[x]] = 1.0
+        self.targets = y
+        self.pre = pre
+        self.cache_dir = cache_dir
+        self._cache: FbankCache | None = None
+        self.multiclass = multiclass
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def cache(self) -> FbankCache | None:
+        if self.cache_dir is not None and self._cache is None:
+            self._cache = FbankCache(self.cache_dir, self.pre)
+        return self._cache
+
+    def features(self, i: int) -> tuple[np.ndarray, int]:
+        cache = self.cache
+        if cache is not None:
+            key = cache.key(self.files[i], self.start_s[i], self.end_s[i])
+            hit = cache.get(key)
+            if hit is not None:
+                return hit
+        feats, n = region_features(self.files[i], self.start_s[i], self.end_s[i], self.pre)
+        if cache is not None:
+            cache.put(key, feats, n)
+        return feats, n
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        import torch
+
+        feats, n = self.features(i)
+        return torch.from_numpy(np.array(feats, dtype=np.float32)), torch.from_numpy(self.targets[i]), int(n)
+
+
+def collate(items):
+    import torch
+
+    x = torch.stack([a for a, _, _ in items])
+    y = torch.stack([b for _, b, _ in items])
+    n = torch.tensor([c for _, _, c in items], dtype=torch.long)
+    return x, y, n
+
+
+def compute_stats(ds: SegmentDataset, indices) -> tuple[float, float]:
+    """Mean/std of the un-augmented, un-normalised (padded) features over ``indices`` (training split)."""
+    from monitor.features import dataset_stats
+
+    return dataset_stats(ds.features(int(i))[0] for i in indices)
