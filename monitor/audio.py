@@ -73,21 +73,23 @@ def plan_segments(n_frames: int, sample_rate_hz: int, cfg: SegmentConfig) -> lis
     """``(index, start_frame, end_frame)`` of every segment, exact in integer frames.
 
     Windows of ``window_s`` start every ``hop_s``; a final partial window is kept when it holds at
-    least ``min_segment_s`` of audio. Start frames are ``round(k * hop_s * sr)``, so no drift
-    accumulates over long files.
+    least ``min_segment_s`` of audio. Edges are ``round(k * hop_s * sr)`` and
+    ``round(k * hop_s * sr + window_s * sr)`` from exact fractions, so no drift accumulates over long
+    files and equal hop and window leave no one-frame gaps.
     """
     if n_frames <= 0 or sample_rate_hz <= 0:
         return []
-    win = max(1, int(round(cfg.window_s * sample_rate_hz)))
     min_frames = max(1, int(np.ceil(cfg.min_segment_s * sample_rate_hz - 1e-9)))
     hop = Fraction(cfg.hop_s).limit_denominator(10**6) * sample_rate_hz
+    win = Fraction(cfg.window_s).limit_denominator(10**6) * sample_rate_hz
     out = []
     k = 0
     while True:
+        # both edges are rounded from exact rationals, so hop == window tiles the file with no gap
         start = int(round(k * hop))
         if start >= n_frames:
             break
-        end = min(start + win, n_frames)
+        end = min(max(start + 1, int(round(k * hop + win))), n_frames)
         if end - start < min_frames:
             break
         out.append((k, start, end))

@@ -456,21 +456,21 @@ def load_source(cfg, seg: SegmentConfig | None = None):
 
 
 def cap_per_label(table, n: int, seed: int):
-    """Keep at most ``n`` segments per label set, whole groups first (seeded)."""
+    """Keep at most ``n`` segments per label set, taking one segment per group in turn (seeded order),
+    so a small cap still spans many recordings."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    keep = []
+    keep: list[int] = []
     for _, sub in table.groupby(table["labels"].map(lambda t: ";".join(t)), sort=True):
         groups = list(dict.fromkeys(sub["group"]))
-        order = rng.permutation(len(groups))
+        queues = [sub.index[sub["group"] == groups[g]].tolist() for g in rng.permutation(len(groups))]
         taken = 0
-        for gi in order:
-            idx = sub.index[sub["group"] == groups[gi]].tolist()
-            if taken >= n:
-                break
-            keep += idx[: n - taken]
-            taken += min(len(idx), n - taken)
+        while taken < n and any(queues):
+            for q in queues:
+                if q and taken < n:
+                    keep.append(q.pop(0))
+                    taken += 1
     return table.loc[sorted(keep)].reset_index(drop=True)
 
 

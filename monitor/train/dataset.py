@@ -23,7 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def preprocess_hash(pre: Preprocess) -> str:
-    return hashlib.sha256(json.dumps(pre.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of what shapes un-normalised features (normalisation stats and block size excluded)."""
+    d = pre.to_dict()
+    d["fbank"] = {k: v for k, v in d["fbank"].items() if k not in ("norm_mean", "norm_std")}
+    d["segment"] = {k: v for k, v in d["segment"].items() if k != "block_s"}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_region(path: str, start_s: float, end_s: float) -> tuple[np.ndarray, int]:

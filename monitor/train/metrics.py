@@ -1,0 +1,141 @@
+"""Evaluation metrics in numpy: mAP, macro AUC, d-prime, accuracy, per-label P/R/F1, confusion matrix.
+
+A label with no positives (or no negatives) in the evaluation set gets NaN AP/AUC and a note, and
+is left out of the macro means; it never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from statistics import NormalDist
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def average_precision(y: np.ndarray, s: np.ndarray) -> float:
+    """AP = sum over distinct thresholds of (R_k - R_{k-1}) P_k (as scikit-learn). NaN without positives."""
+    y = np.asarray(y) > 0.5
+    s = np.asarray(s, dtype=np.float64)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each distinct score
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    precision = tp / (tp + fp)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half). NaN without both classes."""
+    y = np.asarray(y) > 0.5
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    s = np.asarray(s, dtype=np.float64)
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks of ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def d_prime(auc: float) -> float:
+    """``sqrt(2) * Phi^-1(AUC)`` (official AST); NaN for NaN, +-inf at 1/0."""
+    if not np.isfinite(auc):
+        return float("nan")
+    if auc >= 1.0:
+        return float("inf")
+    if auc <= 0.0:
+        return float("-inf")
+    return math.sqrt(2.0) * NormalDist().inv_cdf(auc)
+
+
+def prf(y: np.ndarray, s: np.ndarray, threshold: float) -> tuple[float, float, float, int, int, int]:
+    """(precision, recall, f1, tp, fp, fn) of ``s >= threshold``; precision is NaN with no predictions."""
+    y = np.asarray(y) > 0.5
+    pred = np.asarray(s) >= threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    p = tp / (tp + fp) if tp + fp else float("nan")
+    r = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    return p, r, f1, tp, fp, fn
+
+
+def confusion_matrix(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Multiclass: (labels, labels) counts, rows = true (argmax of y), columns = predicted (argmax of s)."""
+    k = y.shape[1]
+    m = np.zeros((k, k), dtype=np.int64)
+    np.add.at(m, (np.argmax(y, 1), np.argmax(s, 1)), 1)
+    return m
+
+
+def _nanmean(v: Sequence[float]) -> float:
+    v = [x for x in v if np.isfinite(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def evaluate_scores(targets: np.ndarray, scores: np.ndarray, labels: Sequence[str], task: str = "multilabel",
+                    thresholds: Mapping[str, float] | float = 0.5) -> dict[str, Any]:
+    """All metrics of one evaluation. ``targets`` (n, L) 0/1 (soft > 0.5 counts), ``scores`` (n, L) in 0..1.
+
+    Returns ``{"summary": {mAP, mAUC, d_prime, accuracy, macro_f1, n}, "per_label": [..],
+    "confusion": (L, L) list or None}``.
+    """
+    y = np.asarray(targets, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 2 or y.shape[1] != len(labels):
+        raise ValueError(f"targets {y.shape} and scores {s.shape} must both be (n, {len(labels)})")
+    thr = {lab: float(thresholds) for lab in labels} if isinstance(thresholds, (int, float)) else dict(thresholds)
+    per = []
+    for j, lab in enumerate(labels):
+        ap, auc = average_precision(y[:, j], s[:, j]), roc_auc(y[:, j], s[:, j])
+        p, r, f1, tp, fp, fn = prf(y[:, j], s[:, j], thr[lab])
+        pos = int((y[:, j] > 0.5).sum())
+        note = "no positives in this split" if pos == 0 else ("no negatives in this split" if pos == len(y) else "")
+        if note:
+            log.warning("label %s: %s (AP/AUC undefined)", lab, note)
+        per.append(dict(label=lab, positives=pos, AP=ap, AUC=auc, d_prime=d_prime(auc), threshold=thr[lab],
+                        precision=p, recall=r, f1=f1, tp=tp, fp=fp, fn=fn, note=note))
+    if len(y) == 0:
+        acc = float("nan")
+    elif task == "multiclass":
+        acc = float(np.mean(np.argmax(y, 1) == np.argmax(s, 1)))
+    else:  # exact match of every label at its threshold
+        t = np.array([thr[lab] for lab in labels])
+        acc = float(np.mean(np.all((s >= t[None, :]) == (y > 0.5), axis=1)))
+    mauc = _nanmean([r["AUC"] for r in per])
+    summary = dict(n=int(len(y)), mAP=_nanmean([r["AP"] for r in per]), mAUC=mauc, d_prime=d_prime(mauc),
+                   accuracy=acc, macro_f1=_nanmean([r["f1"] if r["positives"] else float("nan") for r in per]))
+    conf = confusion_matrix(y, s).tolist() if task == "multiclass" and len(y) else None
+    return dict(summary=summary, per_label=per, confusion=conf)
+
+
+def pr_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, threshold) at each distinct score, from high to low threshold."""
+    y = np.asarray(y) > 0.5
+    s = np.asarray(s, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    if len(s) == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tp = np.cumsum(y)[last].astype(float)
+    fp = (last + 1) - tp
+    n_pos = max(int(y.sum()), 1)
+    return tp / (tp + fp), tp / n_pos, s[last]

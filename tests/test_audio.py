@@ -1,0 +1,168 @@
+"""Streaming reader, segmentation arithmetic and the signal stages."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import write_wav
+from monitor.audio import bandpass, plan_segments, probe, resample, sanitize, stream_segments, to_mono
+from monitor.config import SegmentConfig
+
+RATES = [8000, 16000, 22050, 44100, 48000, 96000, 250000, 384000]
+EXPECTED = {0.5: 0, 1.0: 1, 9.99: 1, 10.0: 1, 25.0: 3}
+
+
+@pytest.mark.parametrize("sr", RATES)
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_segment_counts_and_times(tmp_path, sr, channels):
+    cfg = SegmentConfig()
+    for dur, n in EXPECTED.items():
+        p = write_wav(tmp_path / f"{dur}.wav", dur, sr, channels=channels, freq_hz=None, noise=0.01)
+        segs = list(stream_segments(p, cfg))
+        assert len(segs) == n, (dur, sr, channels)
+        assert [s.index for s in segs] == list(range(n))
+        for s in segs:
+            assert s.samples.ndim == 1 and s.samples.dtype == np.float32 and s.sample_rate_hz == sr
+            assert s.start_s == pytest.approx(10.0 * s.index)
+        if n:
+            assert segs[-1].end_s == pytest.approx(min(dur, 10.0 * n), abs=1 / sr)
+
+
+def test_issue_examples_and_partial_padding():
+    cfg = SegmentConfig()
+    sr = 16000
+    assert len(plan_segments(int(25 * sr), sr, cfg)) == 3
+    assert len(plan_segments(int(20.5 * sr), sr, cfg)) == 2
+    assert len(plan_segments(int(5 * sr), sr, cfg)) == 1
+    last = plan_segments(int(25 * sr), sr, cfg)[-1]
+    assert last == (2, 20 * sr, 25 * sr)
+
+
+def test_overlap_and_gap_hops(tmp_path):
+    sr = 8000
+    p = write_wav(tmp_path / "a.wav", 30.0, sr, freq_hz=None, noise=0.1, seed=3)
+    full = sf.read(p, dtype="float32")[0]
+    over = list(stream_segments(p, SegmentConfig(window_s=10, hop_s=5, block_s=3)))
+    assert [s.start_s for s in over] == [0, 5, 10, 15, 20]
+    for s in over:
+        a = int(s.start_s * sr)
+        np.testing.assert_array_equal(s.samples, full[a:a + len(s.samples)])
+    gap = list(stream_segments(p, SegmentConfig(window_s=2, hop_s=7, block_s=1)))
+    assert [s.start_s for s in gap] == [0, 7, 14, 21, 28]
+    np.testing.assert_array_equal(gap[3].samples, full[21 * sr:23 * sr])
+
+
+def test_streaming_reads_in_blocks_never_whole_file(tmp_path, monkeypatch):
+    sr = 16000
+    p = write_wav(tmp_path / "long.wav", 120.0, sr, freq_hz=None, noise=0.1)
+    sizes = []
+    orig = sf.SoundFile.read
+
+    def spy(self, frames=-1, *a, **k):
+        sizes.append(frames)
+        return orig(self, frames, *a, **k)
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    n = sum(1 for _ in stream_segments(p, SegmentConfig(block_s=4.0)))
+    assert n == 12
+    assert sizes and max(sizes) <= 4 * sr and -1 not in sizes
+
+
+def test_real_recordings_stream(shared):
+    for p in sorted((shared / "data" / "recordings").rglob("*.wav")):
+        info = probe(p)
+        ref = sf.info(str(p))
+        assert (info.sample_rate_hz, info.channels, info.frames) == (ref.samplerate, ref.channels, ref.frames)
+        segs = list(stream_segments(p, SegmentConfig()))
+        plan = plan_segments(ref.frames, ref.samplerate, SegmentConfig())
+        assert [(s.index, len(s.samples)) for s in segs] == [(i, b - a) for i, a, b in plan]
+        whole = sf.read(str(p), dtype="float32", always_2d=True)[0].mean(axis=1)
+        np.testing.assert_allclose(segs[-1].samples, whole[plan[-1][1]:plan[-1][2]], atol=1e-6)
+    assert len(list(stream_segments(shared / "data/recordings/opensoundscape/1min.wav", SegmentConfig()))) == 6
+
+
+def _tone_db(x, sr, f):
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    k = int(round(f * len(x) / sr))
+    return 20 * np.log10(spec[max(0, k - 3):k + 4].max() + 1e-20)
+
+
+@pytest.mark.parametrize("sr_in", [8000, 22050, 44100, 48000, 96000, 312500, 384000])
+def test_resample_keeps_1khz(sr_in):
+    t = np.arange(int(sr_in * 1.0)) / sr_in
+    y = resample(np.sin(2 * np.pi * 1000 * t).astype(np.float32), sr_in, 16000)
+    assert abs(len(y) - 16000) <= 1
+    spec = np.abs(np.fft.rfft(y[1000:-1000] * np.hanning(len(y) - 2000)))
+    peak_hz = np.argmax(spec) * 16000 / (len(y) - 2000)
+    assert abs(peak_hz - 1000) < 5
+    assert np.abs(y[1000:-1000]).max() == pytest.approx(1.0, abs=0.02)
+
+
+def test_resample_removes_12khz_tone():
+    sr = 48000
+    t = np.arange(sr) / sr
+    ref = resample(np.sin(2 * np.pi * 1000 * t).astype(np.float32), sr, 16000)
+    y = resample(np.sin(2 * np.pi * 12000 * t).astype(np.float32), sr, 16000)
+    # 12 kHz would alias to 4 kHz: it must be below -60 dB relative to a full-scale tone
+    rms_ratio_db = 20 * np.log10(np.sqrt(np.mean(y[500:-500] ** 2)) / np.sqrt(np.mean(ref[500:-500] ** 2)))
+    assert rms_ratio_db < -60
+
+
+def test_bandpass_attenuation_matches_butterworth():
+    from scipy.signal import butter, sosfreqz
+
+    sr, lo, hi, order = 16000, 500.0, 3000.0, 6
+    sos = butter(order, [lo, hi], btype="bandpass", fs=sr, output="sos")
+    t = np.arange(sr * 2) / sr
+    for f in (250.0, 400.0, 1500.0, 3500.0, 5000.0):
+        x = np.sin(2 * np.pi * f * t).astype(np.float32)
+        y = bandpass(x, sr, lo, hi, order)
+        got = 20 * np.log10(np.sqrt(np.mean(y[4000:-4000] ** 2)) / np.sqrt(np.mean(x[4000:-4000] ** 2)))
+        _, h = sosfreqz(sos, worN=[f], fs=sr)
+        expected = 2 * 20 * np.log10(abs(h[0]))  # zero-phase: the filter runs twice
+        assert expected > -120  # measurable above float32 noise
+        assert got == pytest.approx(expected, abs=0.5), f
+    # far outside the band: gone to the float32 noise floor
+    assert 20 * np.log10(np.abs(bandpass(np.sin(2 * np.pi * 100 * t), sr, lo, hi)[4000:-4000]).max()) < -120
+
+
+def test_bandpass_edges_off_and_lowpass_highpass():
+    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    np.testing.assert_array_equal(bandpass(x, 16000, None, None), x)
+    np.testing.assert_array_equal(bandpass(x, 16000, 0, 8000), x)  # 0 and Nyquist edges are off
+    lp = bandpass(x, 16000, None, 1000)
+    hp = bandpass(x, 16000, 1000, None)
+    s_lp, s_hp = np.abs(np.fft.rfft(lp)), np.abs(np.fft.rfft(hp))
+    n = len(s_lp)
+    assert s_lp[n // 2:].mean() < 0.01 * s_lp[: n // 16].mean()
+    assert s_hp[: n // 32].mean() < 0.01 * s_hp[n // 2:].mean()
+
+
+def test_sanitize_and_mono():
+    x = np.array([1.0, np.nan, np.inf, -np.inf, 2.0], np.float32)
+    y, n = sanitize(x)
+    assert n == 3 and np.isfinite(y).all() and y.tolist() == [1.0, 0.0, 0.0, 0.0, 2.0]
+    st2 = np.stack([np.ones(4), 3 * np.ones(4)], axis=1)
+    assert to_mono(st2).tolist() == [2.0] * 4
+    assert to_mono(np.ones((4, 1))).shape == (4,)
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(0, 10**9), sr=st.sampled_from(RATES + [11025, 312500]),
+       window=st.floats(0.5, 30), hop=st.floats(0.25, 40), min_seg=st.floats(0.01, 1.0))
+def test_plan_invariants(n, sr, window, hop, min_seg):
+    """Segments are in order, inside the file, at most window long, cover it when hop <= window."""
+    cfg = SegmentConfig(window_s=window, hop_s=hop, min_segment_s=min(min_seg * window, window), block_s=1)
+    n = min(n, int(3600 * sr))  # bound the work: at most an hour of frames
+    plan = plan_segments(n, sr, cfg)
+    win = int(np.ceil(window * sr - 1e-9))  # a non-integer window alternates floor/ceil frames
+    prev = -1
+    for k, (i, a, b) in enumerate(plan):
+        assert i == k and 0 <= a < b <= n and b - a <= win and a > prev
+        prev = a
+    if plan and hop <= window:
+        for (_, a0, b0), (_, a1, _) in zip(plan, plan[1:]):
+            assert a1 <= b0  # no gaps
+        assert n - plan[-1][2] < max(1, int(np.ceil(cfg.min_segment_s * sr)))  # only a too-short tail is left
