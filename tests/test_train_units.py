@@ -1,0 +1,401 @@
+"""monitor.train building blocks on tiny generated inputs: config, data sources, splits, augmentation,
+sampling, losses, metrics, calibration, LR schedule, freezing, adding labels to a bundle."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from monitor.config import ConfigError, SegmentConfig
+from monitor.train import augment, calibrate, data, metrics, sampling, splits
+from monitor.train.config import TrainConfig, build_config, load_config
+from monitor.train.engine import apply_freeze, lr_factor
+
+SEG = SegmentConfig(window_s=2.0, hop_s=2.0, min_segment_s=1.0)
+
+
+# --- config ------------------------------------------------------------------------------------------
+
+def test_config_unknown_key_names_it(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("optim:\n  lr: 0.001\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match=r"optim\.epochz"):
+        load_config(p)
+    p.write_text("optimiser:\n  lr: 0.001\n")
+    with pytest.raises(ConfigError, match="optimiser"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"data\.sauce"):
+        build_config({}, tmp_path, ["data.sauce=folders"])
+
+
+def test_config_paths_relative_to_yaml_and_sections(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    p = tmp_path / "recipes" / "r.yaml"
+    p.write_text("data:\n  root: ../clips\nfbank:\n  target_frames: 256\nband:\n  high_hz: 3000\n"
+                 "model:\n  checkpoint: audioset-10-10\n")
+    cfg = load_config(p, ["optim.epochs=3", "loss.kind=ce"])
+    assert cfg.data.root == str((tmp_path / "clips").resolve())
+    assert cfg.model.checkpoint == "audioset-10-10"  # a pull name, not a path
+    assert cfg.preprocess.fbank.target_frames == 256 and cfg.preprocess.band.high_hz == 3000
+    assert cfg.optim.epochs == 3 and cfg.task == "multiclass"
+    with pytest.raises(ConfigError, match="loss.kind"):
+        build_config({"loss": {"kind": "hinge"}})
+
+
+@pytest.mark.parametrize("name", ["rana_draytonii", "clips_cpu", "esc50", "speechcommands"])
+def test_shipped_recipes_parse(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    assert isinstance(cfg, TrainConfig)
+    if name == "esc50":
+        assert (cfg.fbank.target_frames, cfg.augment.freqm, cfg.augment.timem, cfg.augment.mixup) == (512, 24, 96, 0)
+        assert cfg.fbank.norm_mean == pytest.approx(-6.6268077) and cfg.optim.lr == pytest.approx(1e-5)
+    if name == "rana_draytonii":
+        assert cfg.band.high_hz == 3000 and cfg.augment.freqm == 48 and cfg.augment.timem == 200
+        assert cfg.augment.mixup == 0.5 and cfg.model.init == "audioset" and cfg.loss.kind == "bce"
+
+
+# --- data sources ------------------------------------------------------------------------------------
+
+def test_folders_source_cuts_inference_segments(tmp_path, wav_writer):
+    wav_writer(tmp_path / "frog" / "a.wav", 5.0, 16000)  # 2 + 2 + 1 s: three segments
+    wav_writer(tmp_path / "bird" / "b.wav", 2.5, 22050)  # 2 + 0.5 s (< min_segment_s): one
+    wav_writer(tmp_path / "noise" / "c.wav", 2.0, 8000)
+    (tmp_path / "bird" / "notes.txt").write_text("not audio")
+    table, labels = data.from_folders(tmp_path, SEG, negative_class="noise")
+    assert labels == ["bird", "frog"]
+    rows = [(r.file.split("/")[-1], r.start_s, r.end_s, r.labels) for r in table.itertuples()]
+    assert rows == [("b.wav", 0.0, 2.0, ("bird",)), ("a.wav", 0.0, 2.0, ("frog",)), ("a.wav", 2.0, 4.0, ("frog",)),
+                    ("a.wav", 4.0, 5.0, ("frog",)), ("c.wav", 0.0, 2.0, ())]
+    assert table["group"].tolist() == ["bird/b.wav", "frog/a.wav", "frog/a.wav", "frog/a.wav", "noise/c.wav"]
+    mc, mlabels = data.from_folders(tmp_path, SEG, negative_class="noise", multiclass=True)
+    assert mlabels == ["bird", "frog", "noise"] and mc["labels"].iloc[-1] == ("noise",)
+    g = data.from_folders(tmp_path, SEG, group_regex=r"^(\w+)/")[0]["group"]
+    assert set(g) == {"bird", "frog", "noise"}
+
+
+def test_annotation_tables_raven_audacity_csv(tmp_path, wav_writer):
+    rec = tmp_path / "audio"
+    wav_writer(rec / "site1" / "r1.wav", 8.0)
+    wav_writer(rec / "r2.wav", 6.0)
+    wav_writer(rec / "r3.wav", 4.0)
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    # Raven: two rows per selection (Waveform + Spectrogram views); one per selection counts
+    (ann / "r1.Table.1.selections.txt").write_text(
+        "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tSpecies\n"
+        "1\tWaveform 1\t1\t0.5\t1.5\tfrog\n1\tSpectrogram 1\t1\t0.5\t1.5\tfrog\n"
+        "2\tSpectrogram 1\t1\t3.8\t4.3\tbird\n"  # 0.2 s in window 1 (< 0.5 s and < 50 %): grazes it -> dropped
+    )
+    (ann / "r2.txt").write_text("2.5\t3.5\tbird\n\\\t100\t2000\n")  # Audacity, with a frequency line
+    (ann / "more.csv").write_text("file,start_s,end_s,label\nr3.wav,0.0,4.0,frog\n")
+    table, labels = data.from_annotations(ann, rec, SEG, min_overlap_s=0.5, min_overlap_frac=0.5)
+    assert labels == ["bird", "frog"]
+    got = {(r.file.split("/")[-1], r.start_s): r.labels for r in table.itertuples()}
+    assert got == {("r1.wav", 0.0): ("frog",), ("r1.wav", 4.0): ("bird",), ("r1.wav", 6.0): (),
+                   ("r2.wav", 0.0): (), ("r2.wav", 2.0): ("bird",), ("r2.wav", 4.0): (),
+                   ("r3.wav", 0.0): ("frog",), ("r3.wav", 2.0): ("frog",)}
+    assert ("r1.wav", 2.0) not in got  # ambiguous window dropped
+    only_pos, _ = data.from_annotations(ann, rec, SEG, unannotated_negative=False)
+    assert all(r for r in only_pos["labels"])
+
+
+def test_label_windows_overlap_rule():
+    ann = [data.Annotation(1.0, 1.3, "x")]  # a 0.3 s call
+    # 0.3 s inside window 0: 100 % of the call -> positive; the next window untouched -> negative
+    assert data.label_windows([(0, 2), (2, 4)], ann, 0.5, 0.5, True) == [(0, 2, ("x",)), (2, 4, ())]
+    # split 0.05 / 0.25 s across windows: the first only grazes (17 %): dropped; the second positive
+    ann = [data.Annotation(1.95, 2.25, "x")]
+    assert data.label_windows([(0, 2), (2, 4)], ann, 0.5, 0.5, True) == [(2, 4, ("x",))]
+
+
+def test_official_manifest_source(tmp_path, wav_writer):
+    wav_writer(tmp_path / "w" / "a.wav", 3.0)
+    wav_writer(tmp_path / "w" / "b.wav", 1.5)
+    (tmp_path / "labels.csv").write_text("index,mid,display_name\n1,/m/02,Dog\n0,/m/01,Rain\n")
+    (tmp_path / "train.json").write_text(json.dumps({"data": [
+        {"wav": "w/a.wav", "labels": "/m/01,/m/02"}, {"wav": str(tmp_path / "w" / "b.wav"), "labels": "/m/02"}]}))
+    table, labels = data.from_manifest(tmp_path / "train.json", tmp_path / "labels.csv", SEG)
+    assert labels == ["Rain", "Dog"]  # index order
+    assert table["labels"].tolist() == [("Rain", "Dog"), ("Dog",)]
+    assert table["end_s"].tolist() == [2.0, 1.5]  # the first window, as the official loader crops
+    (tmp_path / "bad.json").write_text(json.dumps({"data": [{"wav": "w/a.wav", "labels": "/m/99"}]}))
+    from monitor.errors import MonitorError
+
+    with pytest.raises(MonitorError, match="/m/99"):
+        data.from_manifest(tmp_path / "bad.json", tmp_path / "labels.csv", SEG)
+
+
+def test_report_verified_column(tmp_path, wav_writer):
+    from openpyxl import Workbook
+
+    wav_writer(tmp_path / "card" / "d1" / "r.wav", 10.0)
+    wb = Workbook()
+    wb.active.title = "Summary"
+    ws = wb.create_sheet("Detections")
+    ws.append(["Detections reviewed by JB"])  # a title row above the header
+    ws.append(["File", "Label", "Start (s)", "End (s)", "Score max", "Verified"])
+    ws.append(["d1/r.wav", "frog", 0.0, 4.0, 0.9, "Yes"])  # two 2-s windows
+    ws.append(["d1/r.wav", "bird", 2.0, 4.0, 0.7, "no"])
+    ws.append(["d1/r.wav", "bird", 6.0, 8.0, 0.6, "no"])
+    ws.append(["d1/r.wav", "frog", 8.0, 10.0, 0.55, "unsure"])
+    ws.append(["d1/r.wav", "frog", 4.0, 6.0, 0.52, None])
+    wb.save(tmp_path / "report.xlsx")
+    table, labels = data.from_report(tmp_path / "report.xlsx", tmp_path / "card", SEG, labels=["frog", "bird"])
+    got = [(r.start_s, r.end_s, r.labels) for r in table.itertuples()]
+    assert got == [(0.0, 2.0, ("frog",)), (2.0, 4.0, ("frog",)), (6.0, 8.0, ())]
+    assert labels == ["frog", "bird"]
+
+
+def test_cap_per_label_spans_groups():
+    table = data.make_table([dict(file=f"f{g}", start_s=float(k), end_s=k + 1.0, labels=("a",), group=f"f{g}")
+                             for g in range(4) for k in range(5)])
+    capped = data.cap_per_label(table, 4, seed=1)
+    assert len(capped) == 4 and capped["group"].nunique() == 4
+
+
+# --- splits ------------------------------------------------------------------------------------------
+
+def _toy_table(n_groups=30, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        lab = ("rare",) if g % 10 == 0 else (("common",) if g % 2 else ())
+        for k in range(int(rng.integers(1, 6))):
+            rows.append(dict(file=f"rec{g}.wav", start_s=k * 10.0, end_s=k * 10.0 + 10, labels=lab, group=f"rec{g}"))
+    return data.make_table(rows)
+
+
+def test_grouped_split_disjoint_stratified_seeded():
+    table = _toy_table()
+    s1 = splits.train_val_split(table, ["common", "rare"], 0.25, seed=3)
+    splits.check_disjoint(table, s1)
+    assert set(table["group"][s1 == "val"]).isdisjoint(set(table["group"][s1 == "train"]))
+    for lab in ("common", "rare"):  # stratified: every label in both splits
+        has = np.array([lab in t for t in table["labels"]])
+        assert (has & (s1 == "val")).any() and (has & (s1 == "train")).any()
+    frac = (s1 == "val").mean()
+    assert 0.1 < frac < 0.4
+    assert (splits.train_val_split(table, ["common", "rare"], 0.25, seed=3) == s1).all()
+    assert not (splits.train_val_split(table, ["common", "rare"], 0.25, seed=4) == s1).all()
+    fold = splits.kfold(table, ["common", "rare"], 3, seed=0)
+    assert set(fold) == {0, 1, 2}
+    for g, sub in table.groupby("group"):
+        assert len(set(fold[sub.index])) == 1
+    rare_folds = set(fold[[("rare",) == t for t in table["labels"]]])
+    assert rare_folds == {0, 1, 2}  # 3 rare groups spread over 3 folds
+
+
+def test_val_files_split():
+    table = _toy_table(5)
+    s = splits.train_val_split(table, ["common"], 0.2, val_files=["rec1.wav", "rec3.wav"])
+    assert set(table["file"][s == "val"]) == {"rec1.wav", "rec3.wav"}
+
+
+# --- augmentation ------------------------------------------------------------------------------------
+
+def _batch(b=4, t=100, f=32):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, t, f, generator=g) * 3 - 5
+    y = torch.eye(b, 3)[:, :3]
+    n = torch.tensor([100, 80, 60, 100])
+    return x, y, n
+
+
+def test_specaugment_masks_bands_and_spans():
+    x, _, _ = _batch()
+    out = augment.spec_mask(x, np.random.default_rng(0), freqm=10, timem=30, value=0.0)
+    assert out.shape == x.shape and not torch.equal(out, x)
+    for i in range(4):
+        zero_cols = (out[i] == 0).all(0).sum().item()
+        zero_rows = (out[i] == 0).all(1).sum().item()
+        assert zero_cols < 10 and zero_rows < 30
+        changed = out[i] != x[i]
+        assert torch.equal(out[i][changed], torch.zeros(int(changed.sum())))  # only zeros written
+    assert torch.equal(augment.spec_mask(x, np.random.default_rng(0), 0, 0), x)
+
+
+def test_mixup_soft_labels_beta10():
+    x, y, n = _batch(b=64)
+    y = torch.zeros(64, 2)
+    y[:32, 0] = 1
+    y[32:, 1] = 1
+    rng = np.random.default_rng(0)
+    xm, ym, _ = augment.mixup(x, y, n.repeat(16), rng, rate=1.0, alpha=10.0)
+    assert xm.shape == x.shape and ym.shape == y.shape
+    assert torch.allclose(ym.sum(1), torch.ones(64))  # a convex mix of one-hot labels
+    lam = ym.max(1).values[(ym[:, 0] > 0) & (ym[:, 1] > 0)]
+    assert len(lam) > 20 and 0.5 <= lam.min() and lam.max() < 0.85  # Beta(10,10): near 0.5
+    # power-domain mix: mixing a feature map with itself leaves it unchanged
+    same = x[:1].repeat(2, 1, 1)
+    xs, _, _ = augment.mixup(same, torch.eye(2), torch.tensor([100, 100]), np.random.default_rng(1), 1.0)
+    assert torch.allclose(xs, same, atol=1e-5)
+    xr, yr, _ = augment.mixup(x, y, n.repeat(16), rng, rate=0.0)
+    assert xr is x and yr is y
+
+
+def test_gain_noise_shift_effects():
+    x, _, n = _batch()
+    g = augment.gain(x, n, np.random.default_rng(0), 6.0)
+    d = (g - x)[:, :, 0]
+    for i in range(4):
+        k = int(n[i])
+        assert torch.allclose(d[i, :k], d[i, 0].expand(k))  # one constant per sample on real frames
+        assert abs(float(d[i, 0])) <= 0.6 * math.log(10) + 1e-6
+        assert torch.all(d[i, k:] == 0)  # padding untouched
+    z = torch.zeros(3, 50, 8)
+    z[:, 0] = 1.0
+    rolled = augment.noise_and_shift(z, np.random.default_rng(0), scale=0.0, max_shift=10)
+    for i in range(3):  # only a roll: the marker frame moved by -10..9 frames
+        (pos,) = torch.nonzero(rolled[i, :, 0]).flatten().tolist()
+        assert pos < 10 or pos >= 40
+    noisy = augment.noise_and_shift(z, np.random.default_rng(0), scale=0.1, max_shift=0)
+    d = noisy - z
+    assert float(d.min()) >= 0 and float(d.max()) <= 0.1 and float(d.abs().sum()) > 0
+
+
+def test_augment_batch_training_only_normalises():
+    from monitor.train.config import AugmentConfig
+
+    x, y, n = _batch()
+    plain, yp = augment.augment_batch(x, y, n, AugmentConfig(), np.random.default_rng(0), -5.0, 3.0)
+    assert torch.allclose(plain, (x + 5.0) / 6.0) and torch.equal(yp, y)
+    full = AugmentConfig(freqm=8, timem=20, mixup=0.5, noise=True, gain_db=3.0)
+    a, ya = augment.augment_batch(x, y, n, full, np.random.default_rng(0), -5.0, 3.0)
+    b, yb = augment.augment_batch(x, y, n, full, np.random.default_rng(0), -5.0, 3.0)
+    assert torch.equal(a, b) and torch.equal(ya, yb)  # seeded: reproducible
+    assert not torch.allclose(a, plain)
+
+
+# --- sampling and losses -----------------------------------------------------------------------------
+
+def test_balanced_weights_like_gen_weight_file():
+    y = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 0]])
+    w = sampling.sample_weights(y)
+    assert w[0] == pytest.approx(1000 / 3.01) and w[3] == pytest.approx(1000 / 1.01) and w[4] == pytest.approx(1000 / 1.01)
+    order = sampling.epoch_order(5, 0, 0, w)
+    assert len(order) == 5
+    draws = np.concatenate([sampling.epoch_order(5, e, 0, w) for e in range(400)])
+    counts = np.bincount(draws, minlength=5)
+    assert counts[:3].sum() == pytest.approx(counts[3], rel=0.15)  # the rare label drawn as often as the common one
+    assert (sampling.epoch_order(5, 3, 7) == sampling.epoch_order(5, 3, 7)).all()
+
+
+def test_losses():
+    from monitor.train.losses import make_loss
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    bce = make_loss("bce")(logits, y)
+    assert float(bce) == pytest.approx(float(torch.nn.functional.binary_cross_entropy_with_logits(logits, y)))
+    ce = make_loss("ce")(logits, y)
+    assert float(ce) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y.argmax(1))))
+    ls = make_loss("ce", label_smoothing=0.1)(logits, y)
+    assert float(ls) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y.argmax(1), label_smoothing=0.1)))
+    focal = make_loss("bce", focal_gamma=2.0)(logits, y)
+    assert 0 < float(focal) < float(bce)
+
+
+# --- metrics and calibration -------------------------------------------------------------------------
+
+def test_metrics_known_values():
+    y = np.array([1, 0, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.3, 0.1])
+    assert metrics.average_precision(y, s) == pytest.approx((1 + 2 / 3) / 2)
+    assert metrics.roc_auc(y, s) == pytest.approx(5 / 6)
+    assert metrics.roc_auc([1, 0], [0.5, 0.5]) == 0.5  # ties count half
+    assert metrics.d_prime(0.5) == 0.0
+    assert metrics.d_prime(0.76025) == pytest.approx(math.sqrt(2) * 0.7071, abs=1e-3)
+    p, r, f1, tp, fp, fn = metrics.prf(y, s, 0.75)
+    assert (p, r, tp, fp, fn) == (0.5, 0.5, 1, 1, 1) and f1 == pytest.approx(0.5)
+
+
+def test_evaluate_scores_label_without_positives_and_confusion():
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0]])
+    s = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.4, 0.5, 0.1], [0.2, 0.7, 0.1]])
+    out = metrics.evaluate_scores(y, s, ["a", "b", "c"], "multiclass")
+    per = {r["label"]: r for r in out["per_label"]}
+    assert math.isnan(per["c"]["AP"]) and per["c"]["note"] == "no positives in this split"
+    assert out["summary"]["accuracy"] == 0.75
+    assert out["confusion"] == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
+    assert out["summary"]["mAP"] == pytest.approx(np.mean([per["a"]["AP"], per["b"]["AP"]]))
+    empty = metrics.evaluate_scores(np.zeros((0, 2)), np.zeros((0, 2)), ["a", "b"])
+    assert math.isnan(empty["summary"]["mAP"])
+
+
+def test_calibration_known_answers():
+    y = np.array([1, 1, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.2])
+    t, f1 = calibrate.max_f1_threshold(y, s)
+    assert t == pytest.approx(0.65) and f1 == 1.0  # midway between the lowest positive and the top negative
+    y2 = np.array([1, 0, 1, 1, 0, 1, 0, 0])
+    s2 = np.array([0.95, 0.9, 0.85, 0.8, 0.6, 0.5, 0.4, 0.3])
+    # precision at cuts: 1, .5, .67, .75, .6, .67, .57, .5 ; F1 max 0.8 at the 0.5 cut (6 kept: 4 tp)
+    t, f1 = calibrate.max_f1_threshold(y2, s2)
+    assert t == pytest.approx(0.45) and f1 == pytest.approx(0.8)
+    t, rec, ok = calibrate.precision_threshold(y2, s2, 0.75)
+    assert ok and t == pytest.approx(0.7) and rec == pytest.approx(0.75)
+    t, rec, ok = calibrate.precision_threshold(y2, s2, 0.99)
+    assert ok and t == pytest.approx(0.925) and rec == pytest.approx(0.25)
+    thr, rows = calibrate.calibrate(np.c_[y2, np.zeros(8)], np.c_[s2, s2], ["a", "b"], "f1", default=0.3)
+    assert thr == {"a": pytest.approx(0.45), "b": 0.3} and "no positives" in rows[1]["note"]
+
+
+# --- optimisation pieces -----------------------------------------------------------------------------
+
+def test_warmup_reaches_base_lr_and_schedules():
+    from monitor.train.config import OptimConfig
+
+    o = OptimConfig(warmup_steps=4, scheduler="multistep", lr_decay_start_epoch=2, lr_decay_every=1, lr_decay=0.5,
+                    epochs=5)
+    f = [lr_factor(s, 3, o) for s in range(15)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]  # warmup reaches the base LR
+    assert f[4:6] == [1.0, 1.0] and f[6:9] == [0.5] * 3 and f[9:12] == [0.25] * 3
+    c = OptimConfig(warmup_steps=2, scheduler="cosine", epochs=2, min_lr_frac=0.1)
+    g = [lr_factor(s, 5, c) for s in range(10)]
+    assert g[1] == 1.0 and g[2] < 1.0 and all(a >= b for a, b in zip(g[1:], g[2:]))
+    assert lr_factor(1000, 5, c) == pytest.approx(0.1)
+
+
+def test_freeze_policies_and_head_lr():
+    from monitor.model.ast import AST
+    from monitor.train.config import OptimConfig
+    from monitor.train.engine import make_optimizer
+
+    m = AST(3, 16, 16, 128, 64, "tiny224", depth=3)
+    head = sum(p.numel() for p in m.mlp_head.parameters())
+    assert apply_freeze(m, "head") == head
+    blk = sum(p.numel() for p in m.v.blocks[-1].parameters()) + sum(p.numel() for p in m.v.norm.parameters())
+    assert apply_freeze(m, "last_n", 1) == head + blk
+    assert apply_freeze(m, "full") == sum(p.numel() for p in m.parameters())
+    opt = make_optimizer(m, OptimConfig(lr=1e-4, head_lr_mult=10.0))
+    assert [g["lr"] for g in opt.param_groups] == [1e-4, pytest.approx(1e-3)]
+
+
+def test_add_labels_to_bundle_keeps_old_head_rows(tmp_path):
+    from monitor.config import Preprocess, FbankConfig
+    from monitor.model.ast import AST
+    from monitor.model.bundle import save_bundle
+    from monitor.train.engine import from_bundle
+
+    torch.manual_seed(0)
+    old = AST(2, 16, 16, 128, 64, "tiny224", depth=2)
+    pre = Preprocess(fbank=FbankConfig(target_frames=64))
+    save_bundle(tmp_path / "b", old, name="b", version="1", labels=["frog", "bird"], task="multilabel",
+                preprocessing=pre, thresholds={"frog": 0.5, "bird": 0.5})
+    geom = dict(fstride=16, tstride=16, input_fdim=128, input_tdim=64, model_size="tiny224", depth=2)
+    new = from_bundle(str(tmp_path / "b"), ["bird", "toad", "frog"], geom)
+    w_old, w_new = old.mlp_head[1].weight, new.mlp_head[1].weight
+    assert torch.equal(w_new[0], w_old[1]) and torch.equal(w_new[2], w_old[0])
+    assert torch.equal(new.v.pos_embed, old.v.pos_embed)
+    x = torch.randn(2, 64, 128)
+    old.eval(), new.eval()
+    with torch.no_grad():
+        assert torch.allclose(new(x)[:, [2, 0]], old(x), atol=1e-6)  # old labels score exactly as before
+    with pytest.raises(Exception, match="input_tdim"):
+        from_bundle(str(tmp_path / "b"), ["frog"], dict(geom, input_tdim=128))
