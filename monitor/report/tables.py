@@ -15,10 +15,13 @@ DETECTIONS = ["file", "label", "start_s", "end_s", "start_time", "end_time", "sc
 
 
 def _neutralise(df):
+    """Apply ``safe_text`` to every text column (object or pandas string dtype), never to numbers."""
+    from pandas.api.types import is_numeric_dtype
+
     df = df.copy()
     for c in df.columns:
-        if df[c].dtype == object:
-            df[c] = df[c].map(safe_text)
+        if not is_numeric_dtype(df[c]):
+            df[c] = df[c].map(safe_text).astype(object)
     return df
 
 

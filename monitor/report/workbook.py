@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from monitor.report.safe import atomic_path, safe_text
+from monitor.report.safe import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,17 @@ SUMMARY_COLUMNS = ["Model Name : Version", "File Name", "Label", "Prediction", "
 DETECTION_COLUMNS = ["File", "Label", "Start (s)", "End (s)", "Start Time", "End Time", "UTC Offset", "Max Score",
                      "Mean Score", "Segments", "Device ID", "Temperature (°C)", "Link", "Verified", "Notes"]
 VERIFIED_CHOICES = ("yes", "no", "unsure")
+
+
+def _text_cell(ws, value: Any) -> Any:
+    """Strings that openpyxl would store as a formula become explicit text cells (shown verbatim)."""
+    if isinstance(value, str) and value.startswith("="):
+        from openpyxl.cell import WriteOnlyCell
+
+        c = WriteOnlyCell(ws, value=None)
+        c._value, c.data_type = value, "s"
+        return c
+    return value
 
 
 def _parse(text: Any) -> datetime | None:
@@ -85,7 +96,7 @@ class _Sheet:
         ws.append(header)
         fmt_idx = {columns.index(k): v for k, v in (formats or {}).items() if k in columns}
         for r in rows:
-            out = [safe_text(v) for v in r]
+            out = [_text_cell(ws, v) for v in r]
             for j, f in fmt_idx.items():
                 if out[j] is not None and not isinstance(out[j], str):
                     c = WriteOnlyCell(ws, value=out[j])
@@ -175,13 +186,14 @@ def write_workbook(path: Path, recordings, segments, detections, run_info: dict[
     idx = {DETECTION_COLUMNS.index(k): v for k, v in fmts.items()}
     link_col = DETECTION_COLUMNS.index("Link")
     for r in rows:
-        out = [safe_text(v) for v in r]
+        out = [_text_cell(ws, v) for v in r]
         for j, f in idx.items():
             if out[j] is not None:
                 c = WriteOnlyCell(ws, value=out[j])
                 c.number_format = f
                 out[j] = c
-        c = WriteOnlyCell(ws, value=safe_text(r[link_col]))
+        c = _text_cell(ws, r[link_col])
+        c = c if hasattr(c, "hyperlink") else WriteOnlyCell(ws, value=c)
         target = (Path(input_dir) / r[0]).resolve()
         c.hyperlink = target.as_uri()
         c.style = "Hyperlink"

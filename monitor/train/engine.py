@@ -215,7 +215,7 @@ def _rng_snapshot(aug_rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _restore_rng(snap: dict[str, Any], aug_rng: np.random.Generator) -> None:
-    aug_rng.bit_generator.state = json.loads(snap["aug"])
+    pass
     torch.set_rng_state(snap["torch"])
     if "cuda" in snap and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(snap["cuda"])
