@@ -136,3 +136,110 @@ def set_verified(out_dir: Path, row: int, value: str, notes: str | None = None) 
     tmp = path.with_name(f".{path.name}.tmp")
     wb.save(tmp)
     os.replace(tmp, path)
+
+
+def describe_model(name_or_path: str) -> dict[str, Any]:
+    """Print and return a bundle's labels, thresholds and band (fails in one line if it is not usable)."""
+    from monitor.model.bundle import load_bundle
+
+    b = load_bundle(name_or_path)
+    info = {"name": b.name, "version": b.version, "labels": b.labels, "thresholds": b.thresholds,
+            "band_hz": (b.preprocessing.band.low_hz, b.preprocessing.band.high_hz), "path": str(b.path)}
+    print(f"{b.name} {b.version}: labels {', '.join(b.labels)}; thresholds "
+          + ", ".join(f"{k}={v:.2f}" for k, v in b.thresholds.items()))
+    return info
+
+
+def offer_download(path: str | Path):
+    """Colab: download the file; Jupyter: return a link to it."""
+    path = Path(path)
+    if in_colab():
+        from google.colab import files  # type: ignore[import-not-found]
+
+        files.download(str(path))
+        return None
+    from IPython.display import FileLink
+
+    return FileLink(str(path))
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None):
+    """A training recipe with ``section.key=value`` overrides (unknown keys fail, naming the key)."""
+    from monitor.train.config import load_config
+
+    return load_config(Path(path), list(overrides or []))
+
+
+def train(cfg, out_dir: str | Path, name: str) -> dict[str, Any]:
+    """Train, calibrate and export, with tqdm progress (live loss and LR)."""
+    from monitor.train.cli import train as _train
+
+    return _train(cfg, Path(out_dir), name=name)
+
+
+def show_training_plots(out_dir: str | Path) -> list[Path]:
+    """Display the learning curve and PR curves of a training run (those that exist)."""
+    from IPython.display import Image, display
+
+    shown = []
+    for name in ("learning_curve.png", "pr_curve.png"):
+        p = Path(out_dir) / name
+        if p.is_file():
+            display(Image(filename=str(p)))
+            shown.append(p)
+    return shown
+
+
+def training_report(out_dir: str | Path):
+    """Per-label validation metrics and the calibrated thresholds as a DataFrame."""
+    import pandas as pd
+
+    p = Path(out_dir) / "val_per_label.csv"
+    return pd.read_csv(p) if p.is_file() else pd.DataFrame()
+
+
+def bundle_path(out_dir: str | Path) -> Path:
+    """The exported bundle of a training run."""
+    p = Path(out_dir) / "bundle"
+    if not (p / "bundle.json").is_file():
+        raise FileNotFoundError(f"{out_dir} has no exported bundle yet")
+    return p
+
+
+def copy_bundle(src: str | Path, dest: str | Path) -> Path:
+    """Copy a bundle folder (e.g. to Drive), replacing an older copy."""
+    import shutil
+
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest)
+    return dest
+
+
+def show_detection(out_dir: str | Path, row: int, pad_s: float = 1.0) -> Clip:
+    """Spectrogram and audio player of detection ``row`` (displayed); returns the clip."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    clip = detection_clip(Path(out_dir), row, pad_s)
+    ax = plot_spectrogram(clip)
+    ax.set_title(f"row {row}: " + ax.get_title())
+    plt.show()
+    display(audio_player(clip))
+    return clip
+
+
+def record_verdicts(out_dir: str | Path, verdicts: dict[int, str], notes: dict[int, str] | None = None) -> int:
+    """Write several rows' ``Verified`` values (and notes) into report.xlsx; returns how many."""
+    for row, value in verdicts.items():
+        set_verified(Path(out_dir), int(row), value, (notes or {}).get(row))
+    return len(verdicts)
+
+
+def reviewed(out_dir: str | Path):
+    """The Detections sheet's rows that have a Verified value."""
+    import pandas as pd
+
+    df = pd.read_excel(Path(out_dir) / "report.xlsx", sheet_name="Detections")
+    return df[df["Verified"].notna()].reset_index(drop=True)
