@@ -193,7 +193,7 @@ def test_grouped_split_disjoint_stratified_seeded():
 
 def test_val_files_split():
     table = _toy_table(5)
-    s = splits.train_val_split(table, ["common"], 0.2, val_files=["rec1.wav", "rec3.wav"])
+    s = splits.train_val_split(table, ["common"], 0.2, val_files=["# a comment", "rec1.wav", "rec3.wav", ""])
     assert set(table["file"][s == "val"]) == {"rec1.wav", "rec3.wav"}
 
 
@@ -399,3 +399,21 @@ def test_add_labels_to_bundle_keeps_old_head_rows(tmp_path):
         assert torch.allclose(new(x)[:, [2, 0]], old(x), atol=1e-6)  # old labels score exactly as before
     with pytest.raises(Exception, match="input_tdim"):
         from_bundle(str(tmp_path / "b"), ["frog"], dict(geom, input_tdim=128))
+
+
+def test_init_from_official_checkpoint_file(tmp_path, shared):
+    """model.init: audioset with a local official-format file (here the golden tiny one): body weights
+    loaded, pos embed adapted to the recipe's frames, a new head for the recipe's labels."""
+    from monitor.train.engine import build_model
+
+    case = torch.load(shared / "golden" / "ast_official_tiny.pt", weights_only=True)["tiny_f16t16_td200"]
+    torch.save(case["state_dict"], tmp_path / "official.pth")
+    cfg = build_config({"model": {"init": "audioset", "checkpoint": str(tmp_path / "official.pth"), "size": "tiny224",
+                                  "fstride": 16, "tstride": 16, "depth": 2}, "fbank": {"target_frames": 200}})
+    m = build_model(cfg, ["frog", "bird"])
+    sd = case["state_dict"]
+    assert torch.equal(m.v.blocks[1].attn.qkv.weight, sd["module.v.blocks.1.attn.qkv.weight"])
+    assert torch.equal(m.v.pos_embed, sd["module.v.pos_embed"])
+    assert m.mlp_head[1].weight.shape == (2, 192) and m.training
+    shorter = build_model(build_config({"model": dict(cfg.model.__dict__), "fbank": {"target_frames": 120}}), ["x"])
+    assert shorter.v.pos_embed.shape[1] == 2 + 8 * 7

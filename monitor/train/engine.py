@@ -69,14 +69,16 @@ def build_model(cfg: TrainConfig, labels: list[str]):
         path = Path(src) if Path(src).is_file() else pull(src)
         return from_official_checkpoint(path, label_dim=n, **geom).train()
     if m.init == "hf":
-        from monitor.model.checkpoints import from_official_checkpoint, hf_to_official, load_state_dict_file
+        from monitor.model.checkpoints import from_hf_checkpoint
 
         if not m.checkpoint:
             raise MonitorError("model.init: hf needs model.checkpoint (a saved ASTForAudioClassification folder)")
-        folder = Path(m.checkpoint)
-        w = folder / "model.safetensors"
-        sd = hf_to_official(load_state_dict_file(w if w.is_file() else folder / "pytorch_model.bin"))
-        return from_official_checkpoint(sd, label_dim=n, **geom).train()
+        model = from_hf_checkpoint(m.checkpoint, label_dim=n, input_tdim=fb.target_frames)
+        got = {k: model.config[k] for k in ("fstride", "tstride", "input_fdim", "model_size")}
+        want = {k: geom[k] for k in got}
+        if got != want:
+            raise MonitorError(f"the Hugging Face checkpoint has geometry {got}; set model/fbank to match ({want})")
+        return model.train()
     return from_bundle(m.checkpoint, labels, geom)
 
 
@@ -215,7 +217,7 @@ def _rng_snapshot(aug_rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _restore_rng(snap: dict[str, Any], aug_rng: np.random.Generator) -> None:
-    pass
+    aug_rng.bit_generator.state = json.loads(snap["aug"])
     torch.set_rng_state(snap["torch"])
     if "cuda" in snap and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(snap["cuda"])
@@ -361,8 +363,8 @@ def fit(cfg: TrainConfig, out_dir: Path, *, table, labels: list[str], split, res
         loader = torch.utils.data.DataLoader(ds, batch_sampler=plan[done:], collate_fn=collate,
                                              num_workers=cfg.data.num_workers)
         snap = _rng_snapshot(aug_rng)
-        bar = tqdm(total=len(plan), initial=done, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not progress,
-                   leave=False)
+        bar = tqdm(total=len(plan), initial=done, desc=f"epoch {epoch + 1}/{o.epochs}", leave=False,
+                   disable=None if progress else True)  # None: only on a terminal
         micro, acc_loss, finished = 0, 0.0, done
         try:
             for b, (x, y, n_real) in enumerate(loader, start=done):

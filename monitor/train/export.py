@@ -88,10 +88,8 @@ def plot_learning_curve(history: Sequence[Mapping[str, Any]], steps_csv: Path, p
         a.plot(st["step"], st["loss"], lw=0.8, label="train loss (step)")
     ep = [h["epoch"] for h in history]
     if any("val_loss" in h for h in history):
-        a2 = a.twiny()
-        a2.plot(ep, [h.get("val_loss", np.nan) for h in history], "o-", color="C1", label="val loss (epoch)")
-        a2.set_xlabel("epoch")
-        a2.legend(loc="upper right")
+        a.plot([h["steps"] for h in history], [h.get("val_loss", np.nan) for h in history], "o-", color="C1",
+               label="val loss (end of epoch)")
     a.set_xlabel("step")
     a.set_ylabel("loss")
     a.legend(loc="upper left")

@@ -66,9 +66,11 @@ def train_val_split(table, names: list[str], val_fraction: float, seed: int = 0,
                     val_files: Sequence[str] | None = None) -> np.ndarray:
     """``'train'``/``'val'`` per row. ``val_files``: relative paths (suffix match) that form the validation split."""
     if val_files is not None:
-        wanted = {v.strip().replace("\\", "/") for v in val_files if v.strip()}
+        wanted = {v.strip().replace("\\", "/") for v in val_files if v.strip() and not v.lstrip().startswith("#")}
         is_val = np.array([any(str(f).replace("\\", "/").endswith("/" + w) or str(f) == w for w in wanted)
                            for f in table["file"]])
+        if not is_val.any():
+            log.warning("split.val_files names none of the data's files: no validation split")
         return np.where(is_val, "val", "train")
     if val_fraction <= 0 or table["group"].nunique() < 2:
         if val_fraction > 0:
