@@ -10,7 +10,6 @@ names (``v.*``, ``mlp_head.*``) match the official checkpoints without the ``mod
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -18,16 +17,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from monitor.errors import MonitorError
+
 log = logging.getLogger(__name__)
+
+PATCH = 16  # AST patches are 16x16 (mel bins x frames)
 
 
 @dataclass(frozen=True)
 class SizeSpec:
+    """One DeiT-distilled size: width, depth, heads and the timm ImageNet weights it starts from."""
+
     embed_dim: int
     depth: int
     num_heads: int
-    timm_name: str  # the ImageNet DeiT-distilled weights this size starts from
-    imagenet_grid: int  # the DeiT's patch grid side (224/16 or 384/16)
+    timm_name: str
+    imagenet_grid: int  # side of the DeiT's square patch grid (224/16 or 384/16)
+
+    def __getitem__(self, key: str) -> Any:  # MODEL_SIZES["tiny224"]["embed_dim"] works too
+        return getattr(self, key)
 
 
 MODEL_SIZES: dict[str, SizeSpec] = {
@@ -38,11 +46,38 @@ MODEL_SIZES: dict[str, SizeSpec] = {
 }
 
 
-def patch_grid(fstride: int, tstride: int, input_fdim: int, input_tdim: int, patch: int = 16) -> tuple[int, int]:
+def patch_grid(fstride: int, tstride: int, input_fdim: int, input_tdim: int, patch: int = PATCH) -> tuple[int, int]:
     """(f_dim, t_dim): patches along frequency and time for a strided 16x16 projection."""
     if input_fdim < patch or input_tdim < patch:
         raise ValueError(f"input ({input_fdim} mel x {input_tdim} frames) is smaller than a {patch}x{patch} patch")
     return (input_fdim - patch) // fstride + 1, (input_tdim - patch) // tstride + 1
+
+
+def expected_shapes(arch: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of ``AST(**arch).state_dict()``, computed without torch modules.
+
+    ``arch`` needs model_size, depth, fstride, tstride, input_fdim, input_tdim, label_dim.
+    """
+    d = MODEL_SIZES[arch["model_size"]].embed_dim
+    f, t = patch_grid(arch["fstride"], arch["tstride"], arch["input_fdim"], arch["input_tdim"])
+    out: dict[str, tuple[int, ...]] = {
+        "v.cls_token": (1, 1, d), "v.dist_token": (1, 1, d), "v.pos_embed": (1, f * t + 2, d),
+        "v.patch_embed.proj.weight": (d, 1, PATCH, PATCH), "v.patch_embed.proj.bias": (d,),
+        "v.norm.weight": (d,), "v.norm.bias": (d,),
+        "mlp_head.0.weight": (d,), "mlp_head.0.bias": (d,),
+        "mlp_head.1.weight": (arch["label_dim"], d), "mlp_head.1.bias": (arch["label_dim"],),
+    }
+    for i in range(arch["depth"]):
+        b = f"v.blocks.{i}."
+        out.update({
+            b + "norm1.weight": (d,), b + "norm1.bias": (d,),
+            b + "attn.qkv.weight": (3 * d, d), b + "attn.qkv.bias": (3 * d,),
+            b + "attn.proj.weight": (d, d), b + "attn.proj.bias": (d,),
+            b + "norm2.weight": (d,), b + "norm2.bias": (d,),
+            b + "mlp.fc1.weight": (4 * d, d), b + "mlp.fc1.bias": (4 * d,),
+            b + "mlp.fc2.weight": (d, 4 * d), b + "mlp.fc2.bias": (d,),
+        })
+    return out
 
 
 def _patch_embed_class():
@@ -51,13 +86,12 @@ def _patch_embed_class():
     class StridedPatchEmbed(PatchEmbed):
         """timm's PatchEmbed with an overlapping (strided) 16x16 projection, as in AST."""
 
-        def __init__(self, *args: Any, stride: tuple[int, int] = (16, 16), **kwargs: Any):
+        def __init__(self, *args: Any, stride: tuple[int, int] = (PATCH, PATCH), **kwargs: Any):
             super().__init__(*args, **kwargs)
             old = self.proj
             self.proj = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=self.patch_size, stride=stride,
                                   bias=old.bias is not None)
-            h, w = self.img_size
-            self.grid_size = ((h - self.patch_size[0]) // stride[0] + 1, (w - self.patch_size[1]) // stride[1] + 1)
+            self.grid_size = patch_grid(stride[0], stride[1], *self.img_size, patch=self.patch_size[0])
             self.num_patches = self.grid_size[0] * self.grid_size[1]
 
     return StridedPatchEmbed
@@ -97,7 +131,12 @@ def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_gri
 
 
 class AST(nn.Module):
-    """AST: ``forward(x)`` with x (batch, frames, mel_bins) normalised fbank -> logits (batch, label_dim)."""
+    """AST: ``forward(x)`` with x (batch, frames, mel_bins) normalised fbank -> logits (batch, label_dim).
+
+    ``norm_eps`` is the transformer's LayerNorm epsilon (timm/official 1e-6, Hugging Face 1e-12);
+    ``head_norm_eps`` the output head's (official 1e-5). ``pretrained_file`` points timm at a local
+    copy of the ImageNet weights for ``imagenet_pretrain``.
+    """
 
     def __init__(self, label_dim: int, fstride: int = 10, tstride: int = 10, input_fdim: int = 128,
                  input_tdim: int = 1024, model_size: str = "base384", depth: int | None = None,
@@ -112,12 +151,14 @@ class AST(nn.Module):
         self.config: dict[str, Any] = dict(
             label_dim=int(label_dim), fstride=int(fstride), tstride=int(tstride), input_fdim=int(input_fdim),
             input_tdim=int(input_tdim), model_size=model_size, depth=int(depth or spec.depth),
-            norm_eps=float(norm_eps), head_norm_eps=float(head_norm_eps),
+            norm_eps=float(norm_eps), head_norm_eps=float(head_norm_eps), imagenet_pretrain=bool(imagenet_pretrain),
+            drop_path_rate=float(drop_path_rate),
+            pretrained_file=None if pretrained_file is None else str(pretrained_file),
         )
         self.label_dim = int(label_dim)
         self.f_dim, self.t_dim = patch_grid(fstride, tstride, input_fdim, input_tdim)
         self.v = VisionTransformerDistilled(
-            img_size=(input_fdim, input_tdim), patch_size=16, in_chans=1, num_classes=0,
+            img_size=(input_fdim, input_tdim), patch_size=PATCH, in_chans=1, num_classes=0,
             embed_dim=spec.embed_dim, depth=self.config["depth"], num_heads=spec.num_heads,
             drop_path_rate=drop_path_rate, norm_layer=partial(nn.LayerNorm, eps=norm_eps),
             embed_layer=partial(_patch_embed_class(), stride=(fstride, tstride)),
@@ -131,8 +172,7 @@ class AST(nn.Module):
         """Start from timm's ImageNet DeiT-distilled weights (timm's own pretrained loading).
 
         timm sums the RGB patch filters into one channel (``in_chans=1``); the positional embedding
-        is then adapted from the DeiT grid by the official AST rule. ``pretrained_file`` points timm at
-        a local copy of the weights instead of the hub.
+        is then adapted from the DeiT grid by the official AST rule.
         """
         import timm
 
@@ -140,7 +180,17 @@ class AST(nn.Module):
         kw: dict[str, Any] = dict(pretrained=True, num_classes=0, in_chans=1)
         if pretrained_file:
             kw["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
-        src = timm.create_model(spec.timm_name, **kw)
+        try:
+            src = timm.create_model(spec.timm_name, **kw)
+        except (OSError, RuntimeError) as exc:  # hub unreachable, or a bad local file
+            if pretrained_file:
+                why = (str(exc).splitlines() or [""])[0]
+                raise MonitorError(f"could not read ImageNet weights {spec.timm_name} from {pretrained_file} "
+                                   f"({type(exc).__name__}: {why}); check the file") from None
+            raise MonitorError(
+                f"could not download ImageNet weights timm/{spec.timm_name} ({type(exc).__name__}); no network? "
+                "Download them by hand and pass the file (model.checkpoint in a training config)"
+            ) from None
         sd = src.state_dict()
         sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], (spec.imagenet_grid,) * 2, (self.f_dim, self.t_dim))
         sd = {k: v for k, v in sd.items() if not k.startswith(("head", "head_dist"))
@@ -158,8 +208,3 @@ class AST(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _check() -> None:  # pragma: no cover - manual smoke
-    m = AST(3, 10, 10, 128, 100, "tiny224", depth=2)
-    print(m(torch.randn(2, 100, 128)).shape, count_parameters(m), math.prod((m.f_dim, m.t_dim)))

@@ -3,7 +3,7 @@ thresholds, provenance) and ``model.safetensors``. Everything inference needs co
 
 Loading reads only JSON and safetensors, validates every field (a wrong or missing one is a
 one-line ``BundleError``), refuses file names that leave the folder, and checks every tensor's
-name and shape against the declared architecture before building the model.
+name and shape against the declared architecture before any torch module is built.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +28,18 @@ FORMAT_VERSION = 1
 DEFAULT_MODEL = "demo-frog-bird"
 WEIGHTS = "model.safetensors"
 TASKS = ("multilabel", "multiclass")
-ARCH_KEYS = {"model_size": str, "depth": int, "fstride": int, "tstride": int, "input_fdim": int, "input_tdim": int,
-             "label_dim": int, "norm_eps": float, "head_norm_eps": float}
+ARCH_KEYS: dict[str, type] = {"model_size": str, "depth": int, "fstride": int, "tstride": int, "input_fdim": int,
+                              "input_tdim": int, "label_dim": int, "norm_eps": float, "head_norm_eps": float}
+ARCH_OPTIONAL = {"norm_eps": 1e-6, "head_norm_eps": 1e-5}
+TOP_KEYS = ("format_version", "name", "version", "labels", "task", "architecture", "preprocessing", "thresholds",
+            "weights", "provenance")
+DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
 @dataclass
 class Bundle:
+    """A validated bundle; ``sha256`` covers the canonical bundle.json and the weights' bytes."""
+
     name: str
     version: str
     labels: list[str]
@@ -61,82 +68,103 @@ class Bundle:
         }
 
     def build_model(self, device: str = "cpu"):
-        """The AST with this bundle's weights (fp32 even if stored fp16), in eval mode."""
+        """The AST with this bundle's weights (fp32 even if stored fp16), in eval mode on ``device``."""
         import torch
         from safetensors.torch import load_file
 
         from monitor.model.ast import AST
 
         if self.path is None:
-            raise BundleError(f"bundle {self.name} has no folder to load weights from")
+            raise BundleError(f"bundle {self.name} has no folder to load weights from; save it first")
         a = self.architecture
         model = AST(a["label_dim"], a["fstride"], a["tstride"], a["input_fdim"], a["input_tdim"], a["model_size"],
                     depth=a["depth"], norm_eps=a.get("norm_eps", 1e-6), head_norm_eps=a.get("head_norm_eps", 1e-5))
         sd = load_file(str(self.path / self.weights_file))
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(sd))
-        extra = sorted(set(sd) - set(expected))
-        if missing or extra:
-            raise BundleError(f"{self.path}: weights do not match the architecture (missing {missing[:2]}, "
-                              f"unexpected {extra[:2]}); the bundle is damaged or from another model")
-        for k, t in sd.items():
-            if tuple(t.shape) != tuple(expected[k].shape):
-                raise BundleError(f"{self.path}: tensor {k} has shape {tuple(t.shape)}, the architecture needs "
-                                  f"{tuple(expected[k].shape)}")
+        ours = model.state_dict()
+        bad = sorted(set(ours) ^ set(sd)) or [k for k in sd if sd[k].shape != ours[k].shape]
+        if bad:
+            raise BundleError(f"{self.path}: weights do not match the architecture (first: {bad[0]}); "
+                              "the bundle is damaged or from another model")
         model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
         return model.to(device).eval()
 
     def scores(self, logits):
-        """Logits -> probabilities: sigmoid (multilabel) or softmax (multiclass)."""
+        """Logits (..., labels) -> probabilities: sigmoid (multilabel) or softmax over labels (multiclass)."""
         import torch
 
         return torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=-1)
 
 
 def _need(data: Mapping[str, Any], key: str, typ: type | tuple, where: str = "bundle.json") -> Any:
+    if not isinstance(data, Mapping):
+        raise BundleError(f"{where} must be a JSON object; re-export the bundle")
     if key not in data:
         raise BundleError(f"{where} is missing '{key}'; re-export the bundle or add the field")
     value = data[key]
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+    if not isinstance(value, typ) or (typ in (int, float) and isinstance(value, bool)):
         name = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+        name = {"dict": "an object", "list": "a list", "str": "a string"}.get(name, name)
         raise BundleError(f"{where}: '{key}' must be {name}, got {value!r}")
     return value
 
 
 def _inside(folder: Path, name: str) -> Path:
     p = (folder / name).resolve()
-    if not p.is_relative_to(folder.resolve()) or os.path.isabs(name):
+    if os.path.isabs(name) or not p.is_relative_to(folder.resolve()):
         raise BundleError(f"{folder}/bundle.json names a file outside the bundle folder ({name!r}); refusing it")
     return p
 
 
+def check_geometry(model_size: str, fstride: int, tstride: int, input_fdim: int, input_tdim: int) -> None:
+    """Raise a one-line ``BundleError`` for an impossible geometry."""
+    from monitor.model.ast import MODEL_SIZES, patch_grid
+
+    if model_size not in MODEL_SIZES:
+        raise BundleError(f"unknown model_size {model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
+    if not (1 <= fstride <= 16 and 1 <= tstride <= 16):
+        raise BundleError(f"strides must be in 1..16, got {fstride}/{tstride}")
+    try:
+        patch_grid(fstride, tstride, input_fdim, input_tdim)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
+
+
+def _parse_arch(data: Mapping[str, Any], n_labels: int) -> dict[str, Any]:
+    raw = _need(data, "architecture", dict)
+    unknown = [k for k in raw if k not in ARCH_KEYS]
+    if unknown:
+        raise BundleError(f"bundle.json: unknown architecture field '{unknown[0]}' (allowed: {', '.join(ARCH_KEYS)})")
+    arch = {k: _need({**ARCH_OPTIONAL, **raw}, k, t, "bundle.json architecture") for k, t in ARCH_KEYS.items()}
+    if arch["depth"] < 1 or arch["label_dim"] < 1:
+        raise BundleError("bundle.json: architecture depth and label_dim must be >= 1")
+    if arch["label_dim"] != n_labels:
+        raise BundleError(f"bundle.json: architecture.label_dim {arch['label_dim']} != {n_labels} labels")
+    check_geometry(arch["model_size"], arch["fstride"], arch["tstride"], arch["input_fdim"], arch["input_tdim"])
+    return arch
+
+
 def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
-    """Validate a ``bundle.json`` mapping into a ``Bundle``."""
+    """Validate a ``bundle.json`` mapping into a ``Bundle`` (no weights are read)."""
     if not isinstance(data, dict):
         raise BundleError("bundle.json must hold a JSON object")
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise BundleError(f"bundle.json: unknown field '{unknown[0]}' (allowed: {', '.join(TOP_KEYS)})")
     fv = _need(data, "format_version", int)
     if fv != FORMAT_VERSION:
-        raise BundleError(f"bundle.json format_version {fv} is not supported (this monitor reads {FORMAT_VERSION})")
+        raise BundleError(f"bundle.json format_version {fv} is not supported (this monitor reads {FORMAT_VERSION}); "
+                          "upgrade monitor or re-export the bundle")
     name = _need(data, "name", str)
     version = _need(data, "version", str)
     labels = _need(data, "labels", list)
-    if not labels or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
+    if not labels or not all(isinstance(x, str) and x.strip() for x in labels) or len(set(labels)) != len(labels):
         raise BundleError("bundle.json: 'labels' must be a non-empty list of distinct names")
     task = _need(data, "task", str)
     if task not in TASKS:
-        raise BundleError(f"bundle.json: 'task' must be one of {TASKS}, got {task!r}")
-    arch = dict(_need(data, "architecture", dict))
-    for key, typ in ARCH_KEYS.items():
-        if key in ("norm_eps", "head_norm_eps") and key not in arch:
-            continue
-        arch[key] = _need(arch, key, typ, "bundle.json architecture")
-    if arch["label_dim"] != len(labels):
-        raise BundleError(f"bundle.json: architecture.label_dim {arch['label_dim']} != {len(labels)} labels")
-    from monitor.model.checkpoints import check_geometry
-
-    check_geometry(arch["model_size"], arch["fstride"], arch["tstride"], arch["input_fdim"], arch["input_tdim"])
+        raise BundleError(f"bundle.json: 'task' must be one of {', '.join(TASKS)}, got {task!r}")
+    arch = _parse_arch(data, len(labels))
     try:
         pre = Preprocess.from_dict(_need(data, "preprocessing", dict))
     except ConfigError as exc:
@@ -146,36 +174,38 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
                           "architecture (input_fdim, input_tdim)")
     thr = _need(data, "thresholds", dict)
     if set(thr) != set(labels):
-        raise BundleError(f"bundle.json: 'thresholds' must have one value per label ({', '.join(labels)})")
+        missing = sorted(set(labels) - set(thr)) or sorted(set(thr) - set(labels))
+        raise BundleError(f"bundle.json: 'thresholds' must have one value per label (check {missing[0]!r})")
     for k, v in thr.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
             raise BundleError(f"bundle.json: threshold for {k!r} must be a number in 0..1, got {v!r}")
     weights = data.get("weights", {"file": WEIGHTS, "dtype": "float32"})
     wfile = _need(weights, "file", str, "bundle.json weights")
+    dtype = _need(weights, "dtype", str, "bundle.json weights")
+    if dtype not in DTYPES:
+        raise BundleError(f"bundle.json: weights dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if folder is not None:
         _inside(folder, wfile)
     prov = data.get("provenance", {})
     if not isinstance(prov, dict):
         raise BundleError("bundle.json: 'provenance' must be an object")
     return Bundle(name, version, list(labels), task, arch, pre, {k: float(v) for k, v in thr.items()}, prov,
-                  folder, weights_file=wfile, weights_dtype=str(weights.get("dtype", "float32")))
+                  folder, weights_file=wfile, weights_dtype=dtype)
 
 
 def bundle_search_path() -> list[Path]:
-    """Where bundle names are looked up: ``$MONITOR_MODELS``, the repo's ``models/``, the cache."""
-    from monitor.model.checkpoints import cache_dir
-
-    paths = []
-    if os.environ.get("MONITOR_MODELS"):
-        paths += [Path(p) for p in os.environ["MONITOR_MODELS"].split(os.pathsep) if p]
+    """Where bundle names are looked up, in order: ``$MONITOR_MODELS``, the repo's ``models/``, the cache."""
     import monitor
+    from monitor.model.checkpoints import monitor_cache
 
+    paths = [Path(p).expanduser() for p in os.environ.get("MONITOR_MODELS", "").split(os.pathsep) if p]
     paths.append(Path(monitor.__file__).resolve().parents[1] / "models")
-    paths.append(cache_dir() / "models")
+    paths.append(monitor_cache() / "models")
     return paths
 
 
 def resolve(name_or_path: str | Path) -> Path:
+    """A bundle folder: an existing path, else a folder named NAME on ``bundle_search_path()``."""
     p = Path(name_or_path).expanduser()
     if p.is_dir():
         return p
@@ -184,14 +214,58 @@ def resolve(name_or_path: str | Path) -> Path:
     if p.is_file():
         raise BundleError(f"{p} is a file, not a model bundle folder; to use a checkpoint run "
                           f"`monitor models import {p} --labels LABELS --out DIR` first")
-    for base in bundle_search_path():
-        if (base / str(name_or_path) / "bundle.json").is_file():
-            return base / str(name_or_path)
-    if str(name_or_path) == DEFAULT_MODEL:
+    name = str(name_or_path)
+    if "/" not in name and os.sep not in name and name not in ("", ".", ".."):
+        for base in bundle_search_path():
+            if (base / name / "bundle.json").is_file():
+                return base / name
+    if name == DEFAULT_MODEL:
         raise BundleError(f"the bundled default model {DEFAULT_MODEL!r} is not installed here; pass --model "
-                          "PATH_TO_BUNDLE, or train one with `monitor train configs/demo.yaml`")
-    raise BundleError(f"no model bundle {str(name_or_path)!r} (looked in: {', '.join(map(str, bundle_search_path()))}); "
+                          "NAME_OR_PATH, or train one (`monitor train configs/demo.yaml --out runs/demo`, then copy "
+                          f"runs/demo/bundle to models/{DEFAULT_MODEL})")
+    raise BundleError(f"no model bundle {name!r} (looked in: {', '.join(map(str, bundle_search_path()))}); "
                       "see `monitor models list`")
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor names -> dtype, shape, offsets), checked against its size."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            if n > min(100_000_000, size - 8):
+                raise ValueError("bad header length")
+            header = json.loads(fh.read(n))
+        header.pop("__metadata__", None)
+        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    except Exception:
+        raise BundleError(f"{path} is not a safetensors file; bundles hold weights only as safetensors") from None
+    if 8 + n + end != size:
+        raise BundleError(f"{path} is truncated or damaged ({size} bytes, the header needs {8 + n + end}); "
+                          "copy the bundle again")
+    return header
+
+
+def check_weights(b: Bundle, weights: Path) -> None:
+    """Every tensor name, shape and dtype of ``weights`` must be what ``b.architecture`` declares."""
+    from monitor.model.ast import expected_shapes
+
+    header = read_safetensors_header(weights)
+    want = expected_shapes(b.architecture)
+    where = weights.parent
+    for k in sorted(set(want) - set(header)):
+        raise BundleError(f"{where}: weights lack tensor {k} that the architecture needs; the bundle is damaged "
+                          "or its bundle.json belongs to another model")
+    for k in sorted(set(header) - set(want)):
+        raise BundleError(f"{where}: weights hold tensor {k} that the architecture does not have (depth "
+                          f"{b.architecture['depth']}?); the bundle.json belongs to another model")
+    for k, shape in want.items():
+        got = tuple(header[k].get("shape", ()))
+        if got != shape:
+            raise BundleError(f"{where}: tensor {k} has shape {list(got)}, the architecture needs {list(shape)}; "
+                              "bundle.json and model.safetensors do not belong together")
+        if header[k].get("dtype") != DTYPES[b.weights_dtype]:
+            raise BundleError(f"{where}: tensor {k} is {header[k].get('dtype')}, bundle.json says {b.weights_dtype}")
 
 
 def load_bundle(name_or_path: str | Path) -> Bundle:
@@ -203,14 +277,13 @@ def load_bundle(name_or_path: str | Path) -> Bundle:
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{meta} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+        raise BundleError(f"{meta} is not valid JSON ({getattr(exc, 'msg', exc)}); fix or re-export it") from None
     b = parse_bundle(data, folder)
     weights = _inside(folder, b.weights_file)
     if not weights.is_file():
-        raise BundleError(f"{folder} is missing its weights file {b.weights_file}")
-    _check_tensor_shapes(b, weights)
-    h = hashlib.sha256()
-    h.update(json.dumps(data, sort_keys=True).encode())
+        raise BundleError(f"{folder} is missing its weights file {b.weights_file}; copy the whole bundle folder")
+    check_weights(b, weights)
+    h = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
     with open(weights, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
@@ -218,64 +291,45 @@ def load_bundle(name_or_path: str | Path) -> Bundle:
     return b
 
 
-def _check_tensor_shapes(b: Bundle, weights: Path) -> None:
-    """Compare the safetensors header (names, shapes) with the architecture, without building torch modules."""
-    import struct
-
-    try:
-        with open(weights, "rb") as fh:
-            n = struct.unpack("<Q", fh.read(8))[0]
-            if n > 100_000_000:
-                raise ValueError("header too large")
-            header = json.loads(fh.read(n))
-    except Exception:
-        raise BundleError(f"{weights} is not a safetensors file; bundles hold weights only as safetensors") from None
-    a = b.architecture
-    dim = {"tiny224": 192, "small224": 384, "base224": 768, "base384": 768}[a["model_size"]]
-    from monitor.model.ast import patch_grid
-
-    f, t = patch_grid(a["fstride"], a["tstride"], a["input_fdim"], a["input_tdim"])
-    checks = {"v.pos_embed": [1, f * t + 2, dim], "mlp_head.1.weight": [a["label_dim"], dim],
-              "v.patch_embed.proj.weight": [dim, 1, 16, 16]}
-    for k, shape in checks.items():
-        got = header.get(k, {}).get("shape")
-        if got != shape:
-            raise BundleError(f"{weights.parent}: tensor {k} has shape {got}, the architecture needs {shape}")
-    blocks = {int(k.split(".")[2]) for k in header if k.startswith("v.blocks.")}
-    if blocks != set(range(a["depth"])):
-        raise BundleError(f"{weights.parent}: weights have {len(blocks)} blocks, the architecture says {a['depth']}")
-
-
 def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: list[str], task: str,
                 preprocessing: Preprocess, thresholds: Mapping[str, float], provenance: Mapping[str, Any] | None = None,
                 fp16: bool = False) -> Bundle:
-    """Write ``bundle.json`` + ``model.safetensors`` (via a temp folder, then rename); returns the loaded bundle."""
+    """Write ``bundle.json`` + ``model.safetensors`` (in a temp folder, then renamed); returns the loaded bundle.
+
+    The architecture comes from ``model.config``. An existing bundle at ``out_dir`` is replaced (other
+    files beside it are kept); a non-empty folder that is not a bundle is refused.
+    """
     import torch
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    arch = {k: model.config[k] for k in ARCH_KEYS}
-    if arch["label_dim"] != len(labels):
-        raise BundleError(f"model has {arch['label_dim']} outputs but {len(labels)} labels were given")
-    pre = preprocessing
-    if pre.fbank.target_frames != arch["input_tdim"] or pre.fbank.num_mel_bins != arch["input_fdim"]:
-        raise BundleError("preprocessing fbank target_frames/num_mel_bins must match the model's input_tdim/input_fdim")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "bundle.json").is_file():
+        raise BundleError(f"{out_dir} exists and is not a model bundle; choose a new or empty folder")
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        raise BundleError("save_bundle needs a monitor AST (model.config holds its geometry)")
+    arch = {k: config.get(k, ARCH_OPTIONAL.get(k)) for k in ARCH_KEYS}
+    b = Bundle(name, version, list(labels), task, arch, preprocessing,
+               {k: float(thresholds[k]) for k in labels if k in thresholds}, dict(provenance or {}),
+               weights_dtype="float16" if fp16 else "float32")
+    parse_bundle(json.loads(json.dumps(b.to_json())))  # the same checks as on load, before writing anything
     dtype = torch.float16 if fp16 else torch.float32
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    b = Bundle(name, version, list(labels), task, arch, pre, {k: float(thresholds[k]) for k in labels},
-               dict(provenance or {}), weights_dtype="float16" if fp16 else "float32")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         save_file(sd, str(tmp / WEIGHTS))
         (tmp / "bundle.json").write_text(json.dumps(b.to_json(), indent=2) + "\n", encoding="utf-8")
-        extra = [p for p in out_dir.iterdir()] if out_dir.is_dir() else []
-        for p in extra:  # keep files written beside the bundle (model card, curves)
-            if p.name not in ("bundle.json", WEIGHTS):
-                shutil.move(str(p), tmp / p.name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        if out_dir.is_dir():
+            for p in out_dir.iterdir():  # keep files written beside the bundle (model card, curves)
+                if p.name not in ("bundle.json", WEIGHTS):
+                    shutil.move(str(p), tmp / p.name)
+            old = out_dir.with_name(tmp.name + ".old")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -283,26 +337,30 @@ def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: 
 
 
 def list_models() -> list[dict[str, Any]]:
-    """Bundles found on the search path, and pretrained checkpoints in the cache."""
-    from monitor.model.checkpoints import PRETRAINED, cache_dir
+    """Bundles on the search path (first of a name wins) and the published checkpoints, cached or not.
+
+    Each row: name, kind (bundle / bundle (invalid) / checkpoint), version, labels, path, default, cached.
+    """
+    from monitor.model.checkpoints import PRETRAINED, checkpoint_path
 
     rows, seen = [], set()
     for base in bundle_search_path():
         if not base.is_dir():
             continue
         for d in sorted(base.iterdir()):
-            if (d / "bundle.json").is_file() and d.name not in seen:
-                seen.add(d.name)
-                try:
-                    b = load_bundle(d)
-                    rows.append({"name": d.name, "kind": "bundle", "version": b.version, "labels": ", ".join(b.labels),
-                                 "path": str(d), "default": d.name == DEFAULT_MODEL})
-                except BundleError as exc:
-                    rows.append({"name": d.name, "kind": "bundle (invalid)", "version": "", "labels": str(exc),
-                                 "path": str(d), "default": False})
+            if not (d / "bundle.json").is_file() or d.name in seen:
+                continue
+            seen.add(d.name)
+            row = {"name": d.name, "path": str(d), "default": d.name == DEFAULT_MODEL, "cached": True}
+            try:
+                b = load_bundle(d)
+                row.update(kind="bundle", version=b.version, labels=", ".join(b.labels))
+            except BundleError as exc:
+                row.update(kind="bundle (invalid)", version="", labels=str(exc))
+            rows.append(row)
     for key, spec in PRETRAINED.items():
-        p = cache_dir() / "checkpoints" / spec.filename
-        rows.append({"name": key, "kind": "checkpoint", "version": "", "labels": f"{spec.label_dim} AudioSet classes",
-                     "path": str(p) if p.is_file() else "(not downloaded: monitor models pull " + key + ")",
-                     "default": False})
+        p = checkpoint_path(key)
+        rows.append({"name": key, "kind": "checkpoint", "version": f"mAP {spec.map:.4f}",
+                     "labels": f"{spec.label_dim} AudioSet classes", "default": False, "cached": p.is_file(),
+                     "path": str(p) if p.is_file() else f"(not downloaded: monitor models pull {key})"})
     return rows
