@@ -6,9 +6,12 @@ Unknown stays ``None``; nothing is guessed.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 BOGUS_ID = "0FE081F80FE081F0"  # printed by firmware 1.0-1.1 on every device
 
@@ -42,6 +45,8 @@ def _offset(sign: str | None, hours: str | None, minutes: str | None) -> tuple[t
     if hours is None and minutes is not None:
         return None, f"UTC offset ±0:{minutes} printed without its sign (firmware 1.2.2-1.3.0); offset left unknown"
     delta = timedelta(hours=int(hours or 0), minutes=int(minutes or 0))
+    if delta > timedelta(hours=14) or int(minutes or 0) >= 60:
+        return None, f"impossible UTC offset {sign or ''}{hours}:{minutes or '00'}; offset left unknown"
     return (-delta if sign == "-" else delta), None
 
 
@@ -54,15 +59,21 @@ def format_offset(delta: timedelta) -> str:
 
 
 def infer_firmware(text: str) -> str:
-    """A firmware range from the comment's wording (reported as inferred)."""
+    """A firmware range from the comment's wording (reported as inferred); "" when it says nothing."""
     if _SPLIT.match(text):
         return ""
     if "Recording stopped due to SD card write error" in text:
         return "1.11.0-1.11.1"
+    if "Recording stopped due to magnetic switch" in text:
+        return "GPS-Sync"
     if "Frequency trigger" in text:
         return "1.8.0-1.11.1"
     if re.search(r"at [a-z-]+ gain while battery was", text):
-        return "1.6.0-1.11.1"
+        amp, filt = text.find("Amplitude threshold"), re.search(r"(Low|High|Band)-pass filter", text)
+        if amp >= 0 and filt:  # 1.8.0 moved the filter clause before the threshold clause
+            return "1.8.0-1.11.1" if filt.start() < amp else ("1.7.x" if "stopped by magnetic switch" in text
+                                                              else "1.6.0-1.7.x")
+        return "1.7.0-1.11.1" if "stopped by magnetic switch" in text else "1.6.0-1.11.1"
     if re.search(r"during deployment|using external microphone", text) or "due to microphone change" in text:
         return "1.5.0"
     if re.search(r"at [a-z-]+ gain setting while battery state was", text):
@@ -72,6 +83,8 @@ def infer_firmware(text: str) -> str:
     if re.search(r"\(UTC[+-]?\d*:\d{2}\)", text):
         return "1.2.2-1.3.0"
     if re.search(r"at gain setting \d", text):
+        if re.search(r"battery state was (less|greater) than|Recording cancelled before completion", text):
+            return "1.2.1-1.3.0"
         return "1.2.0-1.3.0"
     return ""
 
@@ -115,7 +128,9 @@ def parse_audiomoth_comment(text: str) -> dict[str, Any]:
             out["warnings"].append(f"impossible date/time in comment: {m.group(0)!r}")
             local = None
         if local is not None:
-            if "(UTC" not in m.group(0):
+            if "(UTC" not in m.group(0) and text[m.end():].lstrip().startswith("("):
+                off, warn = None, f"unreadable time zone after {m.group(0)!r}; offset left unknown"
+            elif "(UTC" not in m.group(0):
                 # firmware 1.0 printed no zone: its clock ran in UTC
                 off, warn = timedelta(0), None
                 out["warnings"].append("no time zone in comment (firmware 1.0 clocks run in UTC)")
@@ -174,23 +189,48 @@ def parse_audiomoth_comment(text: str) -> dict[str, Any]:
     if m:
         reason = m.group(1).strip()
         out["stop_reason"] = _STOP_NAMES.get(reason.lower(), reason)
-    if "start_time" not in out and "Recorded at" in text:
+    if "start_time" not in out and "Recorded at" in text and not _TIME.search(text):
         out["warnings"].append("comment has 'Recorded at' but no readable time")
     return out
 
 
+def _volts(v: float) -> str:
+    """Battery as the firmware prints it: clamped to ``less than 2.5V`` / ``greater than 4.9V``."""
+    if v < 2.5:
+        return "less than 2.5V"
+    if v > 4.9:
+        return "greater than 4.9V"
+    return f"{v:.1f}V"
+
+
 def format_comment(start: datetime, device_id: str, *, gain: str = "medium", battery_v: float = 4.2,
                    temperature_c: float = 18.0, high_pass_khz: float | None = None,
-                   amplitude_threshold: str | None = None) -> str:
-    """A firmware-1.10-style comment (for writing example files). ``start`` must be timezone-aware."""
+                   low_pass_khz: float | None = None, amplitude_threshold: str | None = None,
+                   min_trigger_s: int = 1, external_mic: bool = False, deployment_id: str | None = None,
+                   stop_reason: str | None = None) -> str:
+    """A firmware-1.10-style ``ICMT`` comment, clause for clause, for writing example files.
+
+    ``start`` must be timezone-aware (its offset is printed as ``(UTC+1)``, ``(UTC-3:30)``, ``(UTC)``).
+    Both ``high_pass_khz`` and ``low_pass_khz`` give a band-pass clause. ``stop_reason``: e.g.
+    ``"low voltage"``, ``"file size limit"``, ``"magnetic switch"`` (printed as ``Recording stopped ...``).
+    """
     off = start.utcoffset() or timedelta(0)
     minutes = int(off.total_seconds() // 60)
     zone = "UTC" if minutes == 0 else f"UTC{'+' if minutes > 0 else '-'}{abs(minutes) // 60}" + (
         f":{abs(minutes) % 60:02d}" if abs(minutes) % 60 else "")
-    text = (f"Recorded at {start:%H:%M:%S %d/%m/%Y} ({zone}) by AudioMoth {device_id} at {gain} gain while "
-            f"battery was {battery_v:.1f}V and temperature was {temperature_c:.1f}C.")
-    if high_pass_khz is not None:
+    who = f"during deployment {deployment_id}" if deployment_id else f"by AudioMoth {device_id}"
+    mic = " using external microphone" if external_mic else ""
+    text = (f"Recorded at {start:%H:%M:%S %d/%m/%Y} ({zone}) {who}{mic} at {gain} gain while "
+            f"battery was {_volts(battery_v)} and temperature was {temperature_c:.1f}C.")
+    if high_pass_khz is not None and low_pass_khz is not None:
+        text += (f" Band-pass filter with frequencies of {high_pass_khz:.1f}kHz and {low_pass_khz:.1f}kHz"
+                 " applied.")
+    elif high_pass_khz is not None:
         text += f" High-pass filter with frequency of {high_pass_khz:.1f}kHz applied."
+    elif low_pass_khz is not None:
+        text += f" Low-pass filter with frequency of {low_pass_khz:.1f}kHz applied."
     if amplitude_threshold is not None:
-        text += f" Amplitude threshold was {amplitude_threshold} with 1s minimum trigger duration."
+        text += f" Amplitude threshold was {amplitude_threshold} with {min_trigger_s}s minimum trigger duration."
+    if stop_reason:
+        text += f" Recording stopped {'by' if stop_reason == 'magnetic switch' else 'due to'} {stop_reason}."
     return text

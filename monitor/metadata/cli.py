@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 from monitor.errors import MonitorError
+
+log = logging.getLogger(__name__)
 
 TABLE = ["file", "recorder", "device_id", "firmware", "start_time", "temperature_c", "battery_v", "gain",
          "sample_rate_hz", "duration_s", "stop_reason"]
@@ -27,7 +31,12 @@ def _files(paths: list[Path]) -> tuple[list[tuple[Path, str]], list[tuple[str, s
     return files, skipped
 
 
+def _cell(v: object) -> str:
+    return "" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def metadata_command(paths: list[Path], as_json: bool = False) -> int:
+    """Print one record per file (``--json``: one JSON object a line); skipped files with reasons."""
     from monitor.metadata import read_metadata
 
     files, skipped = _files(paths)
@@ -36,18 +45,23 @@ def metadata_command(paths: list[Path], as_json: bool = False) -> int:
         rec = read_metadata(path, rel)
         row = {"file": rel, **rec.to_row()}
         row["warnings"] = rec.warnings
+        if not as_json:
+            row["battery_bound"] = rec.battery_bound
         if as_json:
             print(json.dumps(row, ensure_ascii=False, default=str))
         else:
             rows.append(row)
     if as_json:
+        for rel, reason in skipped:
+            print(f"skipped: {rel}: {reason}", file=sys.stderr)
         return 0
-    fmt = {c: (lambda v: "" if v is None else f"{v:g}" if isinstance(v, float) else str(v)) for c in TABLE}
-    cells = [[fmt[c](r.get(c)) for c in TABLE] for r in rows]
+    cells = [[_cell(r.get(c)) for c in TABLE] for r in rows]
+    for r, row in zip(rows, cells):  # show a battery bound as "<3.6"
+        row[TABLE.index("battery_v")] = r["battery_bound"] + row[TABLE.index("battery_v")]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(TABLE)]
-    print("  ".join(c.ljust(w) for c, w in zip(TABLE, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(TABLE, widths)).rstrip())
     for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     for r in rows:
         for w in r["warnings"]:
             print(f"warning: {r['file']}: {w}")

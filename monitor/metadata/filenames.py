@@ -3,10 +3,13 @@ except AudioMoth 1.0-1.1 hex names, which are Unix time (UTC)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timezone
 from pathlib import PurePath
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^([0-9A-Fa-f]{8})$")
 _STAMP = re.compile(r"^(?:(?P<prefix>.+?)_)?(?:(?P<ch>0\+1|0|1)_)?(?P<date>\d{8})(?P<sep>[_$])(?P<time>\d{6})"

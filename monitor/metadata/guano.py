@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_OFFSET = timedelta(hours=14)  # UTC-12 .. UTC+14 exist on Earth
 
 _TS = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(\.\d+)?\s*(Z|[+-]\d{1,2}(?::?\d{2})?)?$")
 
@@ -25,7 +30,10 @@ def parse_guano_text(raw: bytes | str) -> dict[str, str]:
 
 
 def parse_timestamp(text: str) -> tuple[datetime | None, str]:
-    """GUANO ``Timestamp`` -> (datetime, offset text). Offsets ``Z``, ``+01:00``, ``+0100``, ``+1:00``, none."""
+    """GUANO ``Timestamp`` -> (datetime, offset text). Offsets ``Z``, ``+01:00``, ``+0100``, ``+1:00``, none.
+
+    ``(None, "")`` when unreadable (impossible date, offset beyond +-14 h).
+    """
     m = _TS.match(text.strip())
     if not m:
         return None, ""
@@ -41,8 +49,13 @@ def parse_timestamp(text: str) -> tuple[datetime | None, str]:
     else:
         sign = -1 if zone[0] == "-" else 1
         body = zone[1:]
-        hh, mm = (body.split(":") + ["0"])[:2] if ":" in body else ((body[:-2], body[-2:]) if len(body) > 2 else (body, "0"))
+        if ":" in body:
+            hh, mm = body.split(":", 1)
+        else:
+            hh, mm = (body[:-2], body[-2:]) if len(body) > 2 else (body, "0")
         off = sign * timedelta(hours=int(hh), minutes=int(mm))
+        if abs(off) > MAX_OFFSET:
+            return None, ""
     from monitor.metadata.audiomoth import format_offset
 
     return dt.replace(tzinfo=timezone(off)), format_offset(off)

@@ -7,9 +7,13 @@ sizes that run past the end of the file (truncated and flagged).
 
 from __future__ import annotations
 
+import logging
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 MAX_META_BYTES = 1 << 20  # never read more than this of any metadata chunk
 
@@ -35,9 +39,15 @@ class RiffInfo:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def plain(self) -> bool:
+        """PCM, float, A-law or mu-law: frames = data bytes / block_align (not so for ADPCM, MP3-in-WAV)."""
+        return self.fmt.get("subformat_tag", self.fmt.get("format_tag")) in (1, 3, 6, 7)
+
+    @property
     def duration_s(self) -> float | None:
+        """Seconds of audio actually present (None when the header cannot say)."""
         f = self.fmt
-        if self.data_size is None or not f.get("block_align") or not f.get("sample_rate"):
+        if self.data_size is None or not f.get("block_align") or not f.get("sample_rate") or not self.plain:
             return None
         return (self.data_size // f["block_align"]) / f["sample_rate"]
 
@@ -85,6 +95,18 @@ def _parse_list(payload: bytes, out: RiffInfo) -> None:
         pos += 8 + size + (size & 1)
 
 
+def _unfinished(fh, payload_at: int, size: int, file_size: int) -> bool:
+    """A placeholder data size (0 or 0xFFFFFFFF) followed by audio rather than by another chunk."""
+    if file_size <= payload_at:
+        return False
+    if size == 0xFFFFFFFF:
+        return True
+    fh.seek(payload_at)
+    nxt = fh.read(8)
+    return not (len(nxt) == 8 and _plausible_id(nxt[:4])
+                and payload_at + 8 + struct.unpack("<I", nxt[4:8])[0] <= file_size)
+
+
 def walk_riff(path: str | Path) -> RiffInfo:
     """Walk the chunks of ``path``. Never raises for bad content; problems become ``warnings``."""
     out = RiffInfo()
@@ -125,6 +147,10 @@ def walk_riff(path: str | Path) -> RiffInfo:
             payload_at = pos + 8
             if cid == "data" and size == 0xFFFFFFFF and ds64_data is not None:
                 size = ds64_data
+            elif cid == "data" and size in (0, 0xFFFFFFFF) and _unfinished(fh, payload_at, size, file_size):
+                out.warnings.append(f"data size in the header is {size:#x} (recording not finalised?); "
+                                    f"using the {file_size - payload_at} bytes to the end of the file")
+                size = file_size - payload_at
             truncated = payload_at + size > file_size
             if truncated:
                 out.warnings.append(f"chunk {cid!r} says {size} bytes but the file ends after "
@@ -162,20 +188,27 @@ def info_list(entries: dict[str, bytes]) -> bytes:
     return chunk("LIST", b"INFO" + b"".join(chunk(k, v) for k, v in entries.items()))
 
 
-def write_wav_with_chunks(path: str | Path, samples_int16, sample_rate_hz: int, before_data: list[bytes] = (),
-                          after_data: list[bytes] = (), pad_last: bool = True) -> Path:
+def write_wav_with_chunks(path: str | Path, samples_int16, sample_rate_hz: int,
+                          chunks_before_data: Sequence[bytes] = (), chunks_after_data: Sequence[bytes] = (),
+                          pad_last: bool = True, *, before_data: Sequence[bytes] | None = None,
+                          after_data: Sequence[bytes] | None = None) -> Path:
     """Write a 16-bit PCM WAV with extra chunks placed as real recorders place them.
 
-    ``before_data``/``after_data`` are complete chunks (``chunk(...)``); ``pad_last=False`` drops the
-    pad byte of an odd-sized last chunk, as AudioMoth does with ``guan``.
+    ``samples_int16``: ``(frames,)`` or ``(frames, channels)``. ``chunks_before_data`` /
+    ``chunks_after_data`` (aliases ``before_data`` / ``after_data``) are complete chunks (``chunk(...)``,
+    ``info_list(...)``) written between ``fmt `` and ``data`` / after ``data``. ``pad_last=False`` drops
+    the pad byte of an odd-sized last chunk, as AudioMoth does with ``guan``. The RIFF size is exact.
     """
     import numpy as np
 
+    before = list(before_data if before_data is not None else chunks_before_data)
+    after = list(after_data if after_data is not None else chunks_after_data)
     x = np.asarray(samples_int16, dtype="<i2")
     channels = 1 if x.ndim == 1 else x.shape[1]
     fmt = struct.pack("<HHIIHH", 1, channels, sample_rate_hz, sample_rate_hz * 2 * channels, 2 * channels, 16)
-    body = chunk("fmt ", fmt) + b"".join(before_data) + chunk("data", x.tobytes()) + b"".join(after_data)
-    if not pad_last and after_data and struct.unpack("<I", after_data[-1][4:8])[0] & 1:
+    body = chunk("fmt ", fmt) + b"".join(before) + chunk("data", x.tobytes()) + b"".join(after)
+    last = after[-1] if after else None
+    if not pad_last and last is not None and struct.unpack("<I", last[4:8])[0] & 1:
         body = body[:-1]
     data = b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body
     Path(path).parent.mkdir(parents=True, exist_ok=True)
