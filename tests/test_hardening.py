@@ -118,7 +118,9 @@ def test_hostile_corpus_runs_clean(hostile, tiny_bundle, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     assert _digest(hostile) == before
-    rec = pd.read_csv(out / "recordings.csv", keep_default_na=False)
+    from monitor.report.tables import read_csv
+
+    rec = read_csv(out / "recordings.csv")  # restores text neutralised against formula injection
     listed = set(rec.file)
     on_disk = {str(p.relative_to(hostile)).replace(os.sep, "/") for p in hostile.rglob("*")
                if p.is_file() and not p.is_symlink() and "loop" not in p.parts}

@@ -1,8 +1,13 @@
-"""The workbook people review, the CSVs and Raven tables: content, types, safety, atomic writes."""
+"""The workbook people review, the CSVs and Raven tables: content, types, safety, atomic writes.
+
+Small DataFrames built by hand, shaped as ``monitor.pipeline.load_tables`` builds them; the
+workbook is read back with openpyxl and pandas.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import gc
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -10,174 +15,335 @@ import pandas as pd
 import pytest
 from openpyxl import load_workbook
 
-from monitor.report import write_reports
-from monitor.report.safe import safe_text
-from monitor.report.workbook import times_heard
+from monitor.report import raven_band_hz, write_reports
+from monitor.report.raven import write_raven
+from monitor.report.safe import is_formula_like, safe_text, unquote
+from monitor.report.tables import DETECTIONS, RECORDING_EXTRAS, RECORDINGS, read_csv
+from monitor.report.workbook import DETECTION_COLUMNS, SUMMARY_COLUMNS, flatten, model_name, times_heard
 
 LABELS = ["frog", "bird"]
 EVIL = '=HYPERLINK("http://x","y").wav'
+KNOWN = "A/20230405_190200.WAV"
+SHEETS = ["Summary", "Detections", "Presence", "Devices", "Skipped files", "Run info"]
+
+
+def rec_row(**kw):
+    row = dict(file="", status="ok", reason="", recorder="", device_id="", deployment_id="", firmware="",
+               start_time="", utc_offset="", temperature_c=np.nan, battery_v=np.nan, gain="", sample_rate_hz=16000,
+               channels=1, duration_s=np.nan, segments=0, latitude=np.nan, longitude=np.nan, filter="", trigger="",
+               stop_reason="", comment="", warnings="")
+    row.update(kw)
+    return row
 
 
 def tables():
     rec = pd.DataFrame([
-        dict(file="A/20230405_190200.WAV", status="ok", reason="", recorder="AudioMoth", device_id="24E144055E080032",
-             deployment_id="", firmware="1.10.1", start_time="2023-04-05T19:02:00-07:00", utc_offset="-07:00",
-             temperature_c=-3.5, battery_v=4.1, gain="medium", sample_rate_hz=48000, channels=1, duration_s=60.0,
-             segments=6, latitude=np.nan, longitude=np.nan, filter="", trigger="", stop_reason="low voltage",
-             comment="@SUM(A1)", warnings=""),
-        dict(file=EVIL, status="ok", reason="", recorder="", device_id="+1", deployment_id="", firmware="",
-             start_time="", utc_offset="", temperature_c=np.nan, battery_v=np.nan, gain="", sample_rate_hz=16000,
-             channels=1, duration_s=20.0, segments=2, latitude=np.nan, longitude=np.nan, filter="", trigger="",
-             stop_reason="", comment="", warnings=""),
-        dict(file="._x.wav", status="skipped", reason="macOS metadata file", recorder="", device_id="",
-             deployment_id="", firmware="", start_time="", utc_offset="", temperature_c=np.nan, battery_v=np.nan,
-             gain="", sample_rate_hz=pd.NA, channels=pd.NA, duration_s=np.nan, segments=0, latitude=np.nan,
-             longitude=np.nan, filter="", trigger="", stop_reason="", comment="", warnings=""),
+        rec_row(file=KNOWN, recorder="AudioMoth", device_id="24E144055E080032", firmware="1.10.1",
+                start_time="2023-04-05T19:02:00-07:00", utc_offset="-07:00", temperature_c=-3.5, battery_v=4.1,
+                gain="medium", sample_rate_hz=48000, duration_s=60.0, segments=6, stop_reason="low voltage",
+                comment="@SUM(A1)"),
+        rec_row(file="B/20230406_050000.WAV", recorder="AudioMoth", device_id="24E144055E080032",
+                firmware="1.10.1", start_time="2023-04-06T05:00:00-07:00", utc_offset="-07:00", temperature_c=2.0,
+                battery_v=3.9, duration_s=20.0, segments=2),
+        rec_row(file=EVIL, device_id="+1", duration_s=20.0, segments=2),
+        rec_row(file="._x.wav", status="skipped", reason="macOS metadata file", sample_rate_hz=pd.NA,
+                channels=pd.NA),
+        rec_row(file="broken.wav", status="failed", reason="could not be read: truncated header"),
     ])
+    rec["sample_rate_hz"] = rec["sample_rate_hz"].astype("Int64")
+    rec["channels"] = rec["channels"].astype("Int64")
     seg_rows = []
-    for i in range(6):
-        seg_rows.append(dict(file="A/20230405_190200.WAV", segment=i, start_s=10.0 * i, end_s=10.0 * i + 10,
-                             start_time=f"2023-04-05T19:02:{i * 10:02d}-07:00" if i < 6 else "",
-                             frog=[0.1, 0.9, 0.8, 0.2, 0.1, 0.1][i], bird=0.05))
-    for i in range(2):
+    for i, frog in enumerate([0.1, 0.9, 0.8, 0.2, 0.1, 0.1]):
+        seg_rows.append(dict(file=KNOWN, segment=i, start_s=10.0 * i, end_s=10.0 * i + 10,
+                             start_time=f"2023-04-05T19:02:{i * 10:02d}-07:00", frog=frog, bird=0.05))
+    for i, frog in enumerate([0.95, 0.3]):
+        seg_rows.append(dict(file="B/20230406_050000.WAV", segment=i, start_s=10.0 * i, end_s=10.0 * i + 10,
+                             start_time=f"2023-04-06T05:00:{i * 10:02d}-07:00", frog=frog, bird=0.2))
+    for i, bird in enumerate([0.7, 0.2]):
         seg_rows.append(dict(file=EVIL, segment=i, start_s=10.0 * i, end_s=10.0 * i + 10, start_time="",
-                             frog=0.1, bird=[0.7, 0.2][i]))
+                             frog=0.1, bird=bird))
     seg = pd.DataFrame(seg_rows)
     det = pd.DataFrame([
-        dict(file="A/20230405_190200.WAV", label="frog", start_s=10.0, end_s=30.0, start_time="2023-04-05T19:02:10-07:00",
-             end_time="2023-04-05T19:02:30-07:00", score_max=0.9, score_mean=0.85, segments=2, device_id="24E144055E080032"),
+        dict(file=KNOWN, label="frog", start_s=10.0, end_s=30.0, start_time="2023-04-05T19:02:10-07:00",
+             end_time="2023-04-05T19:02:30-07:00", score_max=0.9, score_mean=0.85, segments=2,
+             device_id="24E144055E080032"),
+        dict(file="B/20230406_050000.WAV", label="frog", start_s=0.0, end_s=10.0,
+             start_time="2023-04-06T05:00:00-07:00", end_time="2023-04-06T05:00:10-07:00", score_max=0.95,
+             score_mean=0.95, segments=1, device_id="24E144055E080032"),
         dict(file=EVIL, label="bird", start_s=0.0, end_s=10.0, start_time="", end_time="", score_max=0.7,
              score_mean=0.7, segments=1, device_id="+1"),
     ])
-    info = {"model": {"name": "demo", "version": "1.0", "sha256": "ab" * 32, "path": ""}, "labels": LABELS,
+    info = {"model": {"name": "demo", "version": "1.0", "sha256": "ab" * 32, "path": "/m"},
+            "models": [{"name": "demo", "version": "1.0", "sha256": "ab" * 32, "path": "/m"}], "labels": LABELS,
             "thresholds": {"frog": 0.5, "bird": 0.5}, "task": "multilabel",
-            "preprocessing": {"band": {"low_hz": 100.0, "high_hz": 3000.0}, "resample": {"sample_rate_hz": 16000}},
-            "package_version": "0.1.0", "command": "monitor run X", "input_dir": "/card", "started": "2023-04-06T08:00:00+00:00",
-            "ended": "2023-04-06T08:01:00+00:00", "counts": {"found": 3, "ok": 2, "skipped": 1, "failed": 0}}
+            "preprocessing": {"segment": {"window_s": 10.0}, "band": {"low_hz": 100.0, "high_hz": 3000.0, "order": 6},
+                              "resample": {"sample_rate_hz": 16000}},
+            "package_version": "0.1.0", "command": "monitor run /card --out /o", "input_dir": "/card",
+            "out_dir": "/o", "started": "2023-04-06T08:00:00+00:00", "ended": "2023-04-06T08:01:00+00:00",
+            "counts": {"found": 5, "ok": 3, "skipped": 1, "failed": 1, "segments": 10, "detections": 3},
+            "device": "cpu", "precision": "fp32"}
     return rec, seg, det, info
 
 
-@pytest.fixture
-def out(tmp_path):
+def write(out: Path, **override):
     rec, seg, det, info = tables()
-    write_reports(tmp_path, recordings=rec, segments=seg, detections=det, run_info=info, input_dir=Path("/card"))
-    return tmp_path
+    args = dict(recordings=rec, segments=seg, detections=det, run_info=info, input_dir=Path("/card"))
+    args.update(override)
+    return write_reports(out, **args)
 
 
-def test_sheets_headers_and_frozen_filtered(out):
-    wb = load_workbook(out / "report.xlsx")
-    assert wb.sheetnames[:6] == ["Summary", "Detections", "Presence", "Presence by day", "Presence by hour", "Devices"]
-    assert "Skipped files" in wb.sheetnames and "Run info" in wb.sheetnames
-    s = wb["Summary"]
-    header = [c.value for c in s[1]]
-    for col in ["Model Name : Version", "File Name", "Prediction", "Times Heard", "Device ID", "Timestamp",
-                "Temperature", "Review Date", "Max Score", "Segments Positive", "Duration"]:
-        assert col in header
-    for name in ["Summary", "Detections", "Devices"]:
-        assert wb[name].freeze_panes == "A2" and wb[name].auto_filter.ref.startswith("A1:")
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    d = tmp_path_factory.mktemp("report")
+    write(d)
+    return d
 
 
-def test_summary_times_heard_and_types(out):
+@pytest.fixture(scope="module")
+def wb(out):
+    return load_workbook(out / "report.xlsx")
+
+
+def test_sheets_headers_frozen_filtered_printable(wb):
+    assert wb.sheetnames == SHEETS
+    assert [c.value for c in wb["Summary"][1]] == SUMMARY_COLUMNS
+    assert [c.value for c in wb["Detections"][1]] == DETECTION_COLUMNS
+    assert SUMMARY_COLUMNS[:2] + SUMMARY_COLUMNS[3:9] == ["Model Name : Version", "File Name", "Prediction",
+                                                          "Times Heard", "Device ID", "Timestamp", "Temperature",
+                                                          "Review Date"]
+    assert SUMMARY_COLUMNS[-3:] == ["Max Score", "Segments Positive", "Duration"]
+    for name in SHEETS:
+        ws = wb[name]
+        assert ws.freeze_panes is not None and ws.freeze_panes.endswith("2"), name
+        assert ws.sheet_properties.pageSetUpPr.fitToPage and ws.page_setup.fitToWidth == 1, name
+        assert wb[name]["A1"].font.b, name  # styled header
+    for name in ["Summary", "Detections", "Devices", "Skipped files"]:
+        ws = wb[name]
+        assert ws.auto_filter.ref == f"A1:{ws.cell(1, ws.max_column).column_letter}{ws.max_row}", name
+    assert wb["Summary"].column_dimensions["E"].width == 44  # Times Heard
+    assert 10 < wb["Summary"].column_dimensions["B"].width <= 60  # measured from the file names
+
+
+def test_summary_rows_times_heard_and_types(out, wb):
     df = pd.read_excel(out / "report.xlsx", sheet_name="Summary")
-    assert len(df) == 4  # 2 ok recordings x 2 labels; the skipped one is not summarised
-    row = df[(df["File Name"] == "A/20230405_190200.WAV") & (df["Label"] == "frog")].iloc[0]
+    assert len(df) == 6  # 3 ok recordings x 2 labels; skipped and failed files are not summarised
+    assert set(df["File Name"]) == {KNOWN, "B/20230406_050000.WAV", EVIL}
+    row = df[(df["File Name"] == KNOWN) & (df["Label"] == "frog")].iloc[0]
     assert row["Prediction"] == "Positive" and row["Times Heard"] == "19:02:10-19:02:30"
     assert row["Model Name : Version"] == "demo : 1.0" and row["Segments Positive"] == 2
     assert row["Timestamp"] == pd.Timestamp("2023-04-05 19:02:00") and row["Temperature"] == -3.5
-    assert row["Max Score"] == pytest.approx(0.9) and row["Duration"] == "0:01:00"
-    neg = df[(df["File Name"] == "A/20230405_190200.WAV") & (df["Label"] == "bird")].iloc[0]
-    assert neg["Prediction"] == "Negative"
+    assert row["Review Date"] == pd.Timestamp("2023-04-06")
+    assert row["Max Score"] == pytest.approx(0.9) and row["Duration"] == pd.Timedelta(seconds=60)
+    neg = df[(df["File Name"] == KNOWN) & (df["Label"] == "bird")].iloc[0]
+    assert neg["Prediction"] == "Negative" and pd.isna(neg["Times Heard"]) and neg["Segments Positive"] == 0
     evil = df[(df["File Name"] == EVIL) & (df["Label"] == "bird")].iloc[0]
-    assert evil["Times Heard"] == "0:00:00-0:00:10"  # no start time: offsets
+    assert evil["Times Heard"] == "0:00:00-0:00:10"  # no start time: offsets into the file
+    assert pd.isna(evil["Timestamp"]) and pd.isna(evil["Temperature"])
+    ws = wb["Summary"]
+    assert isinstance(ws["G2"].value, datetime) and ws["G2"].number_format == "yyyy-mm-dd hh:mm:ss"
+    assert ws["H2"].number_format == "0.0" and ws["J2"].number_format == "0.000"
+    assert ws["L2"].value == timedelta(seconds=60)
 
 
-def test_detections_sheet_datetimes_link_validation(out):
-    wb = load_workbook(out / "report.xlsx")
+def test_detections_sheet_datetimes_link_validation(out, wb):
     ws = wb["Detections"]
-    header = [c.value for c in ws[1]]
-    assert header[-2:] == ["Verified", "Notes"]
-    r = {h: c for h, c in zip(header, ws[2])}
+    r = {h: c for h, c in zip(DETECTION_COLUMNS, ws[2])}
+    assert r["File"].value == KNOWN and r["Label"].value == "frog"
+    assert r["Start (s)"].value == 10 and r["End (s)"].value == 30
     assert r["Start Time"].value == datetime(2023, 4, 5, 19, 2, 10) and r["Start Time"].is_date
-    assert r["End Time"].value == datetime(2023, 4, 5, 19, 2, 30)
+    assert r["End Time"].value == datetime(2023, 4, 5, 19, 2, 30) and r["End Time"].is_date
     assert r["UTC Offset"].value == "-07:00" and r["Temperature (°C)"].value == -3.5
+    assert r["Link"].value == "20230405_190200.WAV"
     assert r["Link"].hyperlink.target == "file:///card/A/20230405_190200.WAV"
-    assert r["Max Score"].number_format == "0.000"
-    dv = ws.data_validations.dataValidation
-    assert dv and dv[0].formula1 == '"yes,no,unsure"' and "N2" in str(dv[0].sqref)
+    assert r["Max Score"].number_format == "0.000" and r["Mean Score"].value == pytest.approx(0.85)
+    assert r["Verified"].value is None and r["Notes"].value is None
+    unknown = {h: c.value for h, c in zip(DETECTION_COLUMNS, ws[4])}
+    assert unknown["File"] == EVIL and unknown["Start Time"] is None and unknown["UTC Offset"] is None
+    (dv,) = ws.data_validations.dataValidation
+    assert dv.type == "list" and dv.formula1 == '"yes,no,unsure"' and str(dv.sqref) == "N2:N4"
+    df = pd.read_excel(out / "report.xlsx", sheet_name="Detections")
+    assert df["Start Time"].dtype.kind == "M" and len(df) == 3
+    assert df["Start Time"].iloc[1] == pd.Timestamp("2023-04-06 05:00:00")
 
 
-def test_presence_chart_devices_skipped_runinfo(out):
-    wb = load_workbook(out / "report.xlsx")
-    assert len(wb["Presence"]._charts) == 1
-    days = pd.read_excel(out / "report.xlsx", sheet_name="Presence by day")
-    row = days[(days.Label == "frog")].iloc[0]
-    assert (row.Day, row.Device, row.Detections, row["Positive segments"]) == ("2023-04-05", "24E144055E080032", 1, 2)
-    hours = pd.read_excel(out / "report.xlsx", sheet_name="Presence by hour")
-    assert hours[hours.Label == "frog"]["Hour of day"].tolist() == [19]
+def test_presence_counts_and_native_charts(out, wb):
+    ws = wb["Presence"]
+    charts = ws._charts
+    assert len(charts) == 2 and all(c.tagname == "barChart" for c in charts)
+    rows = [[c.value for c in r] for r in ws.iter_rows()]
+    assert rows[0][:6] == ["Device", "Count of", "Label", "2023-04-05", "2023-04-06", "Total"]
+    hour_head = next(i for i, r in enumerate(rows) if r[:4] == ["Device", "Count of", "Label", "00"])
+    by_key = {tuple(r[:3]): r[3:6] for r in rows[1:hour_head] if r[0] and r[1]}
+    assert by_key[("All devices", "detections", "frog")] == [1, 1, 2]
+    assert by_key[("All devices", "positive segments", "frog")] == [2, 1, 3]
+    assert by_key[("24E144055E080032", "detections", "frog")] == [1, 1, 2]
+    assert by_key[("+1", "detections", "bird")] == [0, 0, 0]  # unknown start time: not on a day
+    hour = {tuple(r[:3]): r[3:27] for r in rows[hour_head + 1:] if r[1] in ("detections", "positive segments")}
+    frog = hour[("All devices", "detections", "frog")]
+    assert frog[19] == 1 and frog[5] == 1 and sum(frog) == 2
+    assert any("1 detection(s) in recordings with an unknown start time" in str(r[0]) for r in rows)
+    assert (out / "plots" / "detections_per_day.png").stat().st_size > 1000
+    assert (out / "plots" / "detections_by_hour.png").stat().st_size > 1000
+
+
+def test_devices_skipped_runinfo(out):
     dev = pd.read_excel(out / "report.xlsx", sheet_name="Devices")
-    d = dev[dev["Device ID"] == "24E144055E080032"].iloc[0]
-    assert d["Files"] == 1 and d["Hours recorded"] == pytest.approx(60 / 3600, abs=1e-3)
-    assert d["Stop reasons"] == "low voltage" and d["Lowest battery (V)"] == 4.1
+    assert dev["Device ID"].tolist() == ["(unknown device)", "+1", "24E144055E080032"]
+    d = dev.set_index("Device ID").loc["24E144055E080032"]
+    assert d["Files"] == 2 and d["Failed"] == 0 and d["Hours Recorded"] == pytest.approx(80 / 3600, abs=1e-3)
+    assert d["First Recording"] == pd.Timestamp("2023-04-05 19:02:00")
+    assert d["Last Recording Ends"] == pd.Timestamp("2023-04-06 05:00:20")
+    assert (d["Temperature Min (°C)"], d["Temperature Max (°C)"], d["Lowest Battery (V)"]) == (-3.5, 2.0, 3.9)
+    assert d["Stop Reasons"] == "low voltage (1 file)" and d["Firmware"] == "1.10.1" and d["Detections"] == 2
+    assert dev.set_index("Device ID").loc["(unknown device)", "Failed"] == 1  # broken.wav
     sk = pd.read_excel(out / "report.xlsx", sheet_name="Skipped files")
-    assert sk.iloc[0].tolist() == ["._x.wav", "skipped", "macOS metadata file"]
+    assert sk.values.tolist() == [["._x.wav", "skipped", "macOS metadata file"],
+                                  ["broken.wav", "failed", "could not be read: truncated header"]]
     ri = pd.read_excel(out / "report.xlsx", sheet_name="Run info")
     kv = dict(zip(ri.Key, ri.Value))
-    assert kv["model.sha256"] == "ab" * 32 and kv["thresholds.frog"] == 0.5
-    assert (out / "plots" / "detections_per_day.png").stat().st_size > 1000
+    assert kv["model.sha256"] == "ab" * 32 and kv["thresholds.frog"] == 0.5 and kv["labels"] == "frog, bird"
+    assert kv["preprocessing.band.low_hz"] == 100 and kv["counts.failed"] == 1
+    assert kv["command"] == "monitor run /card --out /o" and kv["models[0].name"] == "demo"
 
 
-def test_injection_never_becomes_a_formula(out):
-    wb = load_workbook(out / "report.xlsx")
+def test_injection_never_becomes_a_formula(out, wb):
     for ws in wb.worksheets:
         for row in ws.iter_rows():
             for c in row:
                 assert c.data_type != "f", (ws.title, c.coordinate, c.value)
     det = wb["Detections"]
-    cells = {c.value: c.data_type for c in det[3]}
-    assert cells[EVIL] == "s" and cells["+1"] == "s"  # shown verbatim, stored as text
-    csv = (out / "detections.csv").read_text()
-    assert "'=HYPERLINK" in csv and "\n=HYPERLINK" not in csv and ",'+1" in csv
-    rec = pd.read_csv(out / "recordings.csv")
-    assert rec.comment.iloc[0] == "'@SUM(A1)" and rec.temperature_c.iloc[0] == -3.5  # numbers untouched
-    assert ",-3.5," in (out / "recordings.csv").read_text()
+    evil, plus = det["A4"], det["K4"]
+    assert (evil.value, evil.data_type, evil.quotePrefix) == (EVIL, "s", True)  # shown verbatim, stays text
+    assert (plus.value, plus.data_type, plus.quotePrefix) == ("+1", "s", True)
+    assert det["G2"].value == "-07:00" and not det["G2"].quotePrefix  # a UTC offset is not a formula
+    assert det["L2"].value == -3.5 and det["L2"].data_type == "n"  # numbers stay numbers
+    text = (out / "detections.csv").read_text()
+    assert "'=HYPERLINK" in text and "\n=HYPERLINK" not in text and "\"=HYPERLINK" not in text
+    assert text.rstrip().endswith(",'+1")
+    raw = pd.read_csv(out / "recordings.csv")
+    assert raw.comment.iloc[0] == "'@SUM(A1)" and raw.temperature_c.iloc[0] == -3.5
+    assert raw.utc_offset.iloc[0] == "-07:00"
+    back = read_csv(out / "recordings.csv")
+    assert back.file.tolist()[2] == EVIL and back.comment.iloc[0] == "@SUM(A1)" and back.device_id.iloc[2] == "+1"
+
+
+def test_safe_rules():
     assert safe_text(-3.5) == -3.5 and safe_text("-x") == "'-x" and safe_text("a=b") == "a=b"
+    for s in ["=1+1", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]:
+        assert is_formula_like(s) and unquote(safe_text(s)) == s
+    for s in ["-07:00", "+05:30", "frog", "", "'quoted"]:
+        assert not is_formula_like(s) and safe_text(s) == s and unquote(s) == s
 
 
-def test_csv_columns_and_raven(out):
-    assert pd.read_csv(out / "detections.csv").columns.tolist() == [
-        "file", "label", "start_s", "end_s", "start_time", "end_time", "score_max", "score_mean", "segments", "device_id"]
-    assert pd.read_csv(out / "segments.csv").columns.tolist() == ["file", "segment", "start_s", "end_s", "start_time",
-                                                                  "frog", "bird"]
-    assert pd.read_csv(out / "recordings.csv").columns.tolist()[:4] == ["file", "status", "reason", "recorder"]
-    rv = (out / "raven" / "20230405_190200.selections.txt").read_text().splitlines()
+def test_csv_columns_exactly_as_interface(out):
+    rec = pd.read_csv(out / "recordings.csv")
+    assert rec.columns.tolist() == RECORDINGS + RECORDING_EXTRAS
+    assert RECORDINGS == ["file", "status", "reason", "recorder", "device_id", "deployment_id", "firmware",
+                          "start_time", "utc_offset", "temperature_c", "battery_v", "gain", "sample_rate_hz",
+                          "channels", "duration_s", "segments"]
+    assert pd.read_csv(out / "detections.csv").columns.tolist() == DETECTIONS == [
+        "file", "label", "start_s", "end_s", "start_time", "end_time", "score_max", "score_mean", "segments",
+        "device_id"]
+    seg = pd.read_csv(out / "segments.csv")
+    assert seg.columns.tolist() == ["file", "segment", "start_s", "end_s", "start_time", "frog", "bird"]
+    lines = (out / "recordings.csv").read_text().splitlines()
+    assert lines[4].startswith("._x.wav,skipped,macOS metadata file,") and ",,," in lines[4]  # unknown = empty
+    assert "48000" in lines[1] and "48000.0" not in lines[1]  # integer columns stay integers
+
+
+def test_csv_float_precision(tmp_path):
+    rec, seg, det, info = tables()
+    seg.loc[0, "frog"] = 0.123456789
+    det.loc[0, "start_s"] = 1234567.8912345
+    write(tmp_path, segments=seg, detections=det)
+    assert "0.123457" in (tmp_path / "segments.csv").read_text()
+    assert ",1234567.891," in (tmp_path / "detections.csv").read_text()  # long recordings keep their ms
+
+
+def test_raven_tables(out):
+    folder = out / "raven"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["20230405_190200.selections.txt", "20230406_050000.selections.txt", 'x","y").selections.txt'])
+    rv = (folder / "20230405_190200.selections.txt").read_text().splitlines()
     assert rv[0].split("\t") == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                                  "High Freq (Hz)", "Species", "Score", "Begin File", "File Offset (s)"]
     assert rv[1].split("\t") == ["1", "Spectrogram 1", "1", "10.000", "30.000", "100.0", "3000.0", "frog", "0.9000",
                                  "20230405_190200.WAV", "10.000"]
-    assert len(list((out / "raven").iterdir())) == 2
+    assert len(rv) == 2
 
 
-def test_stale_raven_tables_removed_and_atomic_write(tmp_path, monkeypatch):
+def test_raven_band_defaults_and_shared_stems(tmp_path):
+    assert raven_band_hz({"preprocessing": {"band": {"low_hz": None, "high_hz": None}}}) == (0.0, 8000.0)
+    assert raven_band_hz({"preprocessing": {"band": {"low_hz": 500, "high_hz": 12000},
+                                            "resample": {"sample_rate_hz": 16000}}}) == (500.0, 8000.0)
+    det = pd.DataFrame([dict(file=f, label="frog", start_s=s, end_s=s + 10, score_max=0.8)
+                        for f in ["d1/REC.WAV", "d2/REC.WAV", "d2/other.wav"] for s in (20.0, 0.0)])
+    names = sorted(p.name for p in write_raven(tmp_path, det, 0.0, 8000.0))
+    again = sorted(p.name for p in write_raven(tmp_path, det, 0.0, 8000.0))
+    assert names == again and len(names) == 3 and "other.selections.txt" in names
+    hashed = [n for n in names if n.startswith("REC_")]
+    assert len(hashed) == 2 and len(set(hashed)) == 2
+    lines = (tmp_path / "raven" / "other.selections.txt").read_text().splitlines()
+    assert [ln.split("\t")[0] for ln in lines[1:]] == ["1", "2"]
+    assert [ln.split("\t")[3] for ln in lines[1:]] == ["0.000", "20.000"]  # in time order
+
+
+def test_stale_raven_tables_removed(tmp_path):
     rec, seg, det, info = tables()
-    write_reports(tmp_path, recordings=rec, segments=seg, detections=det, run_info=info, input_dir=Path("/card"))
-    before = (tmp_path / "report.xlsx").read_bytes()
-    write_reports(tmp_path, recordings=rec, segments=seg, detections=det.iloc[:1], run_info=info,
-                  input_dir=Path("/card"))
+    write(tmp_path)
+    write(tmp_path, detections=det.iloc[:1])
     assert [p.name for p in (tmp_path / "raven").iterdir()] == ["20230405_190200.selections.txt"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the crashed save's leftovers
+def test_atomic_write_keeps_previous_report(tmp_path, monkeypatch):
+    write(tmp_path)
+    before = {n: (tmp_path / n).read_bytes() for n in ["report.xlsx"]}
     import openpyxl.workbook.workbook as wbmod
 
-    def boom(self, filename):  # inject a crash in the middle of saving
-        Path(filename).write_bytes(b"partial")
+    def crash(self, filename):  # a crash in the middle of saving: half a file, then an error
+        Path(filename).write_bytes(b"PK partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(wbmod.Workbook, "save", boom)
+    monkeypatch.setattr(wbmod.Workbook, "save", crash)
+    rec, seg, det, info = tables()
+    with pytest.raises(OSError, match="disk full"):
+        write(tmp_path, detections=det.iloc[:1])
+    assert (tmp_path / "report.xlsx").read_bytes() == before["report.xlsx"]
+    load_workbook(tmp_path / "report.xlsx")  # the previous report still opens
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+
+    def crash_csv(self, path, *a, **k):
+        Path(path).write_text("file,lab")
+        raise OSError("disk full")
+
+    csv_before = (tmp_path / "recordings.csv").read_bytes()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", crash_csv)
     with pytest.raises(OSError):
-        write_reports(tmp_path, recordings=rec, segments=seg, detections=det, run_info=info, input_dir=Path("/card"))
-    load_workbook(tmp_path / "report.xlsx")  # the previous report is intact
-    assert not list(tmp_path.glob(".*.tmp"))
-    assert before[:2] == b"PK"
+        write(tmp_path)
+    assert (tmp_path / "recordings.csv").read_bytes() == csv_before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    gc.collect()  # finalise the abandoned write-only sheets here, not in a later test
 
 
-def test_times_heard_format():
+def test_nothing_found_and_hostile_text(tmp_path):
+    """No ok recordings at all, and text with control characters, still give a valid workbook."""
+    rec = pd.DataFrame([rec_row(file="a\x01b.wav", status="failed", reason="bad\x00header", comment="x\x07")])
+    seg = pd.DataFrame(columns=["file", "segment", "start_s", "end_s", "start_time", *LABELS])
+    det = pd.DataFrame(columns=DETECTIONS)
+    write(tmp_path, recordings=rec, segments=seg, detections=det)
+    wb = load_workbook(tmp_path / "report.xlsx")
+    assert wb.sheetnames == SHEETS and wb["Summary"].max_row == 1 and not wb["Presence"]._charts
+    assert wb["Skipped files"]["A2"].value == "ab.wav" and wb["Skipped files"]["C2"].value == "badheader"
+    assert not list((tmp_path / "raven").iterdir())
+
+
+def test_times_heard_and_helpers():
     assert times_heard([(10, 30), (3600, 3610)], None) == "0:00:10-0:00:30, 1:00:00-1:00:10"
     assert times_heard([(10, 30)], datetime(2023, 1, 1, 23, 59, 50)) == "00:00:00-00:00:20"
+    many = times_heard([(10.0 * i, 10.0 * i + 10) for i in range(5000)], None)
+    assert len(many) < 32767 and many.endswith("more in the Detections sheet)")
+    assert model_name({"model": {"name": "a", "version": "1"}}) == "a : 1"
+    assert model_name({"models": [{"name": "a", "version": "1"}, {"name": "b", "version": "2"}]}) == "a : 1 + b : 2"
+    assert flatten({"a": {"b": [1, 2]}, "c": None, "d": [{"e": 1}]}) == [("a.b", "1, 2"), ("c", ""), ("d[0].e", 1)]

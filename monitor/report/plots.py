@@ -1,55 +1,68 @@
-"""PNG versions of the Presence charts (needs matplotlib: the ``plots`` extra)."""
+"""PNG versions of the Presence charts (needs matplotlib: the ``plots`` extra).
+
+Importing this module raises ImportError when matplotlib is missing; ``write_reports`` then skips it.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import logging
+from datetime import date
 from pathlib import Path
 
 import matplotlib
 
+from monitor.report.presence import ALL_DEVICES, MEASURES, Presence
+
 matplotlib.use("Agg")
+log = logging.getLogger(__name__)
 
 
-def write_plots(out_dir: Path, detections, recordings, labels: list[str]) -> dict[str, Path]:
-    """``plots/detections_per_day.png`` and ``plots/detections_by_hour.png``; nothing when no start times."""
+def write_plots(out_dir: Path, p: Presence) -> dict[str, Path]:
+    """``plots/detections_per_day.png`` and ``plots/detections_by_hour.png`` (all devices, per label).
+
+    Nothing is drawn (and ``{}`` returned) when no detection could be placed in time.
+    """
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    starts = {}
-    for f, t in zip(recordings["file"], recordings["start_time"]):
-        try:
-            starts[f] = datetime.fromisoformat(t) if t else None
-        except (TypeError, ValueError):
-            starts[f] = None
-    times = [(r.label, starts[r.file] + timedelta(seconds=float(r.start_s)))
-             for r in detections.itertuples() if starts.get(r.file)]
+    if not p.labels or not p.days:
+        return {}
     folder = Path(out_dir) / "plots"
-    folder.mkdir(exist_ok=True)
-    out = {}
-    days = sorted({t.date() for _, t in times})
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    width = 0.8 / max(1, len(labels))
-    for i, lab in enumerate(labels):
-        counts = [sum(1 for l, t in times if l == lab and t.date() == d) for d in days]
-        ax.bar([k + i * width for k in range(len(days))], counts, width=width, label=lab)
-    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(days))], [d.isoformat() for d in days], rotation=30)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    day = p.by_day.loc[ALL_DEVICES].loc[MEASURES[0]]
+    hour = p.by_hour.loc[ALL_DEVICES].loc[MEASURES[0]]
+    days = [date.fromisoformat(d) for d in p.days]
+    x = mdates.date2num(days)
+    width = 0.8 / len(p.labels)
+
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for i, lab in enumerate(p.labels):
+        ax.bar(x - 0.4 + width * (i + 0.5), day.loc[lab].to_numpy(), width=width, label=lab)
+    ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=12))
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
     ax.set_ylabel("detections")
-    ax.set_title("Detections per day")
-    ax.legend()
+    ax.set_title("Detections per day (local date, all devices)")
+    ax.legend(frameon=False)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     out["plots/detections_per_day.png"] = folder / "detections_per_day.png"
-    fig.savefig(out["plots/detections_per_day.png"], dpi=100)
+    fig.savefig(out["plots/detections_per_day.png"], dpi=110)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    for lab in labels:
-        counts = [sum(1 for l, t in times if l == lab and t.hour == h) for h in range(24)]
-        ax.plot(range(24), counts, marker="o", label=lab)
-    ax.set_xticks(range(0, 24, 2))
-    ax.set_xlabel("hour of day (local)")
+
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    hours = np.arange(24)
+    for i, lab in enumerate(p.labels):
+        ax.bar(hours - 0.4 + width * (i + 0.5), hour.loc[lab].to_numpy(), width=width, label=lab)
+    ax.set_xticks(range(0, 24, 2), [f"{h:02d}:00" for h in range(0, 24, 2)])
+    ax.set_xlabel("hour of day (local time at the recorder)")
     ax.set_ylabel("detections")
-    ax.set_title("Detections by hour of day")
-    ax.legend()
+    ax.set_title("Detections by hour of day (all devices)")
+    ax.legend(frameon=False)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     out["plots/detections_by_hour.png"] = folder / "detections_by_hour.png"
-    fig.savefig(out["plots/detections_by_hour.png"], dpi=100)
+    fig.savefig(out["plots/detections_by_hour.png"], dpi=110)
     plt.close(fig)
     return out

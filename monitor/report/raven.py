@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path, PurePosixPath
 
 from monitor.report.safe import atomic_path
@@ -11,11 +12,17 @@ COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Lo
            "Species", "Score", "Begin File", "File Offset (s)"]
 SUFFIX = ".selections.txt"
 
+log = logging.getLogger(__name__)
+
 
 def table_name(rel: str, stems_seen: dict[str, int]) -> str:
-    """``<stem>.selections.txt``; a stem shared by files in different folders gets a short path hash."""
+    """``<stem>.selections.txt``; a stem shared by files in different folders gets a short path hash.
+
+    ``stems_seen`` counts case-folded stems (case-insensitive file systems would collide too); the
+    hash is of the relative path, so the name is the same on every rebuild.
+    """
     stem = PurePosixPath(rel).stem
-    if stems_seen.get(stem, 0) > 1:
+    if stems_seen.get(stem.casefold(), 0) > 1:
         stem = f"{stem}_{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
     return stem + SUFFIX
 
@@ -25,12 +32,15 @@ def _clean(text: str) -> str:
 
 
 def write_raven(out_dir: Path, detections, low_hz: float, high_hz: float) -> list[Path]:
-    """Write the tables into ``out_dir/raven``; stale tables from earlier writes are removed."""
+    """Write the tables into ``out_dir/raven``; stale tables from earlier writes are removed.
+
+    ``low_hz``/``high_hz``: the model's band, the same for every selection. Returns the paths written.
+    """
     folder = out_dir / "raven"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     stems: dict[str, int] = {}
     for rel in detections["file"].unique():
-        stem = PurePosixPath(rel).stem
+        stem = PurePosixPath(rel).stem.casefold()
         stems[stem] = stems.get(stem, 0) + 1
     written = []
     for rel, g in detections.groupby("file", sort=True):

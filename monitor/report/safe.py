@@ -1,30 +1,79 @@
-"""Untrusted text (file names, comments, labels from SD cards) must never become a spreadsheet formula."""
+"""Untrusted text (file names, comments, labels from SD cards) must never become a spreadsheet formula.
+
+One rule, ``is_formula_like``, decides for both outputs:
+
+- CSV (``safe_text``): the text gets a leading apostrophe, the OWASP "CSV injection" fix, so Excel or
+  LibreOffice opening the CSV shows it as text. ``unquote`` undoes it for scripts reading the CSVs.
+- xlsx (``text_cell``): the text is stored as a string cell with Excel's quote-prefix flag, so it is
+  shown verbatim, never evaluated, and stays text even when a reviewer edits the cell.
+
+Only text is touched: numbers (a temperature of -3.5) stay numbers. A bare UTC offset such as
+``-08:00`` (the ``utc_offset`` column) cannot carry a formula and is left as it is.
+Also here: ``atomic_path``, so an interrupted write never leaves a half-written report behind.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_UTC_OFFSET = re.compile(r"[+-]\d{2}:\d{2}")
+# XML 1.0 forbids these control characters; openpyxl raises on them, so they are dropped.
+_ILLEGAL_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_ERROR_CODES = frozenset(("#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A"))
+MAX_CELL_CHARS = 32767
+
+
+def is_formula_like(value: Any) -> bool:
+    """True for text a spreadsheet could read as a formula (starts with = + - @ tab or CR)."""
+    return (isinstance(value, str) and value.startswith(FORMULA_START)
+            and _UTC_OFFSET.fullmatch(value) is None)
 
 
 def safe_text(value: Any) -> Any:
-    """Text that a spreadsheet would read as a formula gets a leading apostrophe (OWASP CSV injection).
+    """CSV cell: formula-like text gets a leading apostrophe; anything else is returned unchanged."""
+    return "'" + value if is_formula_like(value) else value
 
-    Only strings are touched: numbers (a temperature of -3.5) stay numbers.
-    """
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        return "'" + value
+
+def unquote(value: Any) -> Any:
+    """Inverse of ``safe_text`` for scripts that read the CSVs back."""
+    if isinstance(value, str) and value.startswith("'") and is_formula_like(value[1:]):
+        return value[1:]
     return value
+
+
+def clean_text(value: str) -> str:
+    """Text an xlsx cell can hold: no XML-illegal control characters, at most 32,767 characters."""
+    if _ILLEGAL_XML.search(value):
+        value = _ILLEGAL_XML.sub("", value)
+    return value[:MAX_CELL_CHARS]
+
+
+def text_cell(ws: Any, value: str) -> Any:
+    """xlsx cell value for untrusted text: plain ``str``, or a quote-prefixed string cell when risky.
+
+    ``ws`` is a write-only worksheet. The returned cell always has ``data_type == 's'``.
+    """
+    value = clean_text(value)
+    if not (is_formula_like(value) or value in _ERROR_CODES):
+        return value
+    from openpyxl.cell import WriteOnlyCell
+
+    cell = WriteOnlyCell(ws, value=None)
+    cell._value, cell.data_type = value, "s"  # bypass openpyxl's "starts with = -> formula" inference
+    cell.quotePrefix = True  # Excel's own marker for "typed with a leading apostrophe"
+    return cell
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path``, on failure it is removed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)

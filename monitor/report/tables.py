@@ -1,44 +1,83 @@
-"""The CSV outputs, exactly as ``../shared/spec/interface.md`` names their columns."""
+"""The CSV outputs, exactly as ``../shared/spec/interface.md`` names their columns.
+
+Scores are written with 6 decimals, times and durations with 3 (milliseconds); unknown values are
+empty cells. Formula-like text is neutralised with ``safe_text``; ``read_csv`` undoes that.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any, Sequence
 
-from monitor.report.safe import atomic_path, safe_text
+from monitor.report.safe import atomic_path, safe_text, unquote
+
+log = logging.getLogger(__name__)
 
 RECORDINGS = ["file", "status", "reason", "recorder", "device_id", "deployment_id", "firmware", "start_time",
               "utc_offset", "temperature_c", "battery_v", "gain", "sample_rate_hz", "channels", "duration_s",
               "segments"]
+RECORDING_EXTRAS = ["latitude", "longitude", "filter", "trigger", "stop_reason", "comment", "warnings"]
 SEGMENTS = ["file", "segment", "start_s", "end_s", "start_time"]
 DETECTIONS = ["file", "label", "start_s", "end_s", "start_time", "end_time", "score_max", "score_mean",
               "segments", "device_id"]
 
-
-def _neutralise(df):
-    """Apply ``safe_text`` to every text column (object or pandas string dtype), never to numbers."""
-    from pandas.api.types import is_numeric_dtype
-
-    df = df.copy()
-    for c in df.columns:
-        if not is_numeric_dtype(df[c]):
-            df[c] = df[c].map(safe_text).astype(object)
-    return df
+# decimals per float column; columns not named here keep full precision
+_DECIMALS = {"start_s": 3, "end_s": 3, "duration_s": 3, "temperature_c": 2, "battery_v": 3, "score_max": 6,
+             "score_mean": 6, "latitude": 7, "longitude": 7}
 
 
-def write_csv(df, path: Path, columns: list[str]) -> Path:
-    """Write ``df`` with ``columns`` first (then any others), text neutralised, atomically."""
+def _prepare(df: Any, score_columns: Sequence[str] = ()) -> Any:
+    """Copy of ``df`` with floats rounded and every text column neutralised (numbers untouched)."""
+    from pandas.api.types import is_float_dtype, is_numeric_dtype
+
+    out = df.copy()
+    for c in out.columns:
+        s = out[c]
+        if is_numeric_dtype(s.dtype) and not s.dtype == bool:
+            if is_float_dtype(s.dtype):
+                decimals = 6 if c in score_columns else _DECIMALS.get(c)
+                if decimals is not None:
+                    out[c] = s.round(decimals)
+        else:
+            out[c] = s.map(safe_text, na_action="ignore").astype(object)
+    return out
+
+
+def write_csv(df: Any, path: Path, columns: Sequence[str], score_columns: Sequence[str] = ()) -> Path:
+    """Write ``df`` with ``columns`` first (then any others), text neutralised, atomically.
+
+    Raises ``ValueError`` naming the missing columns when ``df`` lacks one of ``columns``.
+    """
+    columns = list(columns)
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{path.name}: missing columns {missing}")
     ordered = df[columns + [c for c in df.columns if c not in columns]]
     with atomic_path(path) as tmp:
-        _neutralise(ordered).to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+        _prepare(ordered, score_columns).to_csv(tmp, index=False, lineterminator="\n", encoding="utf-8")
     return path
 
 
-def write_tables(out_dir: Path, recordings, segments, detections, labels: list[str]) -> dict[str, Path]:
+def write_tables(out_dir: Path, recordings: Any, segments: Any, detections: Any,
+                 labels: Sequence[str]) -> dict[str, Path]:
+    """``recordings.csv``, ``segments.csv`` (one score column per label) and ``detections.csv``."""
+    labels = list(labels)
+    seg_cols = SEGMENTS + labels
     return {
         "recordings.csv": write_csv(recordings, out_dir / "recordings.csv", RECORDINGS),
-        "segments.csv": write_csv(segments[SEGMENTS + list(labels)], out_dir / "segments.csv", SEGMENTS + list(labels)),
+        "segments.csv": write_csv(segments[seg_cols], out_dir / "segments.csv", seg_cols, score_columns=labels),
         "detections.csv": write_csv(detections, out_dir / "detections.csv", DETECTIONS),
     }
+
+
+def read_csv(path: Path) -> Any:
+    """Read one of the CSVs back as written: empty cells stay '', neutralised text is restored."""
+    import pandas as pd
+    from pandas.api.types import is_numeric_dtype
+
+    df = pd.read_csv(path, keep_default_na=False)
+    for c in df.columns:
+        if not is_numeric_dtype(df[c].dtype):
+            df[c] = df[c].map(unquote)
+    return df

@@ -1,41 +1,43 @@
 """``report.xlsx``: the workbook a field biologist reviews, written in openpyxl's write-only mode.
 
 Sheets: Summary (the original fork's columns, one row per recording per label), Detections (one row
-per event, with a Verified drop-down and Notes for the reviewer), Presence (per day and hour of day,
-with a native chart), Devices, Skipped files, Run info. Untrusted text is never written as a formula.
+per event, a hyperlink to the file, a Verified drop-down and Notes for the reviewer), Presence (per
+day and hour of day, native charts), Devices, Skipped files, Run info. Times are the recorder's local
+wall-clock time as real Excel datetimes (Excel has no time zones: the UTC offset has its own column).
+Untrusted text is never written as a formula (``safe.text_cell``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
-from pathlib import Path
-from typing import Any, Sequence
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Sequence
 
+from monitor.report.presence import UNKNOWN_DEVICE, Presence, presence, write_presence_sheet
 from monitor.report.safe import atomic_path
+from monitor.report.sheet import (DATE, DATETIME, DURATION, SCORE, TEMPERATURE, Col, is_missing, start_sheet,
+                                  write_table)
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ["Model Name : Version", "File Name", "Label", "Prediction", "Times Heard", "Device ID", "Timestamp",
-                   "Temperature", "Review Date", "Max Score", "Segments Positive", "Duration"]
+SUMMARY_COLUMNS = ["Model Name : Version", "File Name", "Label", "Prediction", "Times Heard", "Device ID",
+                   "Timestamp", "Temperature", "Review Date", "Max Score", "Segments Positive", "Duration"]
 DETECTION_COLUMNS = ["File", "Label", "Start (s)", "End (s)", "Start Time", "End Time", "UTC Offset", "Max Score",
                      "Mean Score", "Segments", "Device ID", "Temperature (°C)", "Link", "Verified", "Notes"]
+DEVICE_COLUMNS = ["Device ID", "Recorder", "Files", "Failed", "Hours Recorded", "First Recording",
+                  "Last Recording Ends", "Temperature Min (°C)", "Temperature Max (°C)", "Lowest Battery (V)",
+                  "Firmware", "Stop Reasons", "Detections"]
 VERIFIED_CHOICES = ("yes", "no", "unsure")
+TIMES_HEARD_MAX_CHARS = 32000
 
 
-def _text_cell(ws, value: Any) -> Any:
-    """Strings that openpyxl would store as a formula become explicit text cells (shown verbatim)."""
-    if isinstance(value, str) and value.startswith("="):
-        from openpyxl.cell import WriteOnlyCell
-
-        c = WriteOnlyCell(ws, value=None)
-        c._value, c.data_type = value, "s"
-        return c
-    return value
-
-
-def _parse(text: Any) -> datetime | None:
+def parse_time(text: Any) -> datetime | None:
+    """ISO 8601 text -> datetime (aware when it has an offset); '' / None / junk -> None."""
     if not isinstance(text, str) or not text:
         return None
     try:
@@ -44,261 +46,233 @@ def _parse(text: Any) -> datetime | None:
         return None
 
 
-def _naive(dt: datetime | None) -> datetime | None:
-    """Excel has no time zones: local wall-clock time (the UTC offset goes in its own column)."""
+def local(dt: datetime | None) -> datetime | None:
+    """Local wall-clock time at the recorder as a naive datetime (what Excel can store)."""
     return None if dt is None else dt.replace(tzinfo=None)
 
 
-def _hms(seconds: float) -> str:
-    s = int(round(seconds))
+def hms(seconds: float) -> str:
+    """Offset into a recording as ``H:MM:SS`` (rounded to the second)."""
+    s = int(math.floor(float(seconds) + 0.5))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def times_heard(events: Sequence[tuple[float, float]], start: datetime | None) -> str:
     """``19:02:10-19:02:30, ...`` in wall-clock time when the start is known, else offsets ``0:02:10-0:02:30``."""
-    from datetime import timedelta
-
     parts = []
     for a, b in events:
         if start is not None:
-            parts.append(f"{(start + timedelta(seconds=a)):%H:%M:%S}-{(start + timedelta(seconds=b)):%H:%M:%S}")
+            parts.append(f"{start + timedelta(seconds=float(a)):%H:%M:%S}-{start + timedelta(seconds=float(b)):%H:%M:%S}")
         else:
-            parts.append(f"{_hms(a)}-{_hms(b)}")
-    return ", ".join(parts)
+            parts.append(f"{hms(a)}-{hms(b)}")
+    text = ", ".join(parts)
+    if len(text) > TIMES_HEARD_MAX_CHARS:  # an Excel cell holds 32,767 characters
+        cut = text.rfind(", ", 0, TIMES_HEARD_MAX_CHARS)
+        shown = text[:cut].count(", ") + 1
+        text = f"{text[:cut]}, ... ({len(parts) - shown} more in the Detections sheet)"
+    return text
 
 
-class _Sheet:
-    """A write-only sheet: header styled once, widths from header and a sample of values, frozen, filtered."""
-
-    def __init__(self, wb, title: str, columns: list[str], rows: list[list[Any]], widths: dict[str, float] | None = None,
-                 formats: dict[str, str] | None = None):
-        from openpyxl.cell import WriteOnlyCell
-        from openpyxl.styles import Alignment, Font, PatternFill
-        from openpyxl.utils import get_column_letter
-
-        ws = wb.create_sheet(title)
-        self.ws = ws
-        sample = rows[:200]
-        for j, name in enumerate(columns):
-            letter = get_column_letter(j + 1)
-            width = (widths or {}).get(name)
-            if width is None:
-                lens = [len(str(r[j])) for r in sample if r[j] is not None] or [0]
-                width = min(60, max(len(name) + 2, sorted(lens)[int(0.9 * (len(lens) - 1))] + 2, 8))
-            ws.column_dimensions[letter].width = width
-        ws.freeze_panes = "A2"
-        head_font, head_fill = Font(bold=True, color="FFFFFF"), PatternFill("solid", fgColor="305496")
-        header = []
-        for name in columns:
-            c = WriteOnlyCell(ws, value=name)
-            c.font, c.fill, c.alignment = head_font, head_fill, Alignment(vertical="center", wrap_text=True)
-            header.append(c)
-        ws.append(header)
-        fmt_idx = {columns.index(k): v for k, v in (formats or {}).items() if k in columns}
-        for r in rows:
-            out = [_text_cell(ws, v) for v in r]
-            for j, f in fmt_idx.items():
-                if out[j] is not None and not isinstance(out[j], str):
-                    c = WriteOnlyCell(ws, value=out[j])
-                    c.number_format = f
-                    out[j] = c
-            ws.append(out)
-        last = get_column_letter(len(columns))
-        ws.auto_filter.ref = f"A1:{last}{len(rows) + 1}"
-        ws.print_options.gridLines = True
-        ws.page_setup.orientation = "landscape"
-        ws.page_setup.fitToWidth = 1
-        ws.page_setup.fitToHeight = 0
-        ws.sheet_properties.pageSetUpPr.fitToPage = True
+def _text(v: Any) -> str:
+    return "" if is_missing(v) else str(v)
 
 
-def _num(v: Any) -> Any:
+def _num(v: Any) -> float | None:
     try:
-        import math
-
         f = float(v)
-        return None if math.isnan(f) else f
     except (TypeError, ValueError):
         return None
+    return None if math.isnan(f) else f
 
 
-def write_workbook(path: Path, recordings, segments, detections, run_info: dict[str, Any], input_dir: Path) -> Path:
-    """Build every sheet and save atomically to ``path``."""
+@dataclass
+class Files:
+    """Per-file lookups from the recordings table (file -> value)."""
+
+    start: dict[str, datetime | None]
+    offset: dict[str, str]
+    temperature: dict[str, float | None]
+    device: dict[str, str]
+
+    @classmethod
+    def from_recordings(cls, rec: Any) -> "Files":
+        files = rec["file"].tolist()
+        return cls(start={f: parse_time(t) for f, t in zip(files, rec["start_time"].tolist())},
+                   offset={f: _text(o) for f, o in zip(files, rec["utc_offset"].tolist())},
+                   temperature={f: _num(t) for f, t in zip(files, rec["temperature_c"].tolist())},
+                   device={f: _text(d) for f, d in zip(files, rec["device_id"].tolist())})
+
+
+def model_name(run_info: Mapping[str, Any]) -> str:
+    """``name : version``; ensembles join their members with `` + ``."""
+    models = [m for m in run_info.get("models") or [] if isinstance(m, dict)] or [run_info.get("model") or {}]
+    return " + ".join(f"{m.get('name', '')} : {m.get('version', '')}" for m in models)
+
+
+def summary_rows(recordings: Any, segments: Any, detections: Any, labels: Sequence[str],
+                 thresholds: Mapping[str, float], files: Files, run_info: Mapping[str, Any]) -> list[list[Any]]:
+    """One row per ok recording per label, in SUMMARY_COLUMNS order."""
+    name = model_name(run_info)
+    review = local(parse_time(run_info.get("ended") or run_info.get("started")))
+    review = review.replace(hour=0, minute=0, second=0, microsecond=0) if review else None
+    events: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for f, lab, a, b in zip(detections["file"].tolist(), detections["label"].tolist(),
+                            detections["start_s"].tolist(), detections["end_s"].tolist()):
+        events[(f, lab)].append((a, b))
+    max_score: dict[str, dict[str, float]] = {}
+    n_pos: dict[str, dict[str, int]] = {}
+    if len(segments):
+        by_file = segments.groupby("file", sort=False)
+        for lab in labels:
+            max_score[lab] = by_file[lab].max().to_dict()
+            pos = segments[lab] >= float(thresholds.get(lab, 0.5))
+            n_pos[lab] = pos.groupby(segments["file"], sort=False).sum().to_dict()
+    rows = []
+    ok = recordings[recordings["status"] == "ok"]
+    for f, dur in zip(ok["file"].tolist(), ok["duration_s"].tolist()):
+        start = files.start.get(f)
+        d = _num(dur)
+        for lab in labels:
+            ev = sorted(events.get((f, lab), []))
+            rows.append([name, f, lab, "Positive" if ev else "Negative", times_heard(ev, local(start)),
+                         files.device.get(f, ""), local(start), files.temperature.get(f), review,
+                         _num(max_score.get(lab, {}).get(f)), int(n_pos.get(lab, {}).get(f, 0)),
+                         timedelta(seconds=round(d, 3)) if d is not None else None])
+    return rows
+
+
+def detection_rows(detections: Any, files: Files, input_dir: Path) -> list[list[Any]]:
+    """One row per event, in DETECTION_COLUMNS order (Verified and Notes left empty)."""
+    base = Path(input_dir).absolute()
+    uris: dict[str, tuple[str, str]] = {}
+    rows = []
+    cols = [detections[c].tolist() for c in ("file", "label", "start_s", "end_s", "start_time", "end_time",
+                                             "score_max", "score_mean", "segments", "device_id")]
+    for f, lab, a, b, st_text, en_text, smax, smean, nseg, dev in zip(*cols):
+        start = local(files.start.get(f))
+        if start is not None:
+            t0, t1 = start + timedelta(seconds=float(a)), start + timedelta(seconds=float(b))
+        else:  # a file missing from recordings: fall back on the detection's own times
+            t0, t1 = local(parse_time(st_text)), local(parse_time(en_text))
+        if f not in uris:
+            uris[f] = (PurePosixPath(f).name, (base / f).as_uri())
+        rows.append([f, lab, float(a), float(b), t0, t1, files.offset.get(f, ""), _num(smax), _num(smean),
+                     int(nseg), _text(dev), files.temperature.get(f), uris[f], None, None])
+    return rows
+
+
+def device_rows(recordings: Any, detections: Any, files: Files) -> list[list[Any]]:
+    """Per device (ok and failed files): files, hours, first/last, temperature, battery, firmware, stops."""
+    found = recordings[recordings["status"] != "skipped"]
+    det_count = Counter(files.device.get(f) or _text(d) or UNKNOWN_DEVICE
+                        for f, d in zip(detections["file"].tolist(), detections["device_id"].tolist()))
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    stop = found["stop_reason"].tolist() if "stop_reason" in found else [""] * len(found)
+    for r, s in zip(found[["file", "status", "recorder", "device_id", "duration_s", "temperature_c", "battery_v",
+                           "firmware"]].to_dict("records"), stop):
+        r["stop_reason"] = s
+        groups[_text(r["device_id"]) or UNKNOWN_DEVICE].append(r)
+    rows = []
+    for dev in sorted(groups):
+        g = groups[dev]
+        ok = [r for r in g if r["status"] == "ok"]
+        starts = [(files.start.get(r["file"]), _num(r["duration_s"]) or 0.0) for r in g]
+        starts = [(local(t), d) for t, d in starts if t is not None]
+        temps = [t for t in (_num(r["temperature_c"]) for r in g) if t is not None]
+        volts = [v for v in (_num(r["battery_v"]) for r in g) if v is not None]
+        stops = Counter(_text(r["stop_reason"]) for r in g if _text(r["stop_reason"]))
+        rows.append([
+            dev, ", ".join(sorted({_text(r["recorder"]) for r in g} - {""})), len(g), len(g) - len(ok),
+            round(sum(_num(r["duration_s"]) or 0.0 for r in ok) / 3600, 3),
+            min(t for t, _ in starts) if starts else None,
+            max(t + timedelta(seconds=d) for t, d in starts) if starts else None,
+            min(temps) if temps else None, max(temps) if temps else None, min(volts) if volts else None,
+            ", ".join(sorted({_text(r["firmware"]) for r in g} - {""})),
+            "; ".join(f"{s} ({n} file{'s' if n > 1 else ''})" for s, n in sorted(stops.items())),
+            det_count.get(dev, 0),
+        ])
+    return rows
+
+
+def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested run info -> (dotted key, scalar) rows; lists of scalars joined with ', '."""
+    if isinstance(d, dict):
+        out: list[tuple[str, Any]] = []
+        for k, v in d.items():
+            out += flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(d, (list, tuple)):
+        if all(isinstance(x, (str, int, float, bool)) or x is None for x in d):
+            return [(prefix, ", ".join("" if x is None else str(x) for x in d))]
+        out = []
+        for i, x in enumerate(d):
+            out += flatten(x, f"{prefix}[{i}]")
+        return out
+    if d is None or isinstance(d, (str, int, float)):
+        return [(prefix, "" if d is None else d)]
+    return [(prefix, json.dumps(d, default=str))]
+
+
+def write_workbook(path: Path, recordings: Any, segments: Any, detections: Any, run_info: Mapping[str, Any],
+                   input_dir: Path, presence_tables: Presence | None = None) -> Path:
+    """Build every sheet and save atomically to ``path`` (``presence_tables``: precomputed, optional)."""
     from openpyxl import Workbook
-    from openpyxl.cell import WriteOnlyCell
+    from openpyxl.formatting.rule import ColorScaleRule
+    from openpyxl.utils import get_column_letter
     from openpyxl.worksheet.datavalidation import DataValidation
 
-    labels = list(run_info.get("labels", []))
-    thr = run_info.get("thresholds", {})
-    model = run_info.get("model", {})
-    model_name = f"{model.get('name', '')} : {model.get('version', '')}"
-    review = _parse(run_info.get("ended") or run_info.get("started"))
-    review = _naive(review).replace(hour=0, minute=0, second=0, microsecond=0) if review else None
-    rec = recordings.set_index("file", drop=False) if len(recordings) else recordings
-    ok = recordings[recordings["status"] == "ok"] if len(recordings) else recordings
-    starts = {r.file: _parse(r.start_time) for r in recordings.itertuples()}
-
+    labels = list(run_info.get("labels") or [])
+    thresholds = dict(run_info.get("thresholds") or {})
+    files = Files.from_recordings(recordings)
     wb = Workbook(write_only=True)
+    wb.properties.creator = f"monitor {run_info.get('package_version', '')}".strip()
+    wb.properties.title = "Species detections for review"
 
-    # Summary: one row per ok recording per label
-    ev = {}
-    for r in detections.itertuples():
-        ev.setdefault((r.file, r.label), []).append((r.start_s, r.end_s))
-    pos_counts, max_scores = {}, {}
-    if len(segments):
-        for lab in labels:
-            g = segments.groupby("file")[lab]
-            max_scores[lab] = g.max().to_dict()
-            pos_counts[lab] = (segments[lab] >= thr.get(lab, 0.5)).groupby(segments["file"]).sum().to_dict()
-    rows = []
-    for r in ok.itertuples():
-        for lab in labels:
-            events = ev.get((r.file, lab), [])
-            rows.append([
-                model_name, r.file, lab, "Positive" if events else "Negative", times_heard(events, starts[r.file]),
-                r.device_id or None, _naive(starts[r.file]), _num(r.temperature_c), review,
-                _num(max_scores.get(lab, {}).get(r.file)), int(pos_counts.get(lab, {}).get(r.file, 0)),
-                _hms(float(r.duration_s)) if _num(r.duration_s) is not None else None,
-            ])
-    _Sheet(wb, "Summary", SUMMARY_COLUMNS, rows, widths={"Times Heard": 45, "Model Name : Version": 26},
-           formats={"Timestamp": "yyyy-mm-dd hh:mm:ss", "Review Date": "yyyy-mm-dd", "Temperature": "0.0",
-                    "Max Score": "0.000"})
+    rows = summary_rows(recordings, segments, detections, labels, thresholds, files, run_info)
+    ws = start_sheet(wb, "Summary")
+    write_table(ws, [Col("Model Name : Version"), Col("File Name"), Col("Label"), Col("Prediction", width=11),
+                     Col("Times Heard", width=44, wrap=True), Col("Device ID"), Col("Timestamp", DATETIME),
+                     Col("Temperature", TEMPERATURE), Col("Review Date", DATE), Col("Max Score", SCORE),
+                     Col("Segments Positive", raw=True), Col("Duration", DURATION)], rows, freeze="C2")
 
-    # Detections
-    from datetime import timedelta
-
-    rows = []
-    for r in detections.itertuples():
-        st = starts.get(r.file)
-        meta = rec.loc[r.file] if len(rec) and r.file in rec.index else None
-        rows.append([
-            r.file, r.label, float(r.start_s), float(r.end_s),
-            _naive(st + timedelta(seconds=float(r.start_s))) if st else None,
-            _naive(st + timedelta(seconds=float(r.end_s))) if st else None,
-            (meta["utc_offset"] if meta is not None else "") or None, float(r.score_max), float(r.score_mean),
-            int(r.segments), r.device_id or None, _num(meta["temperature_c"]) if meta is not None else None,
-            Path(r.file).name, None, None,
-        ])
-    det = _Sheet(wb, "Detections", DETECTION_COLUMNS, [], widths={"Notes": 40, "Verified": 10, "Link": 24})
-    ws = det.ws
-    fmts = {"Start Time": "yyyy-mm-dd hh:mm:ss", "End Time": "yyyy-mm-dd hh:mm:ss", "Max Score": "0.000",
-            "Mean Score": "0.000", "Start (s)": "0.0", "End (s)": "0.0", "Temperature (°C)": "0.0"}
-    idx = {DETECTION_COLUMNS.index(k): v for k, v in fmts.items()}
-    link_col = DETECTION_COLUMNS.index("Link")
-    for r in rows:
-        out = [_text_cell(ws, v) for v in r]
-        for j, f in idx.items():
-            if out[j] is not None:
-                c = WriteOnlyCell(ws, value=out[j])
-                c.number_format = f
-                out[j] = c
-        c = _text_cell(ws, r[link_col])
-        c = c if hasattr(c, "hyperlink") else WriteOnlyCell(ws, value=c)
-        target = (Path(input_dir) / r[0]).resolve()
-        c.hyperlink = target.as_uri()
-        c.style = "Hyperlink"
-        out[link_col] = c
-        ws.append(out)
-    from openpyxl.utils import get_column_letter
-
-    n = len(rows) + 1
-    ws.auto_filter.ref = f"A1:{get_column_letter(len(DETECTION_COLUMNS))}{n}"
+    rows = detection_rows(detections, files, input_dir)
+    ws = start_sheet(wb, "Detections")
+    n = write_table(ws, [Col("File"), Col("Label"), Col("Start (s)", raw=True), Col("End (s)", raw=True),
+                         Col("Start Time", DATETIME), Col("End Time", DATETIME), Col("UTC Offset", width=11),
+                         Col("Max Score", SCORE), Col("Mean Score", SCORE), Col("Segments", width=10, raw=True),
+                         Col("Device ID", indent=True), Col("Temperature (°C)", TEMPERATURE), Col("Link", link=True),
+                         Col("Verified", width=10, raw=True), Col("Notes", width=40, raw=True)], rows, freeze="C2")
     vcol = get_column_letter(DETECTION_COLUMNS.index("Verified") + 1)
     dv = DataValidation(type="list", formula1='"' + ",".join(VERIFIED_CHOICES) + '"', allow_blank=True,
-                        showErrorMessage=True, errorTitle="Verified", error="Choose yes, no or unsure")
-    dv.add(f"{vcol}2:{vcol}{max(n, 2) + 1000}")
-    ws.data_validations.append(dv)  # write-only sheets have no add_data_validation
+                        showErrorMessage=True, errorTitle="Verified", error="Choose yes, no or unsure",
+                        showInputMessage=True, promptTitle="Verified", prompt="yes, no or unsure")
+    dv.add(f"{vcol}2:{vcol}{max(n, 1) + 1}")
+    ws.data_validations.append(dv)
+    if n:
+        score = get_column_letter(DETECTION_COLUMNS.index("Max Score") + 1)
+        ws.conditional_formatting.add(f"{score}2:{score}{n + 1}", ColorScaleRule(
+            start_type="num", start_value=0, start_color="FFFFFF", end_type="num", end_value=1, end_color="63BE7B"))
 
-    _presence(wb, segments, detections, recordings, labels, thr, starts)
-    _devices(wb, recordings)
-    skipped = recordings[recordings["status"] != "ok"] if len(recordings) else recordings
-    _Sheet(wb, "Skipped files", ["File", "Status", "Reason"],
-           [[r.file, r.status, r.reason] for r in skipped.itertuples()], widths={"Reason": 70, "File": 50})
-    _Sheet(wb, "Run info", ["Key", "Value"], [[k, v] for k, v in _flatten(run_info)], widths={"Key": 34, "Value": 90})
+    if presence_tables is None:
+        presence_tables = presence(segments, detections, recordings, labels, thresholds, files.start)
+    write_presence_sheet(wb, presence_tables)
+
+    ws = start_sheet(wb, "Devices")
+    write_table(ws, [Col("Device ID"), Col("Recorder"), Col("Files"), Col("Failed"), Col("Hours Recorded", "0.00"),
+                     Col("First Recording", DATETIME), Col("Last Recording Ends", DATETIME),
+                     Col("Temperature Min (°C)", TEMPERATURE), Col("Temperature Max (°C)", TEMPERATURE),
+                     Col("Lowest Battery (V)", "0.0"), Col("Firmware"), Col("Stop Reasons"), Col("Detections")],
+                device_rows(recordings, detections, files), freeze="B2")
+
+    skipped = recordings[recordings["status"] != "ok"]
+    ws = start_sheet(wb, "Skipped files")
+    write_table(ws, [Col("File"), Col("Status", width=9), Col("Reason", width=70)],
+                [[f, s, _text(r)] for f, s, r in zip(skipped["file"], skipped["status"], skipped["reason"])])
+
+    ws = start_sheet(wb, "Run info", landscape=False)
+    write_table(ws, [Col("Key", width=32), Col("Value", width=90)], [list(kv) for kv in flatten(dict(run_info))],
+                autofilter=False)
 
     with atomic_path(path) as tmp:
         wb.save(tmp)
     return path
-
-
-def _presence(wb, segments, detections, recordings, labels, thr, starts) -> None:
-    """Detections and positive segments per day and per hour of day, by device and label, plus a chart."""
-    from datetime import timedelta
-
-    from openpyxl.chart import BarChart, Reference
-
-    devices = dict(zip(recordings["file"], recordings["device_id"])) if len(recordings) else {}
-    per_day: dict[tuple[str, str, str], list[int]] = {}
-    per_hour: dict[tuple[str, str, int], list[int]] = {}
-    for r in detections.itertuples():
-        st = starts.get(r.file)
-        if st is None:
-            continue
-        t = st + timedelta(seconds=float(r.start_s))
-        dev = devices.get(r.file) or "(unknown device)"
-        per_day.setdefault((t.strftime("%Y-%m-%d"), dev, r.label), [0, 0])[0] += 1
-        per_hour.setdefault((dev, r.label, t.hour), [0, 0])[0] += 1
-    if len(segments):
-        for lab in labels:
-            pos = segments[segments[lab] >= thr.get(lab, 0.5)]
-            for f, s0 in zip(pos["file"], pos["start_s"]):
-                st = starts.get(f)
-                if st is None:
-                    continue
-                t = st + timedelta(seconds=float(s0))
-                dev = devices.get(f) or "(unknown device)"
-                per_day.setdefault((t.strftime("%Y-%m-%d"), dev, lab), [0, 0])[1] += 1
-                per_hour.setdefault((dev, lab, t.hour), [0, 0])[1] += 1
-    days = sorted({d for d, _, _ in per_day})
-    chart_rows = [[d] + [sum(v[0] for (dd, _, l), v in per_day.items() if dd == d and l == lab) for lab in labels]
-                  for d in days]
-    sheet = _Sheet(wb, "Presence", ["Day"] + [f"{lab} detections" for lab in labels], chart_rows)
-    ws = sheet.ws
-    if chart_rows:
-        ch = BarChart()
-        ch.type, ch.grouping = "col", "clustered"
-        ch.title, ch.y_axis.title, ch.x_axis.title = "Detections per day", "detections", "day"
-        data = Reference(ws, min_col=2, min_row=1, max_col=1 + len(labels), max_row=1 + len(chart_rows))
-        cats = Reference(ws, min_col=1, min_row=2, max_row=1 + len(chart_rows))
-        ch.add_data(data, titles_from_data=True)
-        ch.set_categories(cats)
-        ch.height, ch.width = 8, 18
-        ws.add_chart(ch, f"{chr(ord('A') + len(labels) + 2)}2")
-    _Sheet(wb, "Presence by day", ["Day", "Device", "Label", "Detections", "Positive segments"],
-           [[d, dev, lab, v[0], v[1]] for (d, dev, lab), v in sorted(per_day.items())])
-    _Sheet(wb, "Presence by hour", ["Device", "Label", "Hour of day", "Detections", "Positive segments"],
-           [[dev, lab, h, v[0], v[1]] for (dev, lab, h), v in sorted(per_hour.items())])
-
-
-def _devices(wb, recordings) -> None:
-    rows = []
-    if len(recordings):
-        found = recordings[recordings["status"] != "skipped"].copy()
-        found["device"] = found["device_id"].where(found["device_id"] != "", "(unknown device)")
-        for dev, g in found.groupby("device", sort=True):
-            times = [t for t in (_parse(x) for x in g["start_time"]) if t is not None]
-            stops = sorted({s for s in g.get("stop_reason", []) if isinstance(s, str) and s})
-            fw = sorted({s for s in g["firmware"] if isinstance(s, str) and s})
-            rows.append([dev, int(len(g)), round(float(g["duration_s"].fillna(0).sum()) / 3600, 3),
-                         _naive(min(times)) if times else None, _naive(max(times)) if times else None,
-                         _num(g["temperature_c"].min()), _num(g["temperature_c"].max()), _num(g["battery_v"].min()),
-                         ", ".join(fw) or None, "; ".join(stops) or None])
-    _Sheet(wb, "Devices", ["Device ID", "Files", "Hours recorded", "First recording", "Last recording",
-                           "Temperature min (°C)", "Temperature max (°C)", "Lowest battery (V)", "Firmware",
-                           "Stop reasons"], rows,
-           widths={"Stop reasons": 50, "Firmware": 20},
-           formats={"First recording": "yyyy-mm-dd hh:mm", "Last recording": "yyyy-mm-dd hh:mm",
-                    "Temperature min (°C)": "0.0", "Temperature max (°C)": "0.0", "Lowest battery (V)": "0.0"})
-
-
-def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(d, list) and d and all(isinstance(x, dict) for x in d):
-        for i, x in enumerate(d):
-            out += _flatten(x, f"{prefix}[{i}]")
-    else:
-        out.append((prefix, d if isinstance(d, (int, float, str)) or d is None else json.dumps(d, default=str)))
-    return out
