@@ -7,7 +7,9 @@ functions on ``(samples,)`` / ``(samples, channels)`` float arrays.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -73,23 +75,25 @@ def plan_segments(n_frames: int, sample_rate_hz: int, cfg: SegmentConfig) -> lis
     """``(index, start_frame, end_frame)`` of every segment, exact in integer frames.
 
     Windows of ``window_s`` start every ``hop_s``; a final partial window is kept when it holds at
-    least ``min_segment_s`` of audio. Edges are ``round(k * hop_s * sr)`` and
-    ``round(k * hop_s * sr + window_s * sr)`` from exact fractions, so no drift accumulates over long
-    files and equal hop and window leave no one-frame gaps.
+    least ``min_segment_s`` of audio. Edges are ``floor(k * hop_s * sr)`` and
+    ``floor(k * hop_s * sr + window_s * sr)`` in exact integer arithmetic, so no drift accumulates
+    over long files, a window is never longer than ``ceil(window_s * sr)`` frames, and equal hop and
+    window tile the file with neither gaps nor overlaps.
     """
     if n_frames <= 0 or sample_rate_hz <= 0:
         return []
-    min_frames = max(1, int(np.ceil(cfg.min_segment_s * sample_rate_hz - 1e-9)))
-    hop = Fraction(cfg.hop_s).limit_denominator(10**6) * sample_rate_hz
+    min_frames = max(1, math.ceil(Fraction(cfg.min_segment_s).limit_denominator(10**6) * sample_rate_hz))
+    hop = Fraction(cfg.hop_s).limit_denominator(10**6) * sample_rate_hz  # frames, exact
     win = Fraction(cfg.window_s).limit_denominator(10**6) * sample_rate_hz
+    q = hop.denominator * win.denominator  # common denominator: edges are integers over q
+    hop_q, win_q = hop.numerator * win.denominator, win.numerator * hop.denominator
     out = []
     k = 0
     while True:
-        # both edges are rounded from exact rationals, so hop == window tiles the file with no gap
-        start = int(round(k * hop))
+        start = (k * hop_q) // q
         if start >= n_frames:
             break
-        end = min(max(start + 1, int(round(k * hop + win))), n_frames)
+        end = min(max(start + 1, (k * hop_q + win_q) // q), n_frames)
         if end - start < min_frames:
             break
         out.append((k, start, end))
@@ -157,6 +161,8 @@ def to_mono(x: np.ndarray) -> np.ndarray:
 
 def sanitize(x: np.ndarray) -> tuple[np.ndarray, int]:
     """Replace NaN/Inf with 0; returns (clean array, number replaced). Never propagates non-finite."""
+    if np.isfinite(np.sum(x, dtype=np.float64)):  # fast path: a float64 sum of finite float32 stays finite
+        return x, 0
     bad = ~np.isfinite(x)
     n = int(bad.sum())
     if n:
@@ -165,23 +171,47 @@ def sanitize(x: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def resample(x: np.ndarray, sr_in_hz: int, sr_out_hz: int = 16000, method: str = "poly") -> np.ndarray:
-    """Anti-aliased polyphase resampling along axis 0 (``scipy.signal.resample_poly``, or soxr).
+    """Anti-aliased resampling along axis 0 of (n,) or (n, channels) -> float32 at ``sr_out_hz``.
 
-    Handles any integer rates (8 kHz to 384 kHz, 22 050, 312 500 ...): up/down are reduced by their gcd.
+    ``poly``: ``scipy.signal.resample_poly`` (Kaiser-windowed FIR, up/down reduced by their gcd), so
+    any integer rates work (8 kHz to 384 kHz, 22 050, 312 500 ...). A 1-D integer decimation
+    (48 kHz, 96 kHz, 384 kHz -> 16 kHz) runs the very same filter as a strided torch ``conv1d``,
+    about twice as fast; outputs agree to float32 rounding. ``soxr``: libsoxr HQ (optional package).
     """
     if sr_in_hz == sr_out_hz:
         return np.asarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float32)
     if method == "soxr":
         import soxr
 
-        return soxr.resample(np.asarray(x, dtype=np.float32), sr_in_hz, sr_out_hz, quality="HQ").astype(np.float32)
-    from math import gcd
-
+        return np.asarray(soxr.resample(x, sr_in_hz, sr_out_hz, quality="HQ"), dtype=np.float32)
+    g = math.gcd(int(sr_in_hz), int(sr_out_hz))
+    up, down = sr_out_hz // g, sr_in_hz // g
+    if up == 1 and x.ndim == 1 and len(x) > 0:
+        return _decimate(x, down)
     from scipy.signal import resample_poly
 
-    g = gcd(int(sr_in_hz), int(sr_out_hz))
-    up, down = sr_out_hz // g, sr_in_hz // g
-    return resample_poly(np.asarray(x, dtype=np.float32), up, down, axis=0).astype(np.float32, copy=False)
+    return resample_poly(x, up, down, axis=0).astype(np.float32, copy=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _poly_filter(up: int, down: int):
+    """resample_poly's default anti-aliasing FIR (Kaiser beta 5, 20 zero crossings per side), float32."""
+    from scipy.signal import firwin
+
+    half_len = 10 * max(up, down)
+    return (firwin(2 * half_len + 1, 1.0 / max(up, down), window=("kaiser", 5.0)) * up).astype(np.float32)
+
+
+def _decimate(x: np.ndarray, down: int) -> np.ndarray:
+    """resample_poly(x, 1, down) as a strided convolution: y[m] = sum_k h[k] x[m*down + k - half_len]."""
+    import torch
+
+    h = _poly_filter(1, down)
+    half = (len(h) - 1) // 2
+    xt = torch.nn.functional.pad(torch.from_numpy(x)[None, None], (half, half))
+    y = torch.nn.functional.conv1d(xt, torch.from_numpy(h[::-1].copy())[None, None], stride=down)
+    return y[0, 0].numpy()
 
 
 def _sos(sr_hz: int, low_hz: float | None, high_hz: float | None, order: int):

@@ -2,10 +2,12 @@
 
 Deterministic (names sorted at every level), recursive, survives unreadable folders and symlink
 loops, and never silently drops a file: what is not a recording is returned in ``skipped``.
+Whether a file with an audio extension really decodes is not decided here (``audio.probe`` does).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -13,19 +15,39 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Extensions of formats libsndfile decodes (soundfile.available_formats()), plus common aliases.
-AUDIO_EXTENSIONS = frozenset({
-    ".wav", ".wave", ".bwf", ".rf64", ".w64", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".mpga", ".aif",
-    ".aiff", ".aifc", ".au", ".snd", ".caf", ".raw", ".voc", ".sd2", ".ircam", ".sf", ".nist", ".sph",
-    ".paf", ".pvf", ".xi", ".htk", ".avr", ".svx", ".8svx", ".mat", ".mpc", ".sds", ".wve",
-})
+# File extensions of each libsndfile major format (keys of ``soundfile.available_formats()``).
+# RAW is left out on purpose: header-less audio has no sample rate to read.
+_FORMAT_EXTENSIONS = {
+    "WAV": (".wav", ".wave", ".bwf"), "WAVEX": (".wav",), "RF64": (".rf64",), "W64": (".w64",),
+    "FLAC": (".flac",), "OGG": (".ogg", ".oga", ".opus"), "MP3": (".mp3", ".mpga"),
+    "AIFF": (".aif", ".aiff", ".aifc"), "AU": (".au", ".snd"), "CAF": (".caf",), "SD2": (".sd2",),
+    "VOC": (".voc",), "IRCAM": (".sf", ".ircam"), "NIST": (".nist", ".sph"), "PAF": (".paf",),
+    "PVF": (".pvf",), "XI": (".xi",), "HTK": (".htk",), "AVR": (".avr",), "SVX": (".svx", ".8svx", ".iff"),
+    "MAT4": (".mat",), "MAT5": (".mat",), "MPC2K": (".mpc",), "SDS": (".sds",), "WVE": (".wve",),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def audio_extensions() -> frozenset[str]:
+    """Lower-case extensions (with dot) of every format this soundfile/libsndfile can decode."""
+    import soundfile as sf
+
+    formats = sf.available_formats()
+    exts = {e for name, group in _FORMAT_EXTENSIONS.items() if name in formats for e in group}
+    return frozenset(exts | {".wav", ".flac"})
+
+
+def __getattr__(name: str):  # ``AUDIO_EXTENSIONS`` without importing soundfile at module import
+    if name == "AUDIO_EXTENSIONS":
+        return audio_extensions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
 class Found:
     path: Path
     rel: str  # posix path relative to the root
-    size: int
+    size: int  # bytes
     mtime_ns: int
 
 
@@ -48,39 +70,45 @@ def _reason_for(name: str, size: int) -> str | None:
         return "macOS metadata file (AppleDouble '._' file), not a recording"
     if name.startswith("."):
         return "hidden file, not a recording"
-    if Path(name).suffix.lower() not in AUDIO_EXTENSIONS:
-        return f"not an audio file ({Path(name).suffix or 'no extension'})"
+    suffix = Path(name).suffix
+    if suffix.lower() not in audio_extensions():
+        return f"not an audio file ({suffix or 'no extension'})"
     if size == 0:
-        return "empty file (0 bytes)"
+        return "empty file (0 bytes), not a recording"
     return None
 
 
-def discover(root: Path) -> Discovery:
-    """Recursively list ``root``. Symlinked files are followed; a folder is visited once (loops cut)."""
+def discover(root: Path | str) -> Discovery:
+    """Recursively list ``root``; ``recordings`` and ``skipped`` are each sorted by ``rel``.
+
+    Symlinks are followed, but every folder and file is visited once (keyed by device and inode), so
+    a link that loops back or a second link to the same file is listed as skipped, not walked again.
+    """
     root = Path(root)
     out = Discovery()
-    seen: set[tuple[int, int]] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: dict[tuple[int, int], str] = {}
 
     def rel_of(p: str) -> str:
         return Path(os.path.relpath(p, root)).as_posix()
 
+    def failed(p: str, what: str, exc: OSError) -> None:
+        why = exc.strerror or type(exc).__name__
+        out.skipped.append(Skipped(rel_of(p), f"{what} could not be read ({why})", "failed"))
+
     def walk(folder: str) -> None:
         try:
             st = os.stat(folder)
-        except OSError as exc:
-            out.skipped.append(Skipped(rel_of(folder), f"folder could not be read ({exc.strerror})", "failed"))
-            return
-        key = (st.st_dev, st.st_ino)
-        if key in seen:
-            out.skipped.append(Skipped(rel_of(folder), "folder link that loops back (visited already)"))
-            return
-        seen.add(key)
-        try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            out.skipped.append(Skipped(rel_of(folder), f"folder could not be read ({exc.strerror})", "failed"))
+            failed(folder, "folder", exc)
             return
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:
+            out.skipped.append(Skipped(rel_of(folder), "folder link that loops back (visited already)"))
+            return
+        seen_dirs.add(key)
         for e in entries:
             try:
                 is_dir = e.is_dir(follow_symlinks=True)
@@ -89,20 +117,25 @@ def discover(root: Path) -> Discovery:
             if is_dir:
                 if e.name.startswith(".") and not e.is_symlink():
                     out.skipped.append(Skipped(rel_of(e.path), "hidden folder, not searched"))
-                    continue
-                walk(e.path)
+                else:
+                    walk(e.path)
                 continue
             try:
                 st = e.stat(follow_symlinks=True)
-            except OSError as exc:
-                out.skipped.append(Skipped(rel_of(e.path), f"could not be read ({exc.strerror})", "failed"))
+            except OSError as exc:  # dangling link, permission problem
+                failed(e.path, "file", exc)
                 continue
+            rel = rel_of(e.path)
             reason = _reason_for(e.name, st.st_size)
+            if reason is None and (st.st_dev, st.st_ino) in seen_files:
+                reason = f"same file as {seen_files[(st.st_dev, st.st_ino)]} (a link), listed once"
             if reason:
-                out.skipped.append(Skipped(rel_of(e.path), reason))
-            else:
-                out.recordings.append(Found(Path(e.path), rel_of(e.path), st.st_size, st.st_mtime_ns))
+                out.skipped.append(Skipped(rel, reason))
+                continue
+            seen_files[(st.st_dev, st.st_ino)] = rel
+            out.recordings.append(Found(Path(e.path), rel, st.st_size, st.st_mtime_ns))
 
     walk(str(root))
+    out.recordings.sort(key=lambda f: f.rel)
     out.skipped.sort(key=lambda s: s.rel)
     return out

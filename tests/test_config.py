@@ -41,3 +41,19 @@ def test_yaml_loading(tmp_path):
         load_yaml(p)
     with pytest.raises(ConfigError, match="not found"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+def test_yaml_overrides_only_what_differs_and_types_are_checked(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("segment:\n  hop_s: 5\nfbank:\n  remove_wave_mean: false\n  target_frames: 512.0\n")
+    pre = Preprocess.from_dict(load_yaml(p))
+    assert pre.segment == SegmentConfig(hop_s=5.0) and pre.fbank.target_frames == 512
+    assert diff_from_defaults(pre) == {"segment": {"hop_s": 5.0}, "fbank": {"remove_wave_mean": False, "target_frames": 512}}
+    for text, msg in [("fbank:\n  remove_wave_mean: 1\n", "fbank.remove_wave_mean must be true or false"),
+                      ("fbank:\n  target_frames: 1.5\n", "fbank.target_frames must be an integer"),
+                      ("- 1\n- 2\n", "top level must be a mapping")]:
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=msg):
+            Preprocess.from_dict(load_yaml(p))
+    p.write_text("")
+    assert Preprocess.from_dict(load_yaml(p)) == Preprocess()

@@ -7,6 +7,16 @@ import torch
 from monitor.features import dataset_stats, fbank, normalize, pad_or_crop, remove_mean
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """fbank is many small ops: on a shared, busy 2-core machine intra-op threads only add stalls."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 @pytest.fixture(scope="module")
 def golden(shared):
     z = np.load(shared / "golden" / "kaldi_fbank_ast.npz")
@@ -18,31 +28,56 @@ CASES = ["chirp_10s", "noise_dc_10s", "tone_2p5s", "silence_10s", "short_0p3s", 
          "real_birds_10s_meansub"]
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_parity_with_torchaudio_reference(golden, case):
-    wave, ref = golden[case]
-    got = fbank(wave).numpy()
+def _check(got, ref):
+    """The issue's bounds: mean |err| <= 1e-4; max |err| <= 2e-3 wherever the reference is within 80 dB
+    of its frame's peak. Further down, at float32 FFT's dynamic range, the reference's own FFT rounding
+    (ours runs in float64) reaches 2.07e-3 on one chirp value: bounded there by 2.1e-3, measured worst."""
     assert got.shape == ref.shape
     err = np.abs(got - ref)
     assert err.mean() <= 1e-4
-    # Where the reference holds real energy its float32 FFT noise is negligible: the issue's bound holds.
-    assert err[ref > -13.0].max(initial=0.0) <= 2e-3
-    # Within 20x float32 eps of the log floor, the reference's own float32 FFT rounding reaches ~2e-3
-    # (our FFT is float64); the bound there is the measured worst case, not a loosened target.
-    assert err.max() <= 2.1e-3
+    near = ref >= ref.max(axis=-1, keepdims=True) - 8 * np.log(10)  # 80 dB in natural-log power
+    assert err[near].max(initial=0.0) <= 2e-3
+    assert err.max(initial=0.0) <= 2.1e-3
 
 
-def test_batched_equals_single(golden):
-    names = ["chirp_10s", "noise_dc_10s", "silence_10s", "real_birds_10s"]
-    batch = np.stack([golden[n][0] for n in names])
-    out = fbank(batch)
-    assert out.shape == (4, 998, 128)
+@pytest.mark.parametrize("case", CASES)
+def test_parity_with_torchaudio_reference(golden, case):
+    wave, ref = golden[case]
+    got = fbank(wave)
+    assert got.dtype == torch.float32
+    _check(got.numpy(), ref)
+    _check(fbank(torch.from_numpy(wave)).numpy(), ref)  # tensor in, same answer
+
+
+def test_batched_parity(golden):
+    names = [n for n in CASES if len(golden[n][0]) == 160000]
+    assert len(names) == 5
+    out = fbank(np.stack([golden[n][0] for n in names]))
+    assert out.shape == (5, 998, 128)
     for i, n in enumerate(names):
-        np.testing.assert_allclose(out[i].numpy(), fbank(golden[n][0]).numpy(), atol=1e-6)
-        assert np.abs(out[i].numpy() - golden[n][1]).mean() <= 1e-4
-    rep = fbank(np.stack([golden["short_0p3s"][0]] * 3))
-    assert rep.shape == (3, 28, 128)
-    assert np.abs(rep[2].numpy() - golden["short_0p3s"][1]).max() <= 2e-3
+        _check(out[i].numpy(), golden[n][1])
+        np.testing.assert_array_equal(out[i].numpy(), fbank(golden[n][0]).numpy())  # rows are independent
+    for n in ("short_0p3s", "tone_2p5s"):
+        rep = fbank(torch.from_numpy(np.stack([golden[n][0]] * 3)))
+        assert rep.shape == (3,) + golden[n][1].shape
+        for row in rep:
+            _check(row.numpy(), golden[n][1])
+
+
+def test_frame_count_and_chunking_are_seamless():
+    x = np.random.default_rng(3).standard_normal(16000 * 7 + 123).astype(np.float32)
+    full = fbank(x)
+    assert full.shape == (1 + (len(x) - 400) // 160, 128)
+    part = fbank(x[160 * 300:160 * 300 + 400 + 160 * 99])  # frames 300..399 on their own
+    np.testing.assert_allclose(part.numpy(), full[300:400].numpy(), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here")
+def test_gpu_equals_cpu(golden):
+    wave, ref = golden["real_birds_10s"]
+    got = fbank(torch.from_numpy(np.stack([wave, wave])).cuda())
+    assert got.device.type == "cuda"
+    _check(got[1].cpu().numpy(), ref)
 
 
 def test_shorter_than_a_frame_gives_no_frames():

@@ -1,0 +1,268 @@
+"""Front-end throughput and memory on one thread: the streaming chain vs the naive whole-file path.
+
+Writes a 1 h and a 4 h 48 kHz mono 16-bit WAV and a 20 min 384 kHz one into a temp folder, then, each
+in its own subprocess (so peak RSS is that run's alone, threads pinned to 1 before torch loads):
+
+* streaming: ``audio.stream_segments`` (soundfile blocks) -> ``frontend.prepare_wave`` (mono,
+  sanitise, resample to 16 kHz, band-limit) -> ``frontend.features`` (mean removal, Kaldi fbank,
+  pad/crop to 1024 frames, normalise), batches of 16 segments;
+* naive: ``librosa.load(path, sr=16000)`` of the whole file (warmed up first), then the same
+  per-segment features.
+
+It also times the alternatives for each stage on 60 s of 48 kHz audio (resamplers, FFT precision,
+band-limiting before / after resampling / inside the mel matrix) so the default can be argued.
+
+    python benchmarks/frontend.py            # 1 h, 4 h, 20 min @ 384 kHz (a few minutes, ~2.7 GB temp)
+    python benchmarks/frontend.py --quick    # 10 min, 40 min, 2 min @ 384 kHz
+
+Last line: ``frontend: <X>x realtime, <Y>x naive, peak <A> MB (1 h) / <B> MB (4 h)``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = "1"  # before numpy/torch load: one core, as the target is "per core"
+
+import numpy as np  # noqa: E402
+
+BATCH = 16
+
+
+def _now() -> float:
+    """CPU seconds of this process: per-core throughput, unaffected by other jobs on a shared machine."""
+    return time.process_time()
+
+
+def write_long_wav(path: Path, duration_s: float, sample_rate_hz: int, seed: int = 0) -> Path:
+    """Seeded noise + bird-like chirps, 16-bit mono, written 60 s at a time (never held whole)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    block = 60 * sample_rate_hz
+    total = int(duration_s * sample_rate_hz)
+    with sf.SoundFile(str(path), "w", sample_rate_hz, 1, "PCM_16") as f:
+        for a in range(0, total, block):
+            n = min(block, total - a)
+            t = (a + np.arange(n)) / sample_rate_hz
+            chirp = 0.2 * np.sin(2 * np.pi * (2000 + 1500 * np.sin(2 * np.pi * 0.3 * t)) * t)
+            f.write((0.05 * rng.standard_normal(n) + chirp * (np.sin(2 * np.pi * 0.1 * t) > 0.5)).astype(np.float32))
+    return path
+
+
+def _pre(band: tuple[float, float] | None, method: str):
+    from monitor.config import BandConfig, Preprocess, ResampleConfig
+
+    band_cfg = BandConfig(low_hz=band[0], high_hz=band[1]) if band else BandConfig()
+    return Preprocess(band=band_cfg, resample=ResampleConfig(method=method))
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def child_stream(path: str, band, method: str) -> dict:
+    """Streaming chain over one file; per-stage seconds, audio seconds and this process's peak RSS."""
+    import torch
+
+    torch.set_num_threads(1)
+    from monitor.audio import stream_segments
+    from monitor.frontend import features, prepare_wave
+
+    pre = _pre(band, method)
+    # warm-up: first calls build filters, mel banks and FFT plans
+    warm = np.random.default_rng(0).standard_normal(48000 * 10).astype(np.float32)
+    features([prepare_wave(warm, 48000, pre)[0]] * 2, pre)
+    t_read = t_prep = t_feat = 0.0
+    n_seg, audio_s, waves = 0, 0.0, []
+    t0, w0 = _now(), time.perf_counter()
+    it = stream_segments(path, pre.segment)
+    while True:
+        a = _now()
+        seg = next(it, None)
+        b = _now()
+        t_read += b - a
+        if seg is None:
+            break
+        wave, _ = prepare_wave(seg.samples, seg.sample_rate_hz, pre)
+        c = _now()
+        t_prep += c - b
+        waves.append(wave)
+        n_seg += 1
+        audio_s += seg.end_s - seg.start_s
+        if len(waves) == BATCH:
+            features(waves, pre)
+            waves = []
+            t_feat += _now() - c
+    if waves:
+        c = _now()
+        features(waves, pre)
+        t_feat += _now() - c
+    wall = _now() - t0
+    return {"wall_s": wall, "real_s": time.perf_counter() - w0, "audio_s": audio_s, "segments": n_seg, "read_s": t_read, "prepare_s": t_prep,
+            "features_s": t_feat, "peak_mb": _peak_rss_mb()}
+
+
+def child_naive(path: str, warm_path: str) -> dict:
+    """librosa.load of the whole file at 16 kHz (after a warm-up load), then per-segment features."""
+    import librosa
+    import torch
+
+    torch.set_num_threads(1)
+    from monitor.frontend import features
+
+    pre = _pre(None, "poly")
+    y, _ = librosa.load(warm_path, sr=16000)  # warm-up: imports, resampler
+    features([y[:160000]] * 2, pre)
+    t0, w0 = _now(), time.perf_counter()
+    y, _ = librosa.load(path, sr=16000)
+    t_load = _now() - t0
+    chunks = [y[i:i + 160000] for i in range(0, len(y), 160000)]
+    chunks = [c for c in chunks if len(c) >= 16000]
+    for k in range(0, len(chunks), BATCH):
+        features(chunks[k:k + BATCH], pre)
+    wall = _now() - t0
+    return {"wall_s": wall, "real_s": time.perf_counter() - w0, "audio_s": len(y) / 16000, "segments": len(chunks), "load_s": t_load,
+            "peak_mb": _peak_rss_mb()}
+
+
+def _best_ms(fn, repeat: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = _now()
+        fn()
+        times.append(_now() - t0)
+    return 1e3 * min(times)
+
+
+def child_alternatives() -> dict:
+    """Per-stage alternatives on 60 s of 48 kHz audio cut in six 10 s segments (ms per 60 s)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from scipy.signal import butter, sosfiltfilt
+
+    from monitor.audio import bandpass, resample
+    from monitor.features import _hann, fbank, mel_banks
+
+    rng = np.random.default_rng(1)
+    segs48 = [(0.1 * rng.standard_normal(480000)).astype(np.float32) for _ in range(6)]
+    out: dict[str, float] = {}
+    out["resample poly (scipy resample_poly)"] = _best_ms(lambda: [resample(s, 48000, 16000, "poly") for s in segs48])
+    try:
+        import soxr  # noqa: F401
+
+        out["resample soxr HQ"] = _best_ms(lambda: [resample(s, 48000, 16000, "soxr") for s in segs48])
+    except ImportError:
+        pass
+    segs16 = [resample(s, 48000, 16000) for s in segs48]
+    out["band 200-6000 Hz after resampling (16 kHz)"] = _best_ms(lambda: [bandpass(s, 16000, 200, 6000) for s in segs16])
+    out["band 200-6000 Hz before resampling (48 kHz)"] = _best_ms(lambda: [bandpass(s, 48000, 200, 6000) for s in segs48])
+    batch = torch.from_numpy(np.stack(segs16))
+    out["fbank batched, float64 FFT (default)"] = _best_ms(lambda: fbank(batch))
+    out["fbank one call per segment"] = _best_ms(lambda: [fbank(s) for s in batch])
+
+    sos = butter(6, [200, 6000], btype="bandpass", fs=16000, output="sos")
+    bank = mel_banks(128, 512, 16000.0)
+
+    def fbank_variant(x: torch.Tensor, fft_dtype: torch.dtype, mel: torch.Tensor) -> torch.Tensor:
+        fr = x.unfold(-1, 400, 160)
+        fr = fr - fr.mean(-1, keepdim=True)
+        fr = (fr - 0.97 * torch.cat([fr[..., :1], fr[..., :-1]], dim=-1)) * _hann(400)
+        spec = torch.fft.rfft(fr.to(fft_dtype), n=512)
+        power = (spec.real.square() + spec.imag.square()).float()
+        return (power @ mel.T).clamp_min(float(torch.finfo(torch.float32).eps)).log()
+
+    out["fbank batched, float32 FFT"] = _best_ms(lambda: fbank_variant(batch, torch.float32, bank))
+    from scipy.signal import sosfreqz
+
+    _, h = sosfreqz(sos, worN=np.arange(257) * 16000 / 512, fs=16000)
+    folded = bank * torch.from_numpy(np.abs(h) ** 4).float()  # zero-phase |H|^2 on amplitude -> |H|^4 on power
+    out["band inside fbank (|H|^4 folded into the mel matrix)"] = _best_ms(
+        lambda: fbank_variant(batch, torch.float64, folded))
+    ref = fbank(torch.from_numpy(np.stack([sosfiltfilt(sos, s).astype(np.float32) for s in segs16])))
+    got = fbank_variant(batch, torch.float64, folded)
+    out["  (folded band vs time-domain band: mean |diff| of log-mel)"] = float((got - ref).abs().mean())
+    return out
+
+
+def _run_child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="10 min / 40 min / 2 min files instead of 1 h / 4 h / 20 min")
+    ap.add_argument("--method", default="poly", choices=["poly", "soxr"], help="resampler of the streaming chain")
+    ap.add_argument("--band", type=float, nargs=2, default=[200.0, 6000.0], metavar=("LOW_HZ", "HIGH_HZ"),
+                    help="band limit applied in the streaming chain (default 200 6000)")
+    ap.add_argument("--no-band", action="store_true", help="no band limit")
+    ap.add_argument("--tmp", type=Path, default=None, help="where to write the test files (default: system temp)")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.child:
+        kind, *rest = args.child
+        if kind == "stream":
+            band = None if rest[1] == "none" else tuple(float(v) for v in rest[1].split(","))
+            res = child_stream(rest[0], band, rest[2])
+        elif kind == "naive":
+            res = child_naive(rest[0], rest[1])
+        else:
+            res = child_alternatives()
+        print(json.dumps(res))
+        return
+
+    short, long_, hi = (600, 2400, 120) if args.quick else (3600, 14400, 1200)
+    band_arg = "none" if args.no_band else f"{args.band[0]},{args.band[1]}"
+    label = lambda s: f"{s / 3600:g} h" if s >= 3600 else f"{s / 60:g} min"  # noqa: E731
+    with tempfile.TemporaryDirectory(dir=args.tmp, prefix="monitor-frontend-bench-") as tmp:
+        tmp_path = Path(tmp)
+        t0 = time.perf_counter()
+        f1 = write_long_wav(tmp_path / "a_48k.wav", short, 48000, seed=1)
+        f4 = write_long_wav(tmp_path / "b_48k.wav", long_, 48000, seed=2)
+        f384 = write_long_wav(tmp_path / "c_384k.wav", hi, 384000, seed=3)
+        warm = write_long_wav(tmp_path / "warm.wav", 10, 48000, seed=4)
+        print(f"wrote test files in {time.perf_counter() - t0:.0f} s "
+              f"({label(short)} + {label(long_)} @ 48 kHz, {label(hi)} @ 384 kHz)", flush=True)
+
+        alt = _run_child(["alternatives"])
+        print("\nstage alternatives, one thread, ms per 60 s of 48 kHz audio (best of 5):")
+        for k, v in alt.items():
+            print(f"  {k:<62} {v:9.3f}" if k.startswith("  ") else f"  {k:<62} {v:7.1f} ms")
+
+        rows = {}
+        for name, path in ((label(short), f1), (label(long_), f4), (f"{label(hi)} @ 384 kHz", f384)):
+            rows[name] = _run_child(["stream", str(path), band_arg, args.method])
+        naive = _run_child(["naive", str(f1), str(warm)])
+
+    print(f"\nstreaming chain (resample={args.method}, band={band_arg.replace(',', '-')} Hz), one thread:")
+    for name, r in rows.items():
+        print(f"  {name:<16} {r['audio_s'] / r['wall_s']:7.0f}x realtime  {r['wall_s']:7.1f} s  "
+              f"(read {r['read_s']:.1f} s, resample+band {r['prepare_s']:.1f} s, fbank {r['features_s']:.1f} s)  "
+              f"{r['segments']} segments  peak RSS {r['peak_mb']:.0f} MB")
+    print(f"naive librosa.load + per-segment fbank, {label(short)}: {naive['audio_s'] / naive['wall_s']:.0f}x realtime "
+          f"({naive['wall_s']:.1f} s, load {naive['load_s']:.1f} s), peak RSS {naive['peak_mb']:.0f} MB")
+    r1, r4 = rows[label(short)], rows[label(long_)]
+    rt = r1["audio_s"] / r1["wall_s"]
+    ratio = naive["wall_s"] / r1["wall_s"]
+    print(f"frontend: {rt:.0f}x realtime, {ratio:.2f}x naive, peak {r1['peak_mb']:.0f} MB ({label(short)}) / "
+          f"{r4['peak_mb']:.0f} MB ({label(long_)})")
+
+
+if __name__ == "__main__":
+    main()
