@@ -120,6 +120,12 @@ class Preprocess:
     resample: ResampleConfig = field(default_factory=ResampleConfig)
     fbank: FbankConfig = field(default_factory=FbankConfig)
 
+    def __post_init__(self) -> None:
+        nyquist = self.resample.sample_rate_hz / 2
+        if self.band.low_hz is not None and self.band.low_hz >= nyquist:
+            raise ConfigError(f"band.low_hz ({self.band.low_hz:g}) must be below the Nyquist frequency "
+                              f"({nyquist:g} Hz) of resample.sample_rate_hz")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -57,3 +57,8 @@ def test_yaml_overrides_only_what_differs_and_types_are_checked(tmp_path):
             Preprocess.from_dict(load_yaml(p))
     p.write_text("")
     assert Preprocess.from_dict(load_yaml(p)) == Preprocess()
+
+
+def test_band_above_nyquist_fails_once_for_the_run():
+    with pytest.raises(ConfigError, match="Nyquist"):
+        Preprocess.from_dict({"band": {"low_hz": 9000}})
