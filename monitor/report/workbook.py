@@ -237,7 +237,7 @@ def write_workbook(path: Path, recordings: Any, segments: Any, detections: Any, 
 
     rows = detection_rows(detections, files, input_dir)
     ws = start_sheet(wb, "Detections")
-    n = write_table(ws, [Col("File"), Col("Label"), Col("Start (s)", raw=True), Col("End (s)", raw=True),
+    n = write_table(ws, [Col("File"), Col("Label"), Col("Start (s)", "0.0"), Col("End (s)", "0.0"),
                          Col("Start Time", DATETIME), Col("End Time", DATETIME), Col("UTC Offset", width=11),
                          Col("Max Score", SCORE), Col("Mean Score", SCORE), Col("Segments", width=10, raw=True),
                          Col("Device ID", indent=True), Col("Temperature (°C)", TEMPERATURE), Col("Link", link=True),
