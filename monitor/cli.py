@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"monitor: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("monitor: interrupted", file=sys.stderr)
+        print("monitor: interrupted; finished files are saved: run the same command again to resume",
+              file=sys.stderr)
         return 130
 
 

@@ -113,11 +113,13 @@ def run(
                 store.clear()
             model_hash = ensemble_hash(bundles)
             store.bind_model(model_hash, labels, " + ".join(f"{b.name} {b.version}" for b in bundles))
-            stats, interrupted = _process(src, store, bundles, model_hash, device, batch_size, workers,
-                                          precision, progress)
-            info = _run_info(src, dst, bundles, thr, command, started, stats)
-            store.set_meta("run_info", info)
-            info = write_outputs(dst, store, thr, info)
+            with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
+                stats, interrupted = _process(src, store, bundles, model_hash, device, batch_size, workers,
+                                              precision, progress, stop.state)
+                info = _run_info(src, dst, bundles, thr, command, started, stats)
+                store.set_meta("run_info", info)
+                info = write_outputs(dst, store, thr, info)
+                interrupted = interrupted or stop.state["flag"]
         finally:
             store.close()
     if interrupted:
@@ -128,7 +130,7 @@ def run(
 
 
 def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size: int, workers: int,
-             precision: str, progress: bool | None) -> tuple[dict[str, Any], bool]:
+             precision: str, progress: bool | None, stop: dict[str, bool]) -> tuple[dict[str, Any], bool]:
     """Discover, skip finished files, decode/score the rest; commit each file as it completes."""
     from tqdm import tqdm
 
@@ -149,6 +151,8 @@ def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size
 
     todo, total_segments, total_audio_s, resumed = [], 0, 0.0, 0
     for f in found.recordings:
+        if stop["flag"]:
+            break
         key = FileKey(f.rel, f.size, f.mtime_ns, model_hash)
         if store.is_done(key):
             resumed += 1
@@ -178,8 +182,6 @@ def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size
     by_file = {f.rel: (key, meta) for f, key, meta, _ in todo}
     stats = {"done": 0, "segments": 0, "device": dev, "precision": prec, "workers": workers,
              "audio_s": total_audio_s, "found": len(found.recordings) + len(found.skipped), "resumed": resumed}
-    stop = {"flag": False}
-
     def tasks():
         for f, key, meta, info in todo:
             yield from plan_chunks(f.path, f.rel, info.frames, info.channels, info.sample_rate_hz, pre, batch_size)
@@ -208,24 +210,39 @@ def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size
             store.put_file(key, "ok", reason, meta, segs, nonfinite=acc.nonfinite)
         stats["done"] += 1
 
-    def on_sigint(signum, frame):
-        if stop["flag"]:
-            raise KeyboardInterrupt
-        stop["flag"] = True
-        print("\nmonitor: stopping after the current batch; finished files are saved", file=sys.stderr)
-
-    old = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
-    interrupted = False
+    interrupted = bool(stop["flag"])
     try:
-        score_chunks(prefetch(tasks(), pre, workers), scorer, on_file_done, on_segments)
+        if not interrupted:
+            score_chunks(prefetch(tasks(), pre, workers), scorer, on_file_done, on_segments)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
     stats["wall_s"] = time.perf_counter() - t0
-    return stats, interrupted
+    return stats, interrupted or bool(stop["flag"])
+
+
+class _StopOnSigint:
+    """First Ctrl-C: finish the batch in hand, save, write reports, exit non-zero. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.state = {"flag": False}
+        self._old = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.state["flag"]:
+            raise KeyboardInterrupt
+        self.state["flag"] = True
+        print("\nmonitor: stopping after the current batch; finished files are saved", file=sys.stderr)
+
+    def __enter__(self) -> "_StopOnSigint":
+        if _main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
 
 
 def _main_thread() -> bool:

@@ -200,16 +200,26 @@ def test_sigint_saves_and_says_how_to_resume(tiny_bundle, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", str(card), "--out", str(out), "--model",
                              str(tiny_bundle), "--workers", "0", "--batch-size", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "monitor.sqlite").exists():
-        time.sleep(0.2)
-    time.sleep(3.0)
+    import sqlite3
+
+    deadline, done = time.time() + 120, 0
+    while time.time() < deadline and proc.poll() is None and done < 1:
+        time.sleep(0.1)
+        try:
+            db = sqlite3.connect(f"file:{out / 'monitor.sqlite'}?mode=ro", uri=True, timeout=1)
+            done = db.execute("SELECT COUNT(*) FROM files WHERE status='ok'").fetchone()[0]
+            db.close()
+        except sqlite3.Error:
+            continue
+    assert proc.poll() is None, "run finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert "run the same command again to resume" in err
     assert "Traceback" not in err
     assert (out / "recordings.csv").is_file() and (out / "report.xlsx").is_file()
+    seg = pd.read_csv(out / "segments.csv")
+    assert 0 < seg.file.nunique() < 12  # finished files were kept, the rest left for the resume
 
 
 def test_second_run_on_same_out_is_refused(tiny_bundle, tmp_path):
