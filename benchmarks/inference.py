@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=4.0)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--resample", default="soxr", choices=["soxr", "poly"],
+                    help="monitor's resampler for the comparison (HF's librosa.load uses soxr_hq)")
     ap.add_argument("--quick", action="store_true", help="tiny224 and ~1 min of audio")
     args = ap.parse_args()
     if args.quick:
@@ -110,7 +112,7 @@ def main() -> None:
     import torch
     from transformers import ASTFeatureExtractor
 
-    from monitor.config import FbankConfig, Preprocess
+    from monitor.config import FbankConfig, Preprocess, ResampleConfig
     from monitor.model.bundle import save_bundle
     from monitor.model.checkpoints import from_hf_checkpoint
 
@@ -121,10 +123,14 @@ def main() -> None:
     audio_s = gather_audio(inp, args.minutes)
     files = sorted(inp.iterdir())
     print(f"audio: {len(files)} real files, {audio_s / 60:.1f} min; geometry {args.size} depth {args.depth or 12}; "
+          f"batch {args.batch_size}, monitor resampler {args.resample}; "
           f"torch threads {torch.get_num_threads()}, {os.cpu_count()} cores")
 
     rows = []
-    pre = Preprocess(fbank=FbankConfig(remove_wave_mean=False))  # HF's extractor does not subtract the mean
+    # Exact mode mirrors the HF path: its extractor does not subtract the waveform mean, and
+    # librosa.load resamples with soxr_hq, which monitor offers as resample.method "soxr".
+    pre = Preprocess(fbank=FbankConfig(remove_wave_mean=False),
+                     resample=ResampleConfig(method=args.resample))
     hf = hf_model(args.size, 10, args.depth, len(labels))
     ours = from_hf_checkpoint(hf)
     bundle = save_bundle(tmp / "bundle10", ours, name="bench", version="0", labels=labels, task="multilabel",
