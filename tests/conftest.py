@@ -48,3 +48,14 @@ def shared() -> Path:
 @pytest.fixture
 def wav_writer():
     return write_wav
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """fbank is many small ops: on a shared, busy 2-core machine intra-op threads only add stalls."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -7,13 +7,7 @@ import torch
 from monitor.features import dataset_stats, fbank, normalize, pad_or_crop, remove_mean
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """fbank is many small ops: on a shared, busy 2-core machine intra-op threads only add stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

@@ -12,13 +12,7 @@ from monitor.features import fbank, normalize, pad_or_crop, remove_mean
 from monitor.frontend import features, prepare_wave, segment_features
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """fbank is many small ops: on a shared, busy 2-core machine intra-op threads only add stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 BAND = Preprocess(band=BandConfig(low_hz=300.0, high_hz=3000.0))

@@ -155,6 +155,22 @@ def _slow_card(root: Path, n: int = 12) -> Path:
     return root
 
 
+def _wait_for_ok_files(proc: subprocess.Popen, out: Path, n: int, timeout_s: float = 120) -> int:
+    """Poll the run's store (read-only) until ``n`` files are committed ok or the run ends; returns the count."""
+    import sqlite3
+
+    deadline, done = time.time() + timeout_s, 0
+    while time.time() < deadline and proc.poll() is None and done < n:
+        time.sleep(0.1)
+        try:
+            db = sqlite3.connect(f"file:{out / 'monitor.sqlite'}?mode=ro", uri=True, timeout=1)
+            done = db.execute("SELECT COUNT(*) FROM files WHERE status='ok'").fetchone()[0]
+            db.close()
+        except sqlite3.Error:
+            continue
+    return done
+
+
 def test_sigkill_then_resume_equals_uninterrupted(tiny_bundle, tmp_path):
     card = _slow_card(tmp_path / "card")
     full = tmp_path / "full"
@@ -165,20 +181,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_bundle, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", str(card), "--out", str(out), "--model",
                              str(tiny_bundle), "--workers", "0", "--batch-size", "4"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    import sqlite3
-
-    deadline = time.time() + 120
-    done = 0
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        try:
-            db = sqlite3.connect(f"file:{out / 'monitor.sqlite'}?mode=ro", uri=True, timeout=1)
-            done = db.execute("SELECT COUNT(*) FROM files WHERE status='ok'").fetchone()[0]
-            db.close()
-        except sqlite3.Error:
-            continue
-        if done >= 3:
-            break
+    done = _wait_for_ok_files(proc, out, 3)
     assert proc.poll() is None, "run finished before it could be killed; make the card bigger"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -200,17 +203,7 @@ def test_sigint_saves_and_says_how_to_resume(tiny_bundle, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", str(card), "--out", str(out), "--model",
                              str(tiny_bundle), "--workers", "0", "--batch-size", "4"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    import sqlite3
-
-    deadline, done = time.time() + 120, 0
-    while time.time() < deadline and proc.poll() is None and done < 1:
-        time.sleep(0.1)
-        try:
-            db = sqlite3.connect(f"file:{out / 'monitor.sqlite'}?mode=ro", uri=True, timeout=1)
-            done = db.execute("SELECT COUNT(*) FROM files WHERE status='ok'").fetchone()[0]
-            db.close()
-        except sqlite3.Error:
-            continue
+    _wait_for_ok_files(proc, out, 1)
     assert proc.poll() is None, "run finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
