@@ -14,7 +14,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-VERIFIED_CHOICES = ("yes", "no", "unsure")
 
 
 def in_colab() -> bool:
@@ -120,6 +119,9 @@ def set_verified(out_dir: Path, row: int, value: str, notes: str | None = None) 
     """
     from openpyxl import load_workbook
 
+    from monitor.report.safe import atomic_path
+    from monitor.report.workbook import VERIFIED_CHOICES
+
     if value not in VERIFIED_CHOICES:
         raise ValueError(f"Verified must be one of {VERIFIED_CHOICES}, got {value!r}")
     path = Path(out_dir) / "report.xlsx"
@@ -133,9 +135,8 @@ def set_verified(out_dir: Path, row: int, value: str, notes: str | None = None) 
     ws.cell(row=row + 2, column=col, value=value)
     if notes is not None and "Notes" in header:
         ws.cell(row=row + 2, column=header.index("Notes") + 1, value=notes)
-    tmp = path.with_name(f".{path.name}.tmp")
-    wb.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        wb.save(tmp)
 
 
 def describe_model(name_or_path: str) -> dict[str, Any]:

@@ -182,6 +182,7 @@ def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size
     by_file = {f.rel: (key, meta) for f, key, meta, _ in todo}
     stats = {"done": 0, "segments": 0, "device": dev, "precision": prec, "workers": workers,
              "audio_s": total_audio_s, "found": len(found.recordings) + len(found.skipped), "resumed": resumed}
+
     def tasks():
         for f, key, meta, info in todo:
             yield from plan_chunks(f.path, f.rel, info.frames, info.channels, info.sample_rate_hz, pre, batch_size)
@@ -219,7 +220,7 @@ def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size
     finally:
         bar.close()
     stats["wall_s"] = time.perf_counter() - t0
-    return stats, interrupted or bool(stop["flag"])
+    return stats, interrupted
 
 
 class _StopOnSigint:
@@ -335,9 +336,10 @@ def write_outputs(dst: Path, store, thresholds: Mapping[str, float], info: dict[
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from monitor.report.safe import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def rebuild_reports(out_dir: Path, thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
 
+from monitor.detect import parse_iso
 from monitor.report.presence import UNKNOWN_DEVICE, Presence, presence, write_presence_sheet
 from monitor.report.safe import atomic_path
 from monitor.report.sheet import (DATE, DATETIME, DURATION, SCORE, TEMPERATURE, Col, is_missing, start_sheet,
@@ -34,16 +35,6 @@ DEVICE_COLUMNS = ["Device ID", "Recorder", "Files", "Failed", "Hours Recorded", 
                   "Firmware", "Stop Reasons", "Detections"]
 VERIFIED_CHOICES = ("yes", "no", "unsure")
 TIMES_HEARD_MAX_CHARS = 32000
-
-
-def parse_time(text: Any) -> datetime | None:
-    """ISO 8601 text -> datetime (aware when it has an offset); '' / None / junk -> None."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
 
 
 def local(dt: datetime | None) -> datetime | None:
@@ -97,7 +88,7 @@ class Files:
     @classmethod
     def from_recordings(cls, rec: Any) -> "Files":
         files = rec["file"].tolist()
-        return cls(start={f: parse_time(t) for f, t in zip(files, rec["start_time"].tolist())},
+        return cls(start={f: parse_iso(t) for f, t in zip(files, rec["start_time"].tolist())},
                    offset={f: _text(o) for f, o in zip(files, rec["utc_offset"].tolist())},
                    temperature={f: _num(t) for f, t in zip(files, rec["temperature_c"].tolist())},
                    device={f: _text(d) for f, d in zip(files, rec["device_id"].tolist())})
@@ -113,7 +104,7 @@ def summary_rows(recordings: Any, segments: Any, detections: Any, labels: Sequen
                  thresholds: Mapping[str, float], files: Files, run_info: Mapping[str, Any]) -> list[list[Any]]:
     """One row per ok recording per label, in SUMMARY_COLUMNS order."""
     name = model_name(run_info)
-    review = local(parse_time(run_info.get("ended") or run_info.get("started")))
+    review = local(parse_iso(run_info.get("ended") or run_info.get("started")))
     review = review.replace(hour=0, minute=0, second=0, microsecond=0) if review else None
     events: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     for f, lab, a, b in zip(detections["file"].tolist(), detections["label"].tolist(),
@@ -153,7 +144,7 @@ def detection_rows(detections: Any, files: Files, input_dir: Path) -> list[list[
         if start is not None:
             t0, t1 = start + timedelta(seconds=float(a)), start + timedelta(seconds=float(b))
         else:  # a file missing from recordings: fall back on the detection's own times
-            t0, t1 = local(parse_time(st_text)), local(parse_time(en_text))
+            t0, t1 = local(parse_iso(st_text)), local(parse_iso(en_text))
         if f not in uris:
             uris[f] = (PurePosixPath(f).name, (base / f).as_uri())
         rows.append([f, lab, float(a), float(b), t0, t1, files.offset.get(f, ""), _num(smax), _num(smean),

@@ -25,6 +25,7 @@ import torch
 
 from monitor.config import Preprocess
 from monitor.errors import MonitorError
+from monitor.infer import pick_device
 from monitor.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -155,12 +156,6 @@ def lr_factor(step: int, steps_per_epoch: int, o) -> float:
     else:
         d = 1.0
     return w * d
-
-
-def pick_device(name: str) -> str:
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def amp_dtype(amp: str, device: str):
