@@ -6,7 +6,9 @@ writing every report, then each part on its own.
 
     python benchmarks/report.py [--segments 100000] [--labels 4] [--devices 8] [--out DIR]
 
-The last line is ``report: <N> segment rows, <M> detections written in <S> s``.
+The baseline, in the same run, is the same workbook with every row written as openpyxl cells
+(``write_workbook(..., fast_rows=False)``). The last line is
+``report: <N> segment rows, <M> detections written in <S> s; workbook <A> s vs <B> s openpyxl cells (<R>x)``.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def main() -> None:
     ap.add_argument("--labels", type=int, default=4)
     ap.add_argument("--devices", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None, help="keep the reports here (default: a temp folder)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the openpyxl-cells workbook baseline")
     args = ap.parse_args()
 
     from monitor.detect import detections_table
@@ -98,7 +101,15 @@ def main() -> None:
         parts.append(("presence tables", time.perf_counter() - t))
         t = time.perf_counter()
         write_workbook(out / "report.xlsx", recordings, segments, detections, info, Path("/card"), presence_tables=p)
-        parts.append(("report.xlsx", time.perf_counter() - t))
+        wb_fast = time.perf_counter() - t
+        parts.append(("report.xlsx", wb_fast))
+        wb_slow = None
+        if not args.no_baseline:
+            t = time.perf_counter()
+            write_workbook(out / "baseline.xlsx", recordings, segments, detections, info, Path("/card"),
+                           presence_tables=p, fast_rows=False)
+            wb_slow = time.perf_counter() - t
+            parts.append(("baseline: report.xlsx, every row as openpyxl cells (not part of the total)", wb_slow))
         t = time.perf_counter()
         write_raven(out, detections, *raven_band_hz(info))
         parts.append((f"raven/ ({detections['file'].nunique()} tables)", time.perf_counter() - t))
@@ -117,7 +128,8 @@ def main() -> None:
         print(f"| {name} | {s:.2f} |")
     print(f"| **write_reports (all)** | **{total:.2f}** |")
     print(f"\nreport.xlsx: {size_mb:.1f} MB")
-    print(f"report: {len(segments)} segment rows, {len(detections)} detections written in {total:.1f} s")
+    vs = f"; workbook {wb_fast:.1f} s vs {wb_slow:.1f} s openpyxl cells ({wb_slow / wb_fast:.1f}x)" if wb_slow else ""
+    print(f"report: {len(segments)} segment rows, {len(detections)} detections written in {total:.1f} s{vs}")
 
 
 if __name__ == "__main__":

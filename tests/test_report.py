@@ -347,3 +347,71 @@ def test_times_heard_and_helpers():
     assert model_name({"model": {"name": "a", "version": "1"}}) == "a : 1"
     assert model_name({"models": [{"name": "a", "version": "1"}, {"name": "b", "version": "2"}]}) == "a : 1 + b : 2"
     assert flatten({"a": {"b": [1, 2]}, "c": None, "d": [{"e": 1}]}) == [("a.b", "1, 2"), ("c", ""), ("d[0].e", 1)]
+
+
+def _cells(ws):
+    """Every cell's value and look, plus row heights, for comparing two workbooks."""
+    out = {}
+    for row in ws.iter_rows():
+        for c in row:
+            if c.value is None and not c.has_style:
+                continue
+            out[c.coordinate] = (c.value, c.data_type, c.number_format, c.quotePrefix, c.font.b, c.font.u,
+                                 c.font.color.rgb if c.font.color is not None else None, c.alignment.wrap_text,
+                                 c.alignment.indent, c.alignment.horizontal, c.alignment.vertical,
+                                 c.hyperlink.target if c.hyperlink is not None else None)
+    heights = {r: d.height for r, d in ws.row_dimensions.items() if d.height}
+    return out, heights
+
+
+def test_spliced_rows_equal_openpyxl_cells(tmp_path):
+    """The fast path (first row by openpyxl, the rest spliced in as XML) reads back cell for cell, look for
+    look and link for link exactly as a workbook written wholly by openpyxl; links become ranges."""
+    import zipfile
+
+    from monitor.report.workbook import write_workbook
+
+    rec, seg, det, info = tables()
+    rng = np.random.default_rng(3)
+    odd = " B/odd & <name>.WAV"  # XML escapes and leading space
+    extra = [dict(file=f, label=lab, start_s=10.0 * i, end_s=10.0 * i + 10.0,
+                  start_time=f"2023-04-05T19:{i // 6:02d}:{i % 6 * 10:02d}-07:00" if f == KNOWN else "",
+                  end_time="", score_max=float(rng.random()), score_mean=np.nan if i == 3 else float(rng.random()),
+                  segments=int(i % 3 + 1), device_id="-dev" if i == 5 else "24E144055E080032")
+             for f in (KNOWN, odd, EVIL) for lab in LABELS for i in range(0, 40, 2)]
+    det = pd.concat([det, pd.DataFrame(extra)], ignore_index=True).sort_values(["file", "label", "start_s"],
+                                                                                  kind="stable", ignore_index=True)
+    rec = pd.concat([rec, pd.DataFrame([rec_row(file=odd, duration_s=400.0, segments=40)])], ignore_index=True)
+    rec["sample_rate_hz"] = rec["sample_rate_hz"].astype("Int64")
+    rec["channels"] = rec["channels"].astype("Int64")
+    fast, slow = tmp_path / "fast.xlsx", tmp_path / "slow.xlsx"
+    write_workbook(fast, rec, seg, det, info, Path("/card"))
+    write_workbook(slow, rec, seg, det, info, Path("/card"), fast_rows=False)
+    a, b = load_workbook(fast), load_workbook(slow)
+    assert a.sheetnames == b.sheetnames == SHEETS
+    for name in SHEETS:
+        ca, ha = _cells(a[name])
+        cb, hb = _cells(b[name])
+        assert ca.keys() == cb.keys(), name
+        for k in ca:
+            va, vb = ca[k][0], cb[k][0]
+            if isinstance(va, float):  # openpyxl writes 16 significant digits, the splice repr()'s round trip
+                assert va == pytest.approx(vb, rel=1e-15, abs=0), (name, k)
+                va = vb
+            assert (va, *ca[k][1:]) == cb[k], (name, k)
+        assert ha == hb, name
+        assert a[name].auto_filter.ref == b[name].auto_filter.ref
+    d = a["Detections"]
+    assert d.max_row == len(det) + 1
+    r = 2 + int(np.nonzero((det["file"] == KNOWN).to_numpy())[0][-1])  # a spliced row with a wall-clock time
+    assert r > 2 and d[f"E{r}"].is_date and isinstance(d[f"E{r}"].value, datetime)
+    assert d[f"A{r}"].value == KNOWN and d[f"M{r}"].hyperlink.target == (Path("/card") / KNOWN).absolute().as_uri()
+    assert [d[f"A{i}"].value for i in range(2, 5)] == [odd] * 3  # escapes and the leading space survive
+    # one hyperlink per run of rows of one file, not one per row
+    with zipfile.ZipFile(fast) as z:
+        xml = z.read("xl/worksheets/sheet2.xml").decode()
+        rels = z.read("xl/worksheets/_rels/sheet2.xml.rels").decode()
+    assert xml.count("<hyperlink ") == det["file"].nunique() == rels.count("TargetMode")
+    assert "=HYPERLINK" in xml and "<f>" not in xml  # the hostile name is text, never a formula
+    pd.testing.assert_frame_equal(pd.read_excel(fast, sheet_name=None)["Detections"],
+                                  pd.read_excel(slow, sheet_name=None)["Detections"])

@@ -9,6 +9,7 @@ first row (widths, frozen panes, fit-to-page) is set in ``start_sheet``.
 from __future__ import annotations
 
 import math
+from copy import copy
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
@@ -121,30 +122,39 @@ def title_cell(ws: Any, text: str, size: int = 12) -> Any:
     return c
 
 
+def template(ws: Any, col: Col) -> Any:
+    """The column's styled template cell (number format, alignment, link look), or None when unstyled."""
+    from openpyxl.cell import WriteOnlyCell
+    from openpyxl.styles import Alignment, Font
+
+    if col.raw or not (col.fmt or col.wrap or col.indent or col.link):
+        return None
+    tmpl = WriteOnlyCell(ws)
+    if col.link:
+        tmpl.font, tmpl.alignment = Font(color="0563C1", underline="single"), Alignment(horizontal="left", indent=1)
+        return tmpl
+    if col.fmt:
+        tmpl.number_format = col.fmt
+    if col.wrap or col.indent:
+        tmpl.alignment = Alignment(wrap_text=col.wrap or None, vertical="top" if col.wrap else None,
+                                   horizontal="left" if col.indent else None, indent=1 if col.indent else 0)
+    return tmpl
+
+
 def converters(ws: Any, cols: Sequence[Col]) -> list[Callable[[Any], Any] | None]:
     """One function per column turning a Python value into what ``ws.append`` should get.
 
-    Formatted and link columns reuse one template cell each: a write-only sheet serialises a row
-    as soon as it is appended, so the template is free again for the next row. ``None`` means
-    the column's values pass through unchanged (``Col.raw``).
+    Formatted and link columns reuse one template cell each (``template``): a write-only sheet
+    serialises a row as soon as it is appended, so the template is free again for the next row.
+    ``None`` means the column's values pass through unchanged (``Col.raw``).
     """
-    from openpyxl.cell import WriteOnlyCell
-    from openpyxl.styles import Alignment, Font
 
     def plain(v: Any) -> Any:
         if v.__class__ is str:
             return text_cell(ws, v) if v else None
         return None if is_missing(v) else v
 
-    def formatted(fmt: str | None, wrap: bool = False, indent: bool = False) -> Callable[[Any], Any]:
-        tmpl = WriteOnlyCell(ws)
-        if fmt:
-            tmpl.number_format = fmt
-        align = Alignment(wrap_text=wrap or None, vertical="top" if wrap else None,
-                          horizontal="left" if indent else None, indent=1 if indent else 0)
-        if wrap or indent:
-            tmpl.alignment = align
-
+    def formatted(tmpl: Any, styled_text: bool) -> Callable[[Any], Any]:
         def conv(v: Any) -> Any:
             if v.__class__ is str:
                 return text_cell(ws, v) if v else None
@@ -153,44 +163,50 @@ def converters(ws: Any, cols: Sequence[Col]) -> list[Callable[[Any], Any] | None
             tmpl.value = v
             return tmpl
 
-        def conv_wrap(v: Any) -> Any:
+        def conv_text(v: Any) -> Any:  # wrapped / indented text keeps the column's alignment
             if v.__class__ is not str or not v:
                 return conv(v)
             c = text_cell(ws, v)
             if c.__class__ is str:
                 tmpl.value = c
                 return tmpl
-            c.alignment = align
+            c.alignment = copy(tmpl.alignment)
             return c
 
-        return conv_wrap if (wrap or indent) else conv
+        return conv_text if styled_text else conv
 
-    link_font, link_align = Font(color="0563C1", underline="single"), Alignment(horizontal="left", indent=1)
-    link_tmpl = WriteOnlyCell(ws)
-    link_tmpl.font, link_tmpl.alignment = link_font, link_align
+    def link(tmpl: Any) -> Callable[[Any], Any]:
+        def conv(v: Any) -> Any:
+            if v is None:
+                return None
+            text, uri = v
+            c = text_cell(ws, text)
+            if c.__class__ is str:
+                tmpl.value = c
+                c = tmpl
+            else:  # a quote-prefixed text cell (rare): keep its flag, add the link look
+                c.font, c.alignment = copy(tmpl.font), copy(tmpl.alignment)
+            c.hyperlink = uri  # a new Hyperlink object per row: openpyxl keeps each one
+            return c
 
-    def link(v: Any) -> Any:
-        if v is None:
-            return None
-        text, uri = v
-        c = text_cell(ws, text)
-        if c.__class__ is str:
-            link_tmpl.value = c
-            c = link_tmpl
-        else:  # a quote-prefixed text cell (rare): keep its flag, add the link look
-            c.font, c.alignment = link_font, link_align
-        c.hyperlink = uri  # a new Hyperlink object per row: openpyxl keeps each one
-        return c
+        return conv
 
-    return [None if c.raw else link if c.link else formatted(c.fmt, c.wrap, c.indent)
-            if (c.fmt or c.wrap or c.indent) else plain for c in cols]
+    out: list[Callable[[Any], Any] | None] = []
+    for c in cols:
+        tmpl = template(ws, c)
+        out.append(None if c.raw else link(tmpl) if c.link else formatted(tmpl, c.wrap or c.indent)
+                   if tmpl is not None else plain)
+    return out
 
 
 def write_table(ws: Any, cols: Sequence[Col], rows: Iterable[Sequence[Any]], *, freeze: str | None = "A2",
-                autofilter: bool = True, sample: Sequence[Sequence[Any]] | None = None) -> int:
+                autofilter: bool = True, sample: Sequence[Sequence[Any]] | None = None,
+                pending: list | None = None) -> int:
     """Header + rows into a fresh write-only ``ws``; returns the number of data rows.
 
-    Column widths come from ``sample`` (default: the first rows when ``rows`` is a list).
+    Column widths come from ``sample`` (default: the first rows when ``rows`` is a list). With a
+    ``pending`` list and a list of rows, openpyxl writes the header and first row and the rest is
+    queued there as a ``fastrows.Pending``, spliced in as plain XML after ``wb.save`` (``fastrows``).
     """
     from openpyxl.utils import get_column_letter
 
@@ -207,16 +223,33 @@ def write_table(ws: Any, cols: Sequence[Col], rows: Iterable[Sequence[Any]], *, 
     active = [(j, f) for j, f in enumerate(conv) if f is not None]
     wrapped = [(j, max(1.0, ws.column_dimensions[get_column_letter(j + 1)].width - 1)) for j, c in enumerate(cols)
                if c.wrap]
-    n = 0
-    for r in rows:
-        out = list(r)
+
+    def height(r: Sequence[Any]) -> float | None:
         lines = max([math.ceil(len(r[j]) / w) for j, w in wrapped if isinstance(r[j], str)] or [1])
-        if lines > 1:  # write-only rows are not re-measured by every viewer: say how tall they are
-            ws.row_dimensions[n + 2].height = min(409.0, LINE_HEIGHT * lines + 2)
+        return min(409.0, LINE_HEIGHT * lines + 2) if lines > 1 else None
+
+    fast = pending is not None and isinstance(rows, list) and len(rows) > 1
+    n = 0
+    for r in (rows[:1] if fast else rows):
+        out = list(r)
+        h = height(r) if wrapped else None
+        if h:  # write-only rows are not re-measured by every viewer: say how tall they are
+            ws.row_dimensions[n + 2].height = h
         for j, f in active:
             out[j] = f(out[j])
         ws.append(out)
         n += 1
+    if fast:
+        from monitor.report.fastrows import Pending, column_styles
+
+        rest = rows[1:]
+        heights = {}
+        if wrapped:
+            heights = {i + 3: h for i, r in enumerate(rest) if (h := height(r))}
+        links = [(2, j, rows[0][j][1]) for j, c in enumerate(cols) if c.link and rows[0][j] is not None]
+        pending.append(Pending(ws=ws, cols=list(cols), styles=column_styles(ws, [template(ws, c) for c in cols]),
+                               rows=rest, first_row=3, heights=heights, links=links))
+        n += len(rest)
     if autofilter:
         ws.auto_filter.ref = f"A1:{get_column_letter(len(cols))}{n + 1}"
     return n

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from monitor.detect import parse_iso
 from monitor.report.presence import UNKNOWN_DEVICE, Presence, presence, write_presence_sheet
+from monitor.report.fastrows import splice
 from monitor.report.safe import atomic_path
 from monitor.report.sheet import (DATE, DATETIME, DURATION, SCORE, TEMPERATURE, Col, is_missing, start_sheet,
                                   write_table)
@@ -205,8 +206,11 @@ def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def write_workbook(path: Path, recordings: Any, segments: Any, detections: Any, run_info: Mapping[str, Any],
-                   input_dir: Path, presence_tables: Presence | None = None) -> Path:
-    """Build every sheet and save atomically to ``path`` (``presence_tables``: precomputed, optional)."""
+                   input_dir: Path, presence_tables: Presence | None = None, fast_rows: bool = True) -> Path:
+    """Build every sheet and save atomically to ``path`` (``presence_tables``: precomputed, optional).
+
+    ``fast_rows=False`` writes every row through openpyxl's cells (the slow reference the tests and
+    ``benchmarks/report.py`` compare the spliced rows with)."""
     from openpyxl import Workbook
     from openpyxl.formatting.rule import ColorScaleRule
     from openpyxl.utils import get_column_letter
@@ -219,12 +223,14 @@ def write_workbook(path: Path, recordings: Any, segments: Any, detections: Any, 
     wb.properties.creator = f"monitor {run_info.get('package_version', '')}".strip()
     wb.properties.title = "Species detections for review"
 
+    pending: list | None = [] if fast_rows else None  # big tables' rows, spliced in as plain XML after saving (fastrows)
     rows = summary_rows(recordings, segments, detections, labels, thresholds, files, run_info)
     ws = start_sheet(wb, "Summary")
     write_table(ws, [Col("Model Name : Version"), Col("File Name"), Col("Label"), Col("Prediction", width=11),
                      Col("Times Heard", width=44, wrap=True), Col("Device ID"), Col("Timestamp", DATETIME),
                      Col("Temperature", TEMPERATURE), Col("Review Date", DATE), Col("Max Score", SCORE),
-                     Col("Segments Positive", raw=True), Col("Duration", DURATION)], rows, freeze="C2")
+                     Col("Segments Positive", raw=True), Col("Duration", DURATION)], rows, freeze="C2",
+                pending=pending)
 
     rows = detection_rows(detections, files, input_dir)
     ws = start_sheet(wb, "Detections")
@@ -232,7 +238,8 @@ def write_workbook(path: Path, recordings: Any, segments: Any, detections: Any, 
                          Col("Start Time", DATETIME), Col("End Time", DATETIME), Col("UTC Offset", width=11),
                          Col("Max Score", SCORE), Col("Mean Score", SCORE), Col("Segments", width=10, raw=True),
                          Col("Device ID", indent=True), Col("Temperature (°C)", TEMPERATURE), Col("Link", link=True),
-                         Col("Verified", width=10, raw=True), Col("Notes", width=40, raw=True)], rows, freeze="C2")
+                         Col("Verified", width=10, raw=True), Col("Notes", width=40, raw=True)], rows, freeze="C2",
+                    pending=pending)
     vcol = get_column_letter(DETECTION_COLUMNS.index("Verified") + 1)
     dv = DataValidation(type="list", formula1='"' + ",".join(VERIFIED_CHOICES) + '"', allow_blank=True,
                         showErrorMessage=True, errorTitle="Verified", error="Choose yes, no or unsure",
@@ -266,4 +273,5 @@ def write_workbook(path: Path, recordings: Any, segments: Any, detections: Any, 
 
     with atomic_path(path) as tmp:
         wb.save(tmp)
+        splice(tmp, pending or [])
     return path
