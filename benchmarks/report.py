@@ -123,7 +123,7 @@ def main() -> None:
             pass
         size_mb = (out / "report.xlsx").stat().st_size / 1e6
 
-    print(f"\n| part | seconds |\n|---|---:|")
+    print("\n| part | seconds |\n|---|---:|")
     for name, s in parts:
         print(f"| {name} | {s:.2f} |")
     print(f"| **write_reports (all)** | **{total:.2f}** |")

@@ -19,8 +19,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
 
 from monitor.detect import parse_iso
-from monitor.report.presence import UNKNOWN_DEVICE, Presence, presence, write_presence_sheet
 from monitor.report.fastrows import splice
+from monitor.report.presence import UNKNOWN_DEVICE, Presence, presence, write_presence_sheet
 from monitor.report.safe import atomic_path
 from monitor.report.sheet import (DATE, DATETIME, DURATION, SCORE, TEMPERATURE, Col, is_missing, start_sheet,
                                   write_table)
