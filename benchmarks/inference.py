@@ -2,7 +2,7 @@
 
 HF side: librosa.load(sr=16000) of each file, 10 s chunks, ``ASTFeatureExtractor`` +
 ``ASTForAudioClassification`` (attn_implementation="sdpa"), batched. monitor side: ``monitor.run``
-(streamed decoding and front end in a worker process overlapping the model). Both on CPU, fp32.
+(streamed decoding and front end, in process or in worker processes overlapping the model). Both on CPU, fp32.
 Weights: a random HF model converted with ``from_hf_checkpoint``, so logits must agree.
 
     python benchmarks/inference.py            # base384 geometry (the AudioSet model's), ~4 min audio
@@ -99,8 +99,9 @@ def main() -> None:
     ap.add_argument("--size", default="base384", choices=list(SIZES))
     ap.add_argument("--depth", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=4.0)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=4,
+                    help="both sides; on 2 CPU cores base384 costs 1.5-1.65 s/segment at any batch of 2-16")
+    ap.add_argument("--workers", type=int, default=None, help="monitor's workers (default: its own CPU default)")
     ap.add_argument("--resample", default="soxr", choices=["soxr", "poly"],
                     help="monitor's resampler for the comparison (HF's librosa.load uses soxr_hq)")
     ap.add_argument("--quick", action="store_true", help="tiny224 and ~1 min of audio")
@@ -113,7 +114,7 @@ def main() -> None:
     from transformers import ASTFeatureExtractor
 
     from monitor.config import FbankConfig, Preprocess, ResampleConfig
-    from monitor.model.bundle import save_bundle
+    from monitor.model.bundle import load_bundle, save_bundle
     from monitor.model.checkpoints import from_hf_checkpoint
 
     labels = ["a", "b"]
@@ -153,13 +154,19 @@ def main() -> None:
     hf_scores, hf_s, hf_n = hf_end_to_end(files, fe, hf, args.batch_size)
     rows.append(("HF ASTFeatureExtractor + ASTForAudioClassification (sdpa), fp32", hf_n, hf_s))
 
+    from monitor.infer import default_workers
+
+    auto = default_workers("cpu")
+    workers = auto if args.workers is None else args.workers
+    other = 1 if workers == 0 else 0
     monitor_run(inp, tmp / "warm", bundle, args.batch_size, 0, "fp32")
-    w0_s, n0 = monitor_run(inp, tmp / "out_w0", bundle, args.batch_size, 0, "fp32")
-    rows.append(("monitor fp32, workers 0 (no overlap)", n0, w0_s))
-    fp_s, fp_n = monitor_run(inp, tmp / "out_fp32", bundle, args.batch_size, args.workers, "fp32")
-    rows.append((f"monitor fp32, workers {args.workers} (decode/front end overlap the model)", fp_n, fp_s))
-    i8_s, i8_n = monitor_run(inp, tmp / "out_int8", bundle, args.batch_size, args.workers, "int8")
-    rows.append((f"monitor int8 dynamic quantisation, workers {args.workers}", i8_n, i8_s))
+    fp_s, fp_n = monitor_run(inp, tmp / "out_fp32", bundle, args.batch_size, workers, "fp32")
+    rows.append((f"monitor fp32, workers {workers}" + (" (default here)" if workers == auto else ""), fp_n, fp_s))
+    o_s, o_n = monitor_run(inp, tmp / f"out_w{other}", bundle, args.batch_size, other, "fp32")
+    rows.append((f"monitor fp32, workers {other}" + (" (default here)" if other == auto else ""), o_n, o_s))
+    (w0_s, n0), (w1_s, n1) = ((fp_s, fp_n), (o_s, o_n)) if workers == 0 else ((o_s, o_n), (fp_s, fp_n))
+    i8_s, i8_n = monitor_run(inp, tmp / "out_int8", bundle, args.batch_size, workers, "int8")
+    rows.append((f"monitor int8 dynamic quantisation, workers {workers}", i8_n, i8_s))
 
     torch.manual_seed(0)
     from monitor.model.ast import AST
@@ -167,8 +174,8 @@ def main() -> None:
     s16 = AST(label_dim=2, fstride=16, tstride=16, input_tdim=1024, model_size=args.size, depth=args.depth)
     b16 = save_bundle(tmp / "bundle16", s16, name="bench16", version="0", labels=labels, task="multilabel",
                       preprocessing=pre, thresholds={k: 0.5 for k in labels}).path
-    s16_s, s16_n = monitor_run(inp, tmp / "out_s16", b16, args.batch_size, args.workers, "fp32")
-    rows.append((f"monitor fp32, stride 16 geometry, workers {args.workers}", s16_n, s16_s))
+    s16_s, s16_n = monitor_run(inp, tmp / "out_s16", b16, args.batch_size, workers, "fp32")
+    rows.append((f"monitor fp32, stride 16 geometry, workers {workers}", s16_n, s16_s))
 
     # end-to-end score agreement with HF, and int8 vs fp32 scores
     seg = pd.read_csv(tmp / "out_fp32" / "segments.csv")
@@ -183,11 +190,12 @@ def main() -> None:
         y, sr = sf.read(str(p), dtype="float32", always_2d=True)
         waves.append(prepare_wave(y[: sr * 10], sr, pre)[0])
     feats = features(waves, pre)
-    from torch.ao.quantization import quantize_dynamic
+    from monitor.infer import prepare_models
 
-    q = quantize_dynamic(ours, {torch.nn.Linear}, dtype=torch.qint8)
-    with torch.inference_mode():
-        lf, lq = ours(feats).flatten().numpy(), q(feats).flatten().numpy()
+    q = prepare_models([load_bundle(bundle)], "cpu", "int8")[0][0]
+    with torch.inference_mode():  # int8 scores one segment per call, as monitor.infer.Scorer does
+        lf = ours(feats).flatten().numpy()
+        lq = torch.cat([q(feats[i:i + 1]) for i in range(len(feats))]).flatten().numpy()
     i8_err, i8_corr = float(np.abs(lf - lq).max()), float(np.corrcoef(lf, lq)[0, 1])
 
     print()
@@ -200,7 +208,8 @@ def main() -> None:
     print(f"end to end (WAV -> scores), monitor vs HF: max abs score diff {e2e:.2e} (target <= 1e-3)")
     print(f"int8 vs fp32 logits on {len(waves)} real clips: max abs diff {i8_err:.3f}, correlation {i8_corr:.5f}; "
           f"int8 vs fp32 scores in the run: max abs diff {np.abs(seg[labels].to_numpy() - seg8[labels].to_numpy()).max():.3f}")
-    print(f"overlap: workers {args.workers} vs 0: {fp_rate / (n0 / w0_s):.2f}x")
+    print(f"overlap: decoding in 1 worker process vs in process: {(n1 / w1_s) / (n0 / w0_s):.2f}x "
+          f"(default workers on this {os.cpu_count()}-core CPU: {auto})")
     print("whole `monitor.run` calls incl. discovery, metadata, store and all reports: "
           + ", ".join(f"{k} {v:.1f} s" for k, v in WHOLE.items() if k != "warm"))
     shutil.rmtree(tmp, ignore_errors=True)

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--workers", type=int, default=None,
-                   help="decoding/front-end worker processes (default: CPU cores - 1; 0 = in process)")
+                   help="decoding/front-end worker processes (default: with a GPU up to 4; on a CPU, whose cores the "
+                        "model already uses, 1 from 4 cores up, else 0 = in process)")
     r.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                    help="fp32 (exact), bf16 (GPU autocast) or int8 (dynamic quantisation, CPU)")
     r.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="LABEL=X",

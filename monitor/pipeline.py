@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -103,8 +102,6 @@ def run(
     from monitor.detect import resolve_thresholds
 
     thr = resolve_thresholds(labels, bundles[0].thresholds, thresholds)
-    if workers is None:
-        workers = max(0, min(4, (os.cpu_count() or 1) - 1))
     started = datetime.now(timezone.utc).astimezone()
     with DirLock(dst):
         store = ResultsStore(dst / STORE_NAME)
@@ -129,14 +126,27 @@ def run(
     return info
 
 
-def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size: int, workers: int,
+def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size: int, workers: int | None,
              precision: str, progress: bool | None, stop: dict[str, bool]) -> tuple[dict[str, Any], bool]:
     """Discover, skip finished files, decode/score the rest; commit each file as it completes."""
+    from monitor.infer import WorkerPool, default_workers, pick_device
+
+    dev = pick_device(device)
+    if workers is None:
+        workers = default_workers(dev)
+    # the workers start now: their imports overlap discovery, metadata and model loading
+    with WorkerPool(bundles[0].preprocessing, workers) as pool:
+        return _process_in(pool, src, store, bundles, model_hash, dev, batch_size, workers, precision, progress,
+                           stop)
+
+
+def _process_in(pool, src: Path, store, bundles, model_hash: str, device: str, batch_size: int, workers: int,
+                precision: str, progress: bool | None, stop: dict[str, bool]) -> tuple[dict[str, Any], bool]:
     from tqdm import tqdm
 
     from monitor.audio import AudioError, plan_segments, probe
     from monitor.discover import discover
-    from monitor.infer import Scorer, pick_device, plan_chunks, prefetch, prepare_models, score_chunks
+    from monitor.infer import Scorer, plan_chunks, prepare_models, score_chunks
     from monitor.metadata import read_metadata
     from monitor.store import FileKey
 
@@ -176,11 +186,10 @@ def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size
         total_segments += len(plan)
         total_audio_s += info.duration_s
 
-    dev = pick_device(device)
-    nets, prec = prepare_models(bundles, dev, precision)
-    scorer = Scorer(bundles, nets, dev, prec, batch_size)
+    nets, prec = prepare_models(bundles, device, precision)
+    scorer = Scorer(bundles, nets, device, prec, batch_size)
     by_file = {f.rel: (key, meta) for f, key, meta, _ in todo}
-    stats = {"done": 0, "segments": 0, "device": dev, "precision": prec, "workers": workers,
+    stats = {"done": 0, "segments": 0, "device": device, "precision": prec, "workers": workers,
              "audio_s": total_audio_s, "found": len(found.recordings) + len(found.skipped), "resumed": resumed}
 
     def tasks():
@@ -214,7 +223,7 @@ def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size
     interrupted = bool(stop["flag"])
     try:
         if not interrupted:
-            score_chunks(prefetch(tasks(), pre, workers), scorer, on_file_done, on_segments)
+            score_chunks(pool.results(tasks()), scorer, on_file_done, on_segments)
     except KeyboardInterrupt:
         interrupted = True
     finally:

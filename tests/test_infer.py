@@ -1,0 +1,95 @@
+"""The scoring engine's guarantees: a segment's score never depends on its batch-mates (fp32 padded to
+one shape, int8 one segment per call), int8 really quantises and stays close to fp32, and the worker
+pool returns exactly what in-process decoding returns, in task order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import write_wav
+
+
+@pytest.fixture(scope="module")
+def scorers(one_torch_thread):
+    import torch
+
+    from monitor.config import Preprocess
+    from monitor.infer import Scorer, prepare_models
+    from monitor.model.ast import AST
+    from monitor.model.bundle import Bundle, save_bundle
+
+    torch.manual_seed(0)
+    model = AST(label_dim=2, fstride=16, tstride=16, input_fdim=128, input_tdim=1024, model_size="tiny224", depth=2)
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp(prefix="monitor-test-infer-"))
+    b = save_bundle(tmp / "b", model, name="t", version="0", labels=["a", "b"], task="multilabel",
+                    preprocessing=Preprocess(), thresholds={"a": 0.5, "b": 0.5})
+    assert isinstance(b, Bundle)
+    out = {}
+    for prec in ("fp32", "int8"):
+        nets, p = prepare_models([b], "cpu", prec)
+        out[prec] = Scorer([b], nets, "cpu", p, batch_size=4)
+    return out
+
+
+def _feats(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 1024, 128)).astype(np.float32)
+
+
+@pytest.mark.parametrize("prec", ["fp32", "int8"])
+def test_score_independent_of_batch_mates(scorers, prec):
+    s = scorers[prec]
+    x = _feats(0, 1)
+    mates_a, mates_b = _feats(1, 3) * 5.0, _feats(2, 2) * 0.1  # very different ranges around it
+    alone = s(x)[0]
+    with_a = s(np.concatenate([mates_a[:1], x, mates_a[1:]]))[1]
+    with_b = s(np.concatenate([x, mates_b]))[0]
+    np.testing.assert_array_equal(alone, with_a)
+    np.testing.assert_array_equal(alone, with_b)
+
+
+def test_int8_quantises_and_stays_close(scorers):
+    import torch
+
+    net = scorers["int8"].models[0]
+    kinds = {type(m).__module__ for m in net.modules() if "Linear" in type(m).__name__}
+    assert any("quantized" in k for k in kinds), kinds  # the Linear layers really are int8
+    assert not any(isinstance(m, torch.nn.Linear) and type(m) is torch.nn.Linear for m in net.modules())
+    x = _feats(3, 4)
+    d = np.abs(scorers["int8"](x) - scorers["fp32"](x))
+    assert d.max() < 0.05 and d.max() > 0  # quantised (not identical) yet close
+
+
+def test_worker_pool_equals_in_process(tmp_path):
+    from monitor.config import BandConfig, Preprocess
+    from monitor.infer import WorkerPool, plan_chunks
+
+    pre = Preprocess(band=BandConfig(low_hz=200.0, high_hz=6000.0))
+    files = [write_wav(tmp_path / f"f{i}.wav", d, sr, freq_hz=700 + 300 * i, noise=0.05, seed=i)
+             for i, (d, sr) in enumerate([(25.0, 48000), (12.0, 16000), (31.0, 22050)])]
+
+    def tasks():
+        import soundfile as sf
+
+        for p in files:
+            info = sf.info(str(p))
+            yield from plan_chunks(p, p.name, info.frames, info.channels, info.samplerate, pre, 2)
+
+    with WorkerPool(pre, 0) as pool:
+        ref = list(pool.results(tasks()))
+    with WorkerPool(pre, 2) as pool:
+        got = list(pool.results(tasks()))
+    assert [(r.file, r.index.tolist()) for r in got] == [(r.file, r.index.tolist()) for r in ref]
+    assert sum(len(r.index) for r in got) == 3 + 2 + 4
+    for a, b in zip(ref, got):
+        np.testing.assert_array_equal(a.features, b.features)
+
+
+def test_default_workers():
+    from monitor.infer import default_workers
+
+    assert [default_workers("cpu", c) for c in (1, 2, 3, 4, 16)] == [0, 0, 0, 1, 1]  # the model uses the cores
+    assert [default_workers("cuda", c) for c in (1, 2, 8)] == [0, 1, 4]
