@@ -119,15 +119,21 @@ def fbank(wave, sample_rate_hz: int = 16000, num_mel_bins: int = 128, frame_leng
 def _log_mel(frames: torch.Tensor, window: torch.Tensor, n_fft: int, groups: tuple) -> torch.Tensor:
     """(..., frames, win) float32 -> (..., frames, mel): DC removal, pre-emphasis, window, |rfft|^2, mel, log."""
     frames = frames - frames.mean(-1, keepdim=True)
-    frames = frames - 0.97 * torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # pre-emphasis
-    frames = frames * window
     if frames.device.type == "cpu":  # pocketfft, single-threaded: torch's threaded CPU FFT stalls on busy machines
         import scipy.fft
 
-        spec = torch.from_numpy(scipy.fft.rfft(frames.numpy().astype(np.float64), n=n_fft, axis=-1))
+        f = frames.numpy()
+        x = np.empty(f.shape[:-1] + (n_fft,), dtype=np.float64)  # float32 steps, written into the FFT's buffer
+        x[..., 1:f.shape[-1]] = f[..., 1:] - np.float32(0.97) * f[..., :-1]  # pre-emphasis
+        x[..., 0] = f[..., 0] - np.float32(0.97) * f[..., 0]
+        x[..., : f.shape[-1]] = (x[..., : f.shape[-1]].astype(np.float32) * window.numpy())
+        x[..., f.shape[-1]:] = 0.0
+        spec = scipy.fft.rfft(x, axis=-1, overwrite_x=True)
+        power = torch.from_numpy((spec.real * spec.real + spec.imag * spec.imag).astype(np.float32))
     else:
-        spec = torch.fft.rfft(frames.to(torch.float64), n=n_fft)
-    power = (spec.real.square() + spec.imag.square()).to(torch.float32)
+        frames = frames - 0.97 * torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # pre-emphasis
+        spec = torch.fft.rfft((frames * window).to(torch.float64), n=n_fft)
+        power = (spec.real.square() + spec.imag.square()).to(torch.float32)
     mel = power.new_empty(power.shape[:-1] + (groups[-1][1],))
     for g0, g1, lo, hi, w in groups:
         mel[..., g0:g1] = power[..., lo:hi] @ w

@@ -41,7 +41,7 @@ def features(waves: Sequence[np.ndarray], pre: Preprocess, normalize: bool = Tru
     """
     import torch
 
-    from monitor.features import fbank, normalize as norm, pad_or_crop, remove_mean
+    from monitor.features import fbank, normalize as norm, remove_mean
 
     fb = pre.fbank
     sr = pre.resample.sample_rate_hz
@@ -54,7 +54,8 @@ def features(waves: Sequence[np.ndarray], pre: Preprocess, normalize: bool = Tru
         if fb.remove_wave_mean:
             batch = remove_mean(batch)
         f = fbank(torch.from_numpy(batch), sr, fb.num_mel_bins, fb.frame_length_ms, fb.frame_shift_ms)
-        out[idx] = pad_or_crop(f, fb.target_frames)
+        t = min(f.shape[1], fb.target_frames)  # pad_or_crop into the zeroed output, without a padded copy
+        out[idx, :t] = f[:, :t]
     return norm(out, fb.norm_mean, fb.norm_std) if normalize else out
 
 
