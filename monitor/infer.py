@@ -161,12 +161,6 @@ class WorkerPool:
             yield res
 
 
-def prefetch(tasks: Iterable[ChunkTask], pre: Preprocess, workers: int) -> Iterator[ChunkResult]:
-    """Yield chunk results in task order from a ``WorkerPool`` of its own."""
-    with WorkerPool(pre, workers) as pool:
-        yield from pool.results(tasks)
-
-
 def default_workers(device: str, cores: int | None = None) -> int:
     """Decode/front-end processes for ``--workers`` auto.
 

@@ -23,7 +23,11 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 from xml.sax.saxutils import quoteattr
 
-from monitor.report.safe import _ERROR_CODES, clean_text, is_formula_like
+import numpy as np
+from openpyxl.utils import get_column_letter
+from openpyxl.utils.datetime import to_excel
+
+from monitor.report.safe import clean_text, needs_quote_prefix
 
 _REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
 _HYPERLINK_TYPE = _REL_NS + "/hyperlink"
@@ -46,16 +50,6 @@ class Pending:
     def sheet_path(self) -> str:
         """Zip member of the sheet, e.g. ``xl/worksheets/sheet2.xml`` (after ``wb.save``)."""
         return self.ws.path.lstrip("/")
-
-
-def column_letter(j: int) -> str:
-    """0-based column index -> ``A``, ..., ``Z``, ``AA``, ..."""
-    s = ""
-    j += 1
-    while j:
-        j, r = divmod(j - 1, 26)
-        s = chr(65 + r) + s
-    return s
 
 
 def column_styles(ws: Any, templates: Sequence[Any]) -> list[tuple[int, int]]:
@@ -86,19 +80,6 @@ def _escape(s: str) -> str:
     return s
 
 
-_EPOCH = datetime(1899, 12, 30)
-
-
-def _serial(v: datetime | date | time | timedelta) -> float:
-    """Excel's 1900 date serial (what openpyxl's ``to_excel`` writes)."""
-    from openpyxl.utils.datetime import to_excel
-
-    if v.__class__ is datetime and v.year >= 1900 and (v.month > 2 or v.year > 1900) and v.tzinfo is None:
-        d = v - _EPOCH
-        return d.days + (d.seconds + d.microseconds / 1e6) / 86400.0
-    return to_excel(v)
-
-
 def cell_xml(ref: str, v: Any, styles: tuple[int, int]) -> str:
     """One ``<c>`` element ('' for a missing value): text inline, numbers and dates as numbers."""
     s, sq = styles
@@ -107,7 +88,7 @@ def cell_xml(ref: str, v: Any, styles: tuple[int, int]) -> str:
         if not v:
             return ""
         v = clean_text(v)
-        quoted = is_formula_like(v) or v in _ERROR_CODES
+        quoted = needs_quote_prefix(v)
         st = sq if quoted else s
         space = ' xml:space="preserve"' if v[:1].isspace() or v[-1:].isspace() else ""
         return f'<c r="{ref}"{f" s={chr(34)}{st}{chr(34)}" if st else ""} t="inlineStr"><is><t{space}>{_escape(v)}</t></is></c>'
@@ -125,8 +106,8 @@ def cell_xml(ref: str, v: Any, styles: tuple[int, int]) -> str:
     if isinstance(v, (datetime, date, time, timedelta)):
         if isinstance(v, (datetime, time)) and v.tzinfo is not None:
             raise TypeError("Excel has no time zones: write local datetimes without tzinfo")
-        return f'<c r="{ref}"{sa} t="n"><v>{_serial(v)!r}</v></c>'
-    if isinstance(v, (bool, np_bool_types())):
+        return f'<c r="{ref}"{sa} t="n"><v>{to_excel(v)!r}</v></c>'
+    if isinstance(v, (bool, np.bool_)):
         return f'<c r="{ref}"{sa} t="b"><v>{int(v)}</v></c>'
     if isinstance(v, numbers.Integral):  # numpy integers
         return cell_xml(ref, int(v), styles)
@@ -140,15 +121,9 @@ def cell_xml(ref: str, v: Any, styles: tuple[int, int]) -> str:
     return cell_xml(ref, str(v), styles)
 
 
-def np_bool_types() -> tuple[type, ...]:
-    import numpy as np
-
-    return (np.bool_,)
-
-
 def rows_xml(p: Pending) -> Iterator[str]:
     """``<row>`` elements of ``p.rows``, in chunks of a few thousand rows."""
-    letters = [column_letter(j) for j in range(len(p.cols))]
+    letters = [get_column_letter(j + 1) for j in range(len(p.cols))]
     link_cols = [j for j, c in enumerate(p.cols) if c.link]
     text: dict[tuple[int, str], str] = {}
     buf: list[str] = []
@@ -191,7 +166,7 @@ def link_ranges(p: Pending) -> list[tuple[str, str]]:
         cells = by_col.get(j, []) + [(p.first_row + i, row[j][1]) for i, row in enumerate(p.rows)
                                      if row[j] is not None]
         cells.sort()
-        letter = column_letter(j)
+        letter = get_column_letter(j + 1)
         start = prev = None
         cur = None
         for r, uri in cells + [(None, None)]:

@@ -53,13 +53,18 @@ def clean_text(value: str) -> str:
     return value[:MAX_CELL_CHARS]
 
 
+def needs_quote_prefix(value: str) -> bool:
+    """xlsx: cleaned text Excel would read as a formula or an error value gets the quote-prefix flag."""
+    return is_formula_like(value) or value in _ERROR_CODES
+
+
 def text_cell(ws: Any, value: str) -> Any:
     """xlsx cell value for untrusted text: plain ``str``, or a quote-prefixed string cell when risky.
 
     ``ws`` is a write-only worksheet. The returned cell always has ``data_type == 's'``.
     """
     value = clean_text(value)
-    if not (is_formula_like(value) or value in _ERROR_CODES):
+    if not needs_quote_prefix(value):
         return value
     from openpyxl.cell import WriteOnlyCell
 
