@@ -166,7 +166,7 @@ def default_workers(device: str, cores: int | None = None) -> int:
 
     A GPU waits for decoding, so up to 4 workers (leaving the main process a core). On a CPU the
     model's threads already use every core: a worker only competes with them (measured on 2 cores,
-    base384 fp32: 0.91-0.98x of in-process decoding), so one worker from 4 cores up, else none.
+    base384 fp32: 0.91-0.99x of in-process decoding), so one worker from 4 cores up, else none.
     """
     cores = cores or os.cpu_count() or 1
     if device == "cpu":
