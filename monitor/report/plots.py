@@ -42,14 +42,8 @@ def write_plots(out_dir: Path, p: Presence) -> dict[str, Path]:
         ax.bar(x - 0.4 + width * (i + 0.5), day.loc[lab].to_numpy(), width=width, label=lab)
     ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=12))
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
-    ax.set_ylabel("detections")
-    ax.set_title("Detections per day (local date, all devices)")
-    ax.legend(frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out["plots/detections_per_day.png"] = folder / "detections_per_day.png"
-    fig.savefig(out["plots/detections_per_day.png"], dpi=110)
-    plt.close(fig)
+    out["plots/detections_per_day.png"] = _finish(fig, ax, "Detections per day (local date, all devices)",
+                                                  folder / "detections_per_day.png")
 
     fig, ax = plt.subplots(figsize=(9, 3.6))
     hours = np.arange(24)
@@ -57,12 +51,20 @@ def write_plots(out_dir: Path, p: Presence) -> dict[str, Path]:
         ax.bar(hours - 0.4 + width * (i + 0.5), hour.loc[lab].to_numpy(), width=width, label=lab)
     ax.set_xticks(range(0, 24, 2), [f"{h:02d}:00" for h in range(0, 24, 2)])
     ax.set_xlabel("hour of day (local time at the recorder)")
+    out["plots/detections_by_hour.png"] = _finish(fig, ax, "Detections by hour of day (all devices)",
+                                                  folder / "detections_by_hour.png")
+    return out
+
+
+def _finish(fig, ax, title: str, path: Path) -> Path:
+    """Shared look of both charts (y label, title, legend, grid), saved to ``path`` and closed."""
+    import matplotlib.pyplot as plt
+
     ax.set_ylabel("detections")
-    ax.set_title("Detections by hour of day (all devices)")
+    ax.set_title(title)
     ax.legend(frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    out["plots/detections_by_hour.png"] = folder / "detections_by_hour.png"
-    fig.savefig(out["plots/detections_by_hour.png"], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return out
+    return path
