@@ -24,13 +24,21 @@ CASES = ["chirp_10s", "noise_dc_10s", "tone_2p5s", "silence_10s", "short_0p3s", 
 
 def _check(got, ref):
     """The issue's bounds: mean |err| <= 1e-4; max |err| <= 2e-3 wherever the reference is within 80 dB
-    of its frame's peak. Further down, at float32 FFT's dynamic range, the reference's own FFT rounding
-    (ours runs in float64) reaches 2.07e-3 on one chirp value: bounded there by 2.1e-3, measured worst."""
+    of its frame's peak.
+
+    Everywhere, the error is what float32 rounding in the reference makes (our FFT runs in float64): a
+    relative error of a few eps in each mel energy from its float32 steps (16 eps allowed), plus the FFT's
+    additive noise of ~eps x the frame's peak amplitude, which is ``2 eps * sqrt(P_peak / P_cell)`` in log
+    power for a cell below its frame's peak. Near the peak the bound is 2e-6: a mel bank one ulp of log
+    away from torchaudio's fails it 13-66x. ~99 dB down the FFT noise reaches 2.07e-3 on one chirp
+    value, above the issue's 2e-3: pinned there at the measured 2.1e-3."""
     assert got.shape == ref.shape
     err = np.abs(got - ref)
     assert err.mean() <= 1e-4
-    near = ref >= ref.max(axis=-1, keepdims=True) - 8 * np.log(10)  # 80 dB in natural-log power
-    assert err[near].max(initial=0.0) <= 2e-3
+    depth = ref.max(axis=-1, keepdims=True) - ref  # natural-log power below the frame's peak
+    assert err[depth <= 8 * np.log(10)].max(initial=0.0) <= 2e-3  # within 80 dB
+    rounding = np.finfo(np.float32).eps * (16 + 2 * np.exp(depth / 2))
+    assert (err <= rounding).all(), f"worst err/bound {np.max(err / rounding):.2f}"
     assert err.max(initial=0.0) <= 2.1e-3
 
 
