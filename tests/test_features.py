@@ -6,7 +6,6 @@ import torch
 
 from monitor.features import dataset_stats, fbank, normalize, pad_or_crop, remove_mean
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
