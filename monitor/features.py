@@ -126,13 +126,18 @@ def _log_mel(frames: torch.Tensor, window: torch.Tensor, n_fft: int, groups: tup
         import scipy.fft
 
         f = frames.numpy()
-        x = np.empty(f.shape[:-1] + (n_fft,), dtype=np.float64)  # float32 steps, written into the FFT's buffer
-        x[..., 1:f.shape[-1]] = f[..., 1:] - np.float32(0.97) * f[..., :-1]  # pre-emphasis
-        x[..., 0] = f[..., 0] - np.float32(0.97) * f[..., 0]
-        x[..., : f.shape[-1]] = (x[..., : f.shape[-1]].astype(np.float32) * window.numpy())
-        x[..., f.shape[-1]:] = 0.0
-        spec = scipy.fft.rfft(x, axis=-1, overwrite_x=True)
-        power = torch.from_numpy((spec.real * spec.real + spec.imag * spec.imag).astype(np.float32))
+        win = f.shape[-1]
+        w = window.numpy()
+        y = np.multiply(f[..., :-1], np.float32(0.97))  # pre-emphasis and window: float32 steps, as torchaudio
+        np.subtract(f[..., 1:], y, out=y)
+        np.multiply(y, w[1:], out=y)
+        x = np.empty(f.shape[:-1] + (n_fft,), dtype=np.float64)  # written straight into the FFT's buffer
+        x[..., 1:win] = y
+        x[..., 0] = (f[..., 0] - np.float32(0.97) * f[..., 0]) * w[0]
+        x[..., win:] = 0.0
+        spec = scipy.fft.rfft(x, axis=-1, overwrite_x=True).view(np.float64)  # (..., bins * 2): re, im
+        np.square(spec, out=spec)
+        power = torch.from_numpy((spec[..., 0::2] + spec[..., 1::2]).astype(np.float32))
     else:
         frames = frames - 0.97 * torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)  # pre-emphasis
         spec = torch.fft.rfft((frames * window).to(torch.float64), n=n_fft)
@@ -161,8 +166,10 @@ def pad_or_crop(feats: torch.Tensor, target_frames: int) -> torch.Tensor:
     return torch.nn.functional.pad(feats, (0, 0, 0, target_frames - t))
 
 
-def normalize(feats: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """AST normalisation ``(x - mean) / (2 * std)``."""
+def normalize(feats: torch.Tensor, mean: float, std: float, inplace: bool = False) -> torch.Tensor:
+    """AST normalisation ``(x - mean) / (2 * std)``; ``inplace`` overwrites ``feats`` (same values)."""
+    if inplace:
+        return feats.sub_(mean).div_(2.0 * std)
     return (feats - mean) / (2.0 * std)
 
 

@@ -56,7 +56,7 @@ def features(waves: Sequence[np.ndarray], pre: Preprocess, normalize: bool = Tru
         f = fbank(torch.from_numpy(batch), sr, fb.num_mel_bins, fb.frame_length_ms, fb.frame_shift_ms)
         t = min(f.shape[1], fb.target_frames)  # pad_or_crop into the zeroed output, without a padded copy
         out[idx, :t] = f[:, :t]
-    return norm(out, fb.norm_mean, fb.norm_std) if normalize else out
+    return norm(out, fb.norm_mean, fb.norm_std, inplace=True) if normalize else out  # out is ours: no copy
 
 
 def segment_features(samples: np.ndarray, sample_rate_hz: int, pre: Preprocess, normalize: bool = True):
