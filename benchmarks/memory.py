@@ -2,9 +2,10 @@
 
 Each run is a separate `monitor run` process; its peak RSS is its own ``VmHWM`` at exit (or a worker's
 peak, if higher), written out by a small wrapper. Not the spawner's ``RUSAGE_CHILDREN``: Linux carries
-the spawning process's RSS into a child's ``ru_maxrss``, and the spawner here holds torch. Flat memory means the 4 h run peaks within ~10 % of the 1 h run and 5,000
-files within ~10 % of 500 files. A tiny random AST bundle keeps the model's share small, so the
-figures show the pipeline's own footprint (decoding, front end, store, reports).
+the spawning process's RSS into a child's ``ru_maxrss``, and the spawner here holds torch. Flat memory
+means the 4 h run peaks within ~10 % of the 1 h run and 5,000 files within ~10 % of 500 files. A tiny
+random AST bundle keeps the model's share small, so the figures show the pipeline's own footprint
+(decoding, front end, store, reports).
 
     python benchmarks/memory.py [--quick]
 """
