@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None,
                    help="decoding/front-end worker processes (default: with a GPU up to 4; on a CPU, whose cores the "
                         "model already uses, 1 from 4 cores up, else 0 = in process)")
-    r.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
-                   help="fp32 (exact), bf16 (GPU autocast) or int8 (dynamic quantisation, CPU)")
+    r.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                   help="auto: fp32 on a CPU; on a GPU bf16 from compute capability 8.0, else fp16. "
+                        "fp32 (exact), int8 (CPU)")
     r.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="LABEL=X",
                    help="override a label's detection threshold")
     r.add_argument("--no-resume", action="store_true", help="start over instead of skipping finished files")
@@ -100,37 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _ConsoleFormatter(logging.Formatter):
-    """One line per message on the terminal: tracebacks go only to the log file."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
-        return super().format(record)
-
-
-def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
-    """Configure the root logger once: terse on stderr, full detail in ``log_file`` if given."""
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG)
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG)
-    console.setFormatter(_ConsoleFormatter("%(levelname)s: %(message)s"))
-    root.addHandler(console)
-    if log_file is not None:
-        add_log_file(log_file)
-
-
-def add_log_file(path: Path) -> None:
-    """Send full detail (tracebacks included) to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = logging.FileHandler(path, encoding="utf-8")
-    fh.setLevel(logging.DEBUG)
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(fh)
-
-
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "run":
         from monitor.pipeline import run_cli
@@ -161,6 +131,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from monitor.logs import setup_logging
+
     setup_logging(args.verbose)
     from monitor.errors import MonitorError
 

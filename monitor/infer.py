@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -174,33 +174,17 @@ def default_workers(device: str, cores: int | None = None) -> int:
     return max(0, min(4, cores - 1))
 
 
-def pick_device(device: str) -> str:
-    """``auto`` -> cuda, then mps, then cpu."""
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def prepare_models(bundles: Sequence, device: str, precision: str) -> tuple[list, str]:
     """Build each bundle's model for ``device``; returns (models, resolved precision)."""
     import torch
 
-    if precision == "auto":
-        precision = "bf16" if device == "cuda" else "fp32"
+    from monitor.device import resolve_precision
+
+    precision = resolve_precision(precision, device)
     models = []
     for b in bundles:
         m = b.build_model(device="cpu")
         if precision == "int8":
-            if device != "cpu":
-                from monitor.errors import MonitorError
-
-                raise MonitorError("--precision int8 runs on the CPU only; use --device cpu or --precision bf16")
             import warnings
 
             with warnings.catch_warnings():  # torch marks its eager dynamic quantisation deprecated; it works
@@ -229,6 +213,8 @@ class Scorer:
         """
         import torch
 
+        from monitor.device import autocast_dtype
+
         n = feats.shape[0]
         if self.precision == "int8":
             rows = [torch.from_numpy(feats[i:i + 1]) for i in range(n)]
@@ -239,8 +225,8 @@ class Scorer:
         out = None
         with torch.inference_mode():
             for b, m in zip(self.bundles, self.models):
-                if self.precision == "bf16" and self.device == "cuda":
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                if autocast_dtype(self.precision) is not None:
+                    with torch.autocast("cuda", dtype=autocast_dtype(self.precision)):
                         logits = torch.cat([m(x) for x in rows])
                 else:
                     logits = torch.cat([m(x) for x in rows])
@@ -315,3 +301,90 @@ def score_chunks(results: Iterable[ChunkResult], scorer: Scorer,
         flush()
     flush(force=True)
     emit()
+
+
+# --- the engine seam: what ``monitor run`` calls, whatever runs the work ------------------------------
+
+@dataclass(frozen=True)
+class FileJob:
+    """One recording to score. ``key`` is the caller's own (opaque here) and comes back with the scores."""
+
+    key: Any
+    path: str
+    rel: str
+    frames: int
+    channels: int
+    sample_rate_hz: int
+
+
+@dataclass
+class FileScores:
+    """Everything scored for one file: ``index``/``start_s``/``end_s`` (n,), ``scores`` (n, labels)
+    float32, non-finite input samples replaced, and ``error`` (non-empty: the file failed, in words)."""
+
+    index: np.ndarray
+    start_s: np.ndarray
+    end_s: np.ndarray
+    scores: np.ndarray
+    nonfinite: int = 0
+    error: str = ""
+
+
+class LocalEngine:
+    """Decode and front end in worker processes (or in process), scoring in this process.
+
+    Worker processes start on construction, so their imports overlap the caller's discovery and
+    model loading. ``run`` calls ``on_file_done(job, FileScores)`` in job order as each file
+    completes and ``on_segments(n)`` as segments are scored; an exception raised by either stops
+    the run (the caller's Ctrl-C handling raises ``KeyboardInterrupt`` from ``on_segments``).
+    """
+
+    name = "local"
+
+    def __init__(self, bundles: Sequence, *, device: str = "auto", precision: str = "auto", batch_size: int = 16,
+                 workers: int | None = None):
+        from monitor.device import pick_device, resolve_precision
+
+        self.bundles = list(bundles)
+        self.pre = self.bundles[0].preprocessing
+        self.device = pick_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.batch_size = int(batch_size)
+        self.workers = default_workers(self.device) if workers is None else int(workers)
+        self.pool = WorkerPool(self.pre, self.workers)
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "device": self.device, "precision": self.precision, "workers": self.workers,
+                "batch_size": self.batch_size}
+
+    def run(self, jobs: Sequence[FileJob], on_file_done: Callable[[FileJob, FileScores], None],
+            on_segments: Callable[[int], None] | None = None) -> None:
+        jobs = list(jobs)
+        if not jobs:
+            return
+        nets, _ = prepare_models(self.bundles, self.device, self.precision)
+        scorer = Scorer(self.bundles, nets, self.device, self.precision, self.batch_size)
+        by_rel = {j.rel: j for j in jobs}
+
+        def tasks():
+            for j in jobs:
+                yield from plan_chunks(Path(j.path), j.rel, j.frames, j.channels, j.sample_rate_hz, self.pre,
+                                       self.batch_size)
+
+        n_labels = len(self.bundles[0].labels)
+
+        def done(rel: str, acc: _FileAcc) -> None:
+            scores = np.asarray(acc.scores, dtype=np.float32).reshape(-1, n_labels)
+            on_file_done(by_rel[rel], FileScores(np.asarray(acc.index, np.int64), np.asarray(acc.start_s),
+                                                 np.asarray(acc.end_s), scores, acc.nonfinite, acc.error))
+
+        score_chunks(self.pool.results(tasks()), scorer, done, on_segments)
+
+    def close(self) -> None:
+        self.pool.__exit__()
+
+    def __enter__(self) -> "LocalEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

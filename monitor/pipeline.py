@@ -129,24 +129,20 @@ def run(
 def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size: int, workers: int | None,
              precision: str, progress: bool | None, stop: dict[str, bool]) -> tuple[dict[str, Any], bool]:
     """Discover, skip finished files, decode/score the rest; commit each file as it completes."""
-    from monitor.infer import WorkerPool, default_workers, pick_device
+    from monitor.infer import LocalEngine
 
-    dev = pick_device(device)
-    if workers is None:
-        workers = default_workers(dev)
-    # the workers start now: their imports overlap discovery, metadata and model loading
-    with WorkerPool(bundles[0].preprocessing, workers) as pool:
-        return _process_in(pool, src, store, bundles, model_hash, dev, batch_size, workers, precision, progress,
-                           stop)
+    # the engine starts now: its worker processes' imports overlap discovery, metadata and model loading
+    with LocalEngine(bundles, device=device, precision=precision, batch_size=batch_size, workers=workers) as engine:
+        return _process_in(engine, src, store, bundles, model_hash, progress, stop)
 
 
-def _process_in(pool, src: Path, store, bundles, model_hash: str, device: str, batch_size: int, workers: int,
-                precision: str, progress: bool | None, stop: dict[str, bool]) -> tuple[dict[str, Any], bool]:
-    from tqdm import tqdm
+def _process_in(engine, src: Path, store, bundles, model_hash: str, progress: bool | None,
+                stop: dict[str, bool]) -> tuple[dict[str, Any], bool]:
+    from tqdm.auto import tqdm
 
     from monitor.audio import AudioError, plan_segments, probe
     from monitor.discover import discover
-    from monitor.infer import Scorer, plan_chunks, prepare_models, score_chunks
+    from monitor.infer import FileJob
     from monitor.metadata import read_metadata
     from monitor.store import FileKey
 
@@ -159,7 +155,7 @@ def _process_in(pool, src: Path, store, bundles, model_hash: str, device: str, b
     for s in found.skipped:
         store.put_file(FileKey(s.rel, 0, 0, model_hash), s.status, s.reason, {})
 
-    todo, total_segments, total_audio_s, resumed = [], 0, 0.0, 0
+    jobs, metas, total_segments, total_audio_s, resumed = [], {}, 0, 0.0, 0
     for f in found.recordings:
         if stop["flag"]:
             break
@@ -182,20 +178,13 @@ def _process_in(pool, src: Path, store, bundles, model_hash: str, device: str, b
         if not plan:
             store.put_file(key, "skipped", _too_short_reason(info.duration_s, pre.segment.min_segment_s), meta)
             continue
-        todo.append((f, key, meta, info))
+        jobs.append(FileJob(key, str(f.path), f.rel, info.frames, info.channels, info.sample_rate_hz))
+        metas[f.rel] = meta
         total_segments += len(plan)
         total_audio_s += info.duration_s
 
-    nets, prec = prepare_models(bundles, device, precision)
-    scorer = Scorer(bundles, nets, device, prec, batch_size)
-    by_file = {f.rel: (key, meta) for f, key, meta, _ in todo}
-    stats = {"done": 0, "segments": 0, "device": device, "precision": prec, "workers": workers,
-             "audio_s": total_audio_s, "found": len(found.recordings) + len(found.skipped), "resumed": resumed}
-
-    def tasks():
-        for f, key, meta, info in todo:
-            yield from plan_chunks(f.path, f.rel, info.frames, info.channels, info.sample_rate_hz, pre, batch_size)
-
+    stats = {"done": 0, "segments": 0, **engine.describe(), "audio_s": total_audio_s,
+             "found": len(found.recordings) + len(found.skipped), "resumed": resumed}
     bar = tqdm(total=total_segments, unit="seg", desc="segments", dynamic_ncols=True,
                disable=None if progress is None else not progress)  # None: only on a terminal
     t0 = time.perf_counter()
@@ -210,20 +199,20 @@ def _process_in(pool, src: Path, store, bundles, model_hash: str, device: str, b
         if stop["flag"]:
             raise KeyboardInterrupt
 
-    def on_file_done(file: str, acc) -> None:
-        key, meta = by_file[file]
-        if acc.error:
-            store.put_file(key, "failed", acc.error, meta)
+    def on_file_done(job, res) -> None:
+        meta = metas.pop(job.rel)
+        if res.error:
+            store.put_file(job.key, "failed", res.error, meta)
         else:
-            segs = list(zip(acc.index, acc.start_s, acc.end_s, acc.scores))
-            reason = f"{acc.nonfinite} non-finite samples replaced with 0" if acc.nonfinite else ""
-            store.put_file(key, "ok", reason, meta, segs, nonfinite=acc.nonfinite)
+            segs = list(zip(res.index, res.start_s, res.end_s, res.scores))
+            reason = f"{res.nonfinite} non-finite samples replaced with 0" if res.nonfinite else ""
+            store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite)
         stats["done"] += 1
 
     interrupted = bool(stop["flag"])
     try:
         if not interrupted:
-            score_chunks(pool.results(tasks()), scorer, on_file_done, on_segments)
+            engine.run(jobs, on_file_done, on_segments)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -374,7 +363,7 @@ def rebuild_reports(out_dir: Path, thresholds: Mapping[str, float] | None = None
 
 def run_cli(args) -> int:
     """The ``monitor run`` command: log file in OUT_DIR, one-line errors, summary on stdout."""
-    from monitor.cli import add_log_file
+    from monitor.logs import add_log_file
 
     src, dst = check_folders(args.input_dir, args.out)
     add_log_file(dst / "monitor.log")

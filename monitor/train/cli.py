@@ -158,7 +158,7 @@ def train_command(args) -> int:
     """CLI entry: ``args.config``, ``args.out``, ``args.resume``, ``args.folds``, ``args.set``."""
     import math
 
-    from monitor.cli import add_log_file
+    from monitor.logs import add_log_file
     from monitor.train.config import load_config
 
     cfg = load_config(args.config, list(getattr(args, "set", None) or []))

@@ -25,7 +25,7 @@ import torch
 
 from monitor.config import Preprocess
 from monitor.errors import MonitorError
-from monitor.infer import pick_device
+from monitor.device import pick_device
 from monitor.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -159,12 +159,13 @@ def lr_factor(step: int, steps_per_epoch: int, o) -> float:
 
 
 def amp_dtype(amp: str, device: str):
-    """None (fp32) on CPU or with ``off``; bf16/fp16 on GPU (``auto``: bf16 where supported)."""
-    if device != "cuda" or amp == "off":
+    """None (fp32) on CPU or with ``off``; on CUDA ``auto`` follows ``monitor.device``'s rule (bf16 from
+    compute capability 8.0, fp16 below), ``bf16``/``fp16`` as asked."""
+    from monitor.device import autocast_dtype, resolve_precision
+
+    if not str(device).startswith("cuda") or amp == "off":
         return None
-    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
+    return autocast_dtype(resolve_precision(amp, device))
 
 
 # --- evaluation --------------------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""Logging, configured once: terse messages on the console, full detail in a log file.
+
+Every module logs through ``logging.getLogger(__name__)``; only this module touches handlers. Third
+-party libraries' debug chatter (matplotlib's font manager, PIL, numba, urllib3, filelock, Ray) is
+kept out of the user's log files: their loggers are set to WARNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+QUIET_LOGGERS = ("matplotlib", "PIL", "numba", "urllib3", "filelock", "fsspec", "asyncio", "h5py", "git",
+                 "httpx", "httpcore", "huggingface_hub", "ray", "torch", "timm", "tornado", "traitlets",
+                 "nbclient", "nbformat", "jupyter_client")
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """One line per message on the terminal: tracebacks go only to the log file."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        return super().format(record)
+
+
+def quiet_third_party() -> None:
+    """Third-party loggers at WARNING, so their DEBUG records never reach our handlers."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None) -> None:
+    """Configure the root logger once: WARNING (``-v`` INFO, ``-vv`` DEBUG) on ``stream`` (stderr),
+    everything from DEBUG in ``log_file`` if given."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    console = logging.StreamHandler(stream or sys.stderr)
+    console.setLevel(logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG)
+    console.setFormatter(_ConsoleFormatter("%(levelname)s: %(message)s"))
+    root.addHandler(console)
+    quiet_third_party()
+    if log_file is not None:
+        add_log_file(log_file)
+
+
+def add_log_file(path: Path) -> logging.Handler | None:
+    """Send full detail (tracebacks included) to ``path``; returns the handler, or None when the file
+    cannot be opened (a read-only or full output folder: the caller reports that in one line)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return None
+    fh.setLevel(logging.DEBUG)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(fh)
+    quiet_third_party()
+    return fh
+
+
+def remove_handler(handler: logging.Handler | None) -> None:
+    """Detach and close a handler from :func:`add_log_file` (notebooks run many jobs in one process)."""
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def notebook_logging(level: int = logging.INFO) -> None:
+    """In Jupyter / Colab: INFO messages (per-epoch metrics, run summaries) shown in the cell output."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    if not any(getattr(h, "_monitor_notebook", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stdout)
+        h.setLevel(level)
+        h.setFormatter(_ConsoleFormatter("%(message)s"))
+        h._monitor_notebook = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    quiet_third_party()
