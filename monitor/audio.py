@@ -66,6 +66,17 @@ def probe(path: Path | str) -> AudioInfo:
                      info.frames / info.samplerate, str(info.format), str(info.subtype))
 
 
+def read_frames(path: Path | str, start_frame: int, stop_frame: int) -> np.ndarray:
+    """Decode frames ``[start_frame, stop_frame)`` by seeking (never the whole file): ``(frames, channels)``
+    float32. Fewer frames come back when the file is shorter than its header says. The one reader
+    of ``monitor run`` (``infer.compute_chunk``) and ``monitor train`` (``train.dataset``)."""
+    import soundfile as sf
+
+    with sf.SoundFile(str(path)) as f:
+        f.seek(int(start_frame))
+        return f.read(max(0, int(stop_frame) - int(start_frame)), dtype="float32", always_2d=True)
+
+
 def _sf_reason(exc: Exception) -> str:
     text = str(exc)
     return text.split(": ", 1)[-1].strip() if ": " in text else text

@@ -65,8 +65,7 @@ def plan_chunks(path: Path, file: str, n_frames: int, channels: int, sample_rate
 
 def compute_chunk(task: ChunkTask, pre: Preprocess) -> ChunkResult:
     """Decode a chunk's frames (seeking, never the whole file) and run the shared front end."""
-    import soundfile as sf
-
+    from monitor.audio import read_frames
     from monitor.frontend import features, prepare_wave
 
     sr = task.sample_rate_hz
@@ -75,19 +74,17 @@ def compute_chunk(task: ChunkTask, pre: Preprocess) -> ChunkResult:
     end_s = np.array([b[2] / sr for b in task.bounds])
     try:
         waves, nonfinite = [], 0
-        with sf.SoundFile(task.path) as f:
-            lo, hi = task.bounds[0][1], max(b[2] for b in task.bounds)
-            f.seek(lo)
-            block = f.read(hi - lo, dtype="float32", always_2d=True)
-            if block.shape[0] < hi - lo:
-                log.debug("%s: expected %d frames, read %d", task.file, hi - lo, block.shape[0])
-            for _, a, b in task.bounds:
-                part = block[a - lo:b - lo]
-                if part.shape[0] == 0:
-                    raise ValueError(f"no audio data at {a / sr:.1f} s (file shorter than its header says)")
-                wave, bad = prepare_wave(part, sr, pre)
-                nonfinite += bad
-                waves.append(wave)
+        lo, hi = task.bounds[0][1], max(b[2] for b in task.bounds)
+        block = read_frames(task.path, lo, hi)
+        if block.shape[0] < hi - lo:
+            log.debug("%s: expected %d frames, read %d", task.file, hi - lo, block.shape[0])
+        for _, a, b in task.bounds:
+            part = block[a - lo:b - lo]
+            if part.shape[0] == 0:
+                raise ValueError(f"no audio data at {a / sr:.1f} s (file shorter than its header says)")
+            wave, bad = prepare_wave(part, sr, pre)
+            nonfinite += bad
+            waves.append(wave)
         feats = features(waves, pre).numpy().astype(np.float32, copy=False)
         return ChunkResult(task.file, idx, start_s, end_s, feats, nonfinite, last=task.last)
     except Exception as exc:  # one bad file never stops the run
@@ -197,20 +194,25 @@ def prepare_models(bundles: Sequence, device: str, precision: str) -> tuple[list
 
 
 class Scorer:
-    """Batches features through an ensemble; scores are the mean of the members' probabilities."""
+    """Batches features through an ensemble; scores are the mean of the members' probabilities.
 
-    def __init__(self, bundles: Sequence, models: Sequence, device: str, precision: str, batch_size: int):
-        self.bundles, self.models = list(bundles), list(models)
+    ``tasks``: per model, ``multilabel`` (sigmoid) or ``multiclass`` (softmax over labels). The one
+    scorer of ``monitor run`` and of training's validation (``Scorer.for_model``).
+    """
+
+    def __init__(self, bundles: Sequence, models: Sequence, device: str, precision: str, batch_size: int,
+                 tasks: Sequence[str] | None = None):
+        self.models = list(models)
+        self.tasks = list(tasks) if tasks is not None else [b.task for b in bundles]
         self.device, self.precision, self.batch_size = device, precision, int(batch_size)
 
-    def __call__(self, feats: np.ndarray) -> np.ndarray:
-        """``feats`` (n <= batch_size, T, F) -> scores (n, labels).
+    @classmethod
+    def for_model(cls, model, task: str, device: str, precision: str, batch_size: int) -> "Scorer":
+        """A scorer for one bare model (training's validation), scoring exactly as ``monitor run`` does."""
+        return cls((), [model], device, precision, batch_size, tasks=[task])
 
-        A segment's score never depends on its batch-mates, so a resumed run equals an uninterrupted
-        one: fp32/bf16 batches are zero-padded to ``batch_size`` (one shape, one kernel choice), and
-        int8 runs one segment per call, because dynamic quantisation takes its activation range from
-        the whole input (batch-mates moved logits by up to 0.07); on a CPU it is also the fastest.
-        """
+    def logits(self, feats: np.ndarray):
+        """``feats`` (n <= batch_size, T, F) -> per model, float32 logits ``(n, labels)`` on the CPU."""
         import torch
 
         from monitor.device import autocast_dtype
@@ -222,17 +224,37 @@ class Scorer:
             x = torch.zeros((self.batch_size, *feats.shape[1:]), dtype=torch.float32)
             x[:n] = torch.from_numpy(feats)
             rows = [x.to(self.device)]
-        out = None
+        out = []
         with torch.inference_mode():
-            for b, m in zip(self.bundles, self.models):
+            for m in self.models:
                 if autocast_dtype(self.precision) is not None:
                     with torch.autocast("cuda", dtype=autocast_dtype(self.precision)):
                         logits = torch.cat([m(x) for x in rows])
                 else:
                     logits = torch.cat([m(x) for x in rows])
-                p = b.scores(logits.float())[:n].cpu().numpy().astype(np.float64)
-                out = p if out is None else out + p
+                out.append(logits.float()[:n].cpu())
+        return out
+
+    def __call__(self, feats: np.ndarray) -> np.ndarray:
+        """``feats`` (n <= batch_size, T, F) -> scores (n, labels).
+
+        A segment's score never depends on its batch-mates, so a resumed run equals an uninterrupted
+        one: fp32/bf16 batches are zero-padded to ``batch_size`` (one shape, one kernel choice), and
+        int8 runs one segment per call, because dynamic quantisation takes its activation range from
+        the whole input (batch-mates moved logits by up to 0.07); on a CPU it is also the fastest.
+        """
+        out = None
+        for task, logits in zip(self.tasks, self.logits(feats)):
+            p = to_scores(logits, task).numpy().astype(np.float64)
+            out = p if out is None else out + p
         return (out / len(self.models)).astype(np.float32)
+
+
+def to_scores(logits, task: str):
+    """Logits (..., labels) -> probabilities: sigmoid (multilabel) or softmax over labels (multiclass)."""
+    import torch
+
+    return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=-1)
 
 
 @dataclass

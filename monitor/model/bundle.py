@@ -90,9 +90,9 @@ class Bundle:
 
     def scores(self, logits):
         """Logits (..., labels) -> probabilities: sigmoid (multilabel) or softmax over labels (multiclass)."""
-        import torch
+        from monitor.infer import to_scores
 
-        return torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=-1)
+        return to_scores(logits, self.task)
 
 
 def _need(data: Mapping[str, Any], key: str, typ: type | tuple, where: str = "bundle.json") -> Any:
