@@ -1,8 +1,9 @@
 """Benchmark: how long ``write_reports`` takes for a large results set (no model, no audio).
 
 Synthesises a season of AudioMoth recordings (hour-long files on several devices, 10 s segments,
-random per-label scores), merges detections with ``monitor.detect.detections_table`` and times
-writing every report, then each part on its own.
+random per-label scores), builds the ``results.Results`` the reports are written from (thresholds,
+detection events, reviews joined on: ``results.build_results``, timed too) and times writing every
+report, then each part on its own.
 
     python benchmarks/report.py [--segments 100000] [--labels 4] [--devices 8] [--out DIR]
 
@@ -23,7 +24,7 @@ import numpy as np
 
 
 def synthesise(n_segments: int, n_labels: int, n_devices: int, seed: int = 0):
-    """recordings, segments, run_info as ``monitor.pipeline.load_tables`` shapes them."""
+    """recordings, segments, run_info as ``monitor.results.load_results`` shapes them."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -37,21 +38,21 @@ def synthesise(n_segments: int, n_labels: int, n_devices: int, seed: int = 0):
         start = datetime(2023, 4, 1, 19, 0, tzinfo=tz) + timedelta(days=i // (n_devices * 10), hours=i // n_devices % 10)
         n = min(per_file, n_segments - i * per_file)
         rel = f"{dev}/{start:%Y%m%d_%H%M%S}.WAV"
-        rec_rows.append(dict(file=rel, status="ok", reason="", recorder="AudioMoth", device_id=dev, deployment_id="",
+        rec_rows.append(dict(deployment=dev, file=rel, status="ok", reason="", recorder="AudioMoth", device_id=dev, deployment_id="",
                              firmware="1.10.1", start_time=start.isoformat(), utc_offset="-07:00",
                              temperature_c=round(float(rng.uniform(2, 15)), 1), battery_v=round(float(rng.uniform(3.6, 4.8)), 1),
                              gain="medium", sample_rate_hz=48000, channels=1, duration_s=10.0 * n, segments=n,
                              latitude=np.nan, longitude=np.nan, filter="", trigger="", stop_reason="", comment="",
-                             warnings=""))
+                             warnings="", input_dir="/card"))
         s0 = 10.0 * np.arange(n)
-        seg = pd.DataFrame({"file": rel, "segment": np.arange(n), "start_s": s0, "end_s": s0 + 10.0,
+        seg = pd.DataFrame({"deployment": dev, "file": rel, "segment": np.arange(n), "start_s": s0, "end_s": s0 + 10.0,
                             "start_time": [(start + timedelta(seconds=float(s))).isoformat() for s in s0]})
         for lab in labels:
             seg[lab] = rng.random(n)
         seg_parts.append(seg)
-    recordings = pd.DataFrame(rec_rows)
-    recordings["sample_rate_hz"] = recordings["sample_rate_hz"].astype("Int64")
-    recordings["channels"] = recordings["channels"].astype("Int64")
+    from monitor.results import recordings_frame
+
+    recordings = recordings_frame(rec_rows)
     segments = pd.concat(seg_parts, ignore_index=True)
     info = {"model": {"name": "bench", "version": "1.0", "sha256": "0" * 64, "path": ""}, "labels": labels,
             "thresholds": {lab: 0.5 for lab in labels}, "task": "multilabel",
@@ -70,48 +71,50 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true", help="skip the openpyxl-cells workbook baseline")
     args = ap.parse_args()
 
-    from monitor.detect import detections_table
     from monitor.report import raven_band_hz, write_reports
     from monitor.report.presence import presence
     from monitor.report.raven import write_raven
     from monitor.report.tables import write_tables
-    from monitor.report.workbook import Files, write_workbook
+    from monitor.report.workbook import write_workbook
+    from monitor.results import RunInfo, build_results
 
     t = time.perf_counter()
     recordings, segments, info = synthesise(args.segments, args.labels, args.devices)
-    detections = detections_table(segments, recordings, info["labels"], info["thresholds"])
-    print(f"synthesised {len(recordings)} files, {len(segments)} segments, {len(detections)} detections "
-          f"in {time.perf_counter() - t:.1f} s")
+    synth = time.perf_counter() - t
+    t = time.perf_counter()
+    run = RunInfo.from_json(info)
+    results = build_results(recordings, segments, run.labels, run.thresholds, run)
+    build = time.perf_counter() - t
+    detections = results.detections
+    print(f"synthesised {len(recordings)} files, {len(segments)} segments in {synth:.1f} s; "
+          f"{len(detections)} detections")
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        write_reports(out, recordings=recordings, segments=segments, detections=detections, run_info=info,
-                      input_dir=Path("/card"))
-        total = time.perf_counter() - t
+        write_reports(out, results)
+        total = build + time.perf_counter() - t
 
-        parts = []
+        parts = [("Results: thresholds, detection events, reviews joined", build)]
         t = time.perf_counter()
-        write_tables(out, recordings, segments, detections, info["labels"])
+        write_tables(out, results)
         parts.append(("CSVs (recordings, segments, detections)", time.perf_counter() - t))
         t = time.perf_counter()
-        files = Files.from_recordings(recordings)
-        p = presence(segments, detections, recordings, info["labels"], info["thresholds"], files.start)
+        p = presence(results)
         parts.append(("presence tables", time.perf_counter() - t))
         t = time.perf_counter()
-        write_workbook(out / "report.xlsx", recordings, segments, detections, info, Path("/card"), presence_tables=p)
+        write_workbook(out / "report.xlsx", results, presence_tables=p)
         wb_fast = time.perf_counter() - t
         parts.append(("report.xlsx", wb_fast))
         wb_slow = None
         if not args.no_baseline:
             t = time.perf_counter()
-            write_workbook(out / "baseline.xlsx", recordings, segments, detections, info, Path("/card"),
-                           presence_tables=p, fast_rows=False)
+            write_workbook(out / "baseline.xlsx", results, presence_tables=p, fast_rows=False)
             wb_slow = time.perf_counter() - t
             parts.append(("baseline: report.xlsx, every row as openpyxl cells (not part of the total)", wb_slow))
         t = time.perf_counter()
-        write_raven(out, detections, *raven_band_hz(info))
+        write_raven(out, detections, *raven_band_hz(info["preprocessing"]))
         parts.append((f"raven/ ({detections['file'].nunique()} tables)", time.perf_counter() - t))
         try:
             from monitor.report.plots import write_plots
@@ -126,7 +129,7 @@ def main() -> None:
     print("\n| part | seconds |\n|---|---:|")
     for name, s in parts:
         print(f"| {name} | {s:.2f} |")
-    print(f"| **write_reports (all)** | **{total:.2f}** |")
+    print(f"| **Results + write_reports (all)** | **{total:.2f}** |")
     print(f"\nreport.xlsx: {size_mb:.1f} MB")
     vs = f"; workbook {wb_fast:.1f} s vs {wb_slow:.1f} s openpyxl cells ({wb_slow / wb_fast:.1f}x)" if wb_slow else ""
     print(f"report: {len(segments)} segment rows, {len(detections)} detections written in {total:.1f} s{vs}")

@@ -54,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "fp32 (exact), int8 (CPU)")
     r.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="LABEL=X",
                    help="override a label's detection threshold")
-    r.add_argument("--no-resume", action="store_true", help="start over instead of skipping finished files")
+    r.add_argument("--no-resume", action="store_true",
+                   help="re-score this card's files instead of skipping finished ones (other cards' results and "
+                        "reviews are kept)")
+    r.add_argument("--deployment", default=None, metavar="NAME",
+                   help="name this card's deployment (default: each file's recorder ID, else its top folder)")
+    r.add_argument("--prune", action="store_true",
+                   help="remove the results of files no longer on this card, and replace changed files' results")
 
     m = sub.add_parser("metadata", help="print recorder metadata of files or folders")
     m.add_argument("paths", nargs="+", type=Path)
@@ -101,11 +107,80 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def _summary_lines(info) -> list[str]:
+    """The end-of-run summary: counts, detections per label, failed files (the first few and how many)."""
+    c = info.counts
+    lines = [f"{c['found']} files: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed"
+             + (f", {c['missing']} missing from the card (results kept)" if c.get("missing") else "")
+             + f"; {c['segments']} segments, {c['detections']} detections"]
+    per = c.get("detections_per_label") or {}
+    shown = [(k, v) for k, v in per.items() if v] if len(per) > 12 else list(per.items())
+    if per:
+        lines.append("detections per label: " + (", ".join(f"{k} {v}" for k, v in shown) or "none")
+                     + (f" ({len(per) - len(shown)} labels with none)" if len(shown) < len(per) else ""))
+    failed = c.get("failed_files") or []
+    if c.get("failed"):
+        more = c["failed"] - len(failed)
+        lines.append("failed: " + ", ".join(failed) + (f" and {more} more" if more > 0 else "")
+                     + " (reasons in recordings.csv and the workbook's Skipped files sheet)")
+    if c.get("reviews"):
+        lines.append(f"{c['reviews']} reviewer verdict(s) kept in the results store")
+    return lines
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``monitor run``: log file in OUT_DIR, one-line errors, summary on stdout."""
+    from monitor.errors import MonitorError
+    from monitor.logs import add_log_file
+    from monitor.pipeline import check_folders, run
+
+    src, dst = check_folders(args.input_dir, args.out)
+    if add_log_file(dst / "monitor.log") is None:
+        raise MonitorError(f"cannot write {dst / 'monitor.log'}; choose another --out")
+    command = " ".join(["monitor", *map(_quote, sys.argv[1:])])
+    log.info("monitor %s: %s", __version__, command)
+    try:
+        info = run(src, dst, models=args.model, device=args.device, batch_size=args.batch_size,
+                   workers=args.workers, thresholds=dict(args.threshold), resume=not args.no_resume,
+                   precision=args.precision, command=command, deployment=args.deployment, prune=args.prune)
+    except MonitorError:
+        raise
+    except Exception as exc:  # unexpected: full detail to the log file, one line to the user
+        log.debug("run failed", exc_info=True)
+        raise MonitorError(f"unexpected error: {exc} (details in {dst / 'monitor.log'})") from None
+    for line in _summary_lines(info):
+        print(f"monitor: {line}")
+    print(f"monitor: reports in {dst} (report.xlsx, detections.csv, recordings.csv)")
+    return 0
+
+
+def report_command(out_dir: Path, thresholds: dict[str, float]) -> int:
+    """``monitor report OUT_DIR``: rebuild every report from the results store with (new) thresholds."""
+    from monitor.logs import add_log_file
+    from monitor.pipeline import rebuild_reports
+    from monitor.store import STORE_NAME
+
+    if (Path(out_dir) / STORE_NAME).is_file():
+        add_log_file(Path(out_dir) / "monitor.log")
+    info = rebuild_reports(Path(out_dir), dict(thresholds))
+    thr = info.thresholds
+    shown = ", ".join(f"{k}={v:g}" for k, v in list(thr.items())[:12]) + (" ..." if len(thr) > 12 else "")
+    print(f"monitor: reports rebuilt in {out_dir}: {info.counts.get('detections', '?')} detections"
+          + (f" (thresholds {shown})" if thr else ""))
+    for line in _summary_lines(info)[1:]:
+        print(f"monitor: {line}")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "run":
-        from monitor.pipeline import run_cli
-
-        return run_cli(args)
+        return run_command(args)
     if args.command == "metadata":
         from monitor.metadata.cli import metadata_command
 
@@ -115,8 +190,6 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         return train_command(args)
     if args.command == "report":
-        from monitor.report import report_command
-
         return report_command(args.out_dir, dict(args.threshold))
     if args.command == "models":
         from monitor.model.cli import models_command

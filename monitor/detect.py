@@ -30,30 +30,59 @@ class Event:
     segments: int
 
 
-def resolve_thresholds(
-    labels: Sequence[str], bundle_thresholds: Mapping[str, float], overrides: Mapping[str, float] | None = None
-) -> dict[str, float]:
-    """Per-label thresholds: the bundle's, replaced by ``overrides``; unknown override labels fail."""
+def match_label(name: str, labels: Sequence[str], what: str = "--threshold") -> str:
+    """The label ``name`` means: exact, else the one case-insensitive match; a typo fails in one line
+    naming the closest labels."""
+    import difflib
+
     from monitor.errors import MonitorError
 
-    out = {lab: float(bundle_thresholds.get(lab, 0.5)) for lab in labels}
-    for lab, x in (overrides or {}).items():
-        if lab not in out:
-            raise MonitorError(f"--threshold names unknown label {lab!r}; the model's labels are: {', '.join(labels)}")
-        out[lab] = float(x)
+    if name in labels:
+        return name
+    folded = [lab for lab in labels if lab.casefold() == name.casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    close = difflib.get_close_matches(name, list(labels), n=5, cutoff=0.6) or difflib.get_close_matches(
+        name.casefold(), [lab.casefold() for lab in labels], n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else (
+        f"; the model's labels are: {', '.join(labels[:20])}" + (f" ... ({len(labels)} in all)" if len(labels) > 20
+                                                                 else ""))
+    raise MonitorError(f"{what} names unknown label {name!r}{hint}")
+
+
+def resolve_thresholds(labels: Sequence[str], base: Mapping[str, float],
+                       *overrides: Mapping[str, float] | None) -> dict[str, float]:
+    """Per-label thresholds: ``base`` (the bundle's, one per label), then each of ``overrides`` in turn.
+
+    In an override, the key ``all`` sets every label first; other keys name labels (case-insensitive
+    when unambiguous; an unknown label fails naming the closest ones).
+    """
+    from monitor.errors import MonitorError
+
+    missing = [lab for lab in labels if lab not in base]
+    if missing:
+        raise MonitorError(f"no threshold for label {missing[0]!r}; the model bundle is incomplete")
+    out = {lab: float(base[lab]) for lab in labels}
+    for ov in overrides:
+        ov = dict(ov or {})
+        if "all" in ov and "all" not in out:
+            x = float(ov.pop("all"))
+            out = {lab: x for lab in labels}
+        for lab, x in ov.items():
+            out[match_label(lab, labels)] = float(x)
     return out
 
 
-def merge_events(
-    index: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, scores: np.ndarray, threshold: float, label: str
-) -> list[Event]:
+def merge_events(index: np.ndarray, start_s: np.ndarray, end_s: np.ndarray, scores: np.ndarray,
+                 positive: np.ndarray, label: str) -> list[Event]:
     """Merge consecutive positive segments of one label in one file.
 
-    ``index``, ``start_s``, ``end_s``, ``scores``: ``(n,)`` arrays for one file, any order.
-    A segment is positive when ``score >= threshold``.
+    ``index``, ``start_s``, ``end_s``, ``scores`` (float), ``positive`` (bool, from
+    ``results.apply_thresholds``): ``(n,)`` arrays for one file, any order.
     """
     order = np.argsort(index, kind="stable")
-    index, start_s, end_s, scores = index[order], start_s[order], end_s[order], scores[order]
+    index, start_s, end_s = index[order], start_s[order], end_s[order]
+    scores, positive = scores[order], np.asarray(positive, bool)[order]
     events: list[Event] = []
     run: list[int] = []
 
@@ -66,7 +95,7 @@ def merge_events(
             )
 
     for i in range(len(index)):
-        if scores[i] >= threshold:
+        if positive[i]:
             if run and index[i] != index[run[-1]] + 1:
                 close()
                 run = []
@@ -102,26 +131,46 @@ def iso(dt: datetime | None) -> str:
     return dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds")
 
 
-def detections_table(segments, recordings, labels: Sequence[str], thresholds: Mapping[str, float]):
-    """Detections DataFrame from a segments table (one score column per label) and recordings.
+def hms(seconds: float) -> str:
+    """Offset into a recording as ``H:MM:SS`` (rounded to the second)."""
+    import math
 
-    Columns: file, label, start_s, end_s, start_time, end_time, score_max, score_mean, segments,
-    device_id; sorted by file, label, start_s.
+    s = int(math.floor(float(seconds) + 0.5))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def detections_table(segments, positives: np.ndarray, recordings, labels: Sequence[str]):
+    """Detection events from a segments table (one score column per label) and its positives mask.
+
+    ``positives`` (n_segments, labels) bool is aligned with ``segments`` rows. Columns: deployment, file,
+    label, start_s, end_s, start_time, end_time, score_max, score_mean, segments, device_id; sorted by
+    deployment, file, label, start_s.
     """
     import pandas as pd
 
-    cols = ["file", "label", "start_s", "end_s", "start_time", "end_time", "score_max", "score_mean",
+    cols = ["deployment", "file", "label", "start_s", "end_s", "start_time", "end_time", "score_max", "score_mean",
             "segments", "device_id"]
-    rec = recordings.set_index("file") if len(recordings) else None
+    info = {}
+    if len(recordings):
+        info = {(d, f): (parse_iso(t), dev) for d, f, t, dev in zip(recordings["deployment"], recordings["file"],
+                                                                    recordings["start_time"], recordings["device_id"])}
     rows = []
-    for file, g in segments.groupby("file", sort=True):
-        start = parse_iso(rec.at[file, "start_time"]) if rec is not None and file in rec.index else None
-        device = rec.at[file, "device_id"] if rec is not None and file in rec.index else ""
-        idx, s0, s1 = g["segment"].to_numpy(), g["start_s"].to_numpy(), g["end_s"].to_numpy()
-        for label in labels:
-            for ev in merge_events(idx, s0, s1, g[label].to_numpy(dtype=np.float64), thresholds[label], label):
-                rows.append((file, label, ev.start_s, ev.end_s, iso(wall_clock(start, ev.start_s)),
-                             iso(wall_clock(start, ev.end_s)), ev.score_max, ev.score_mean, ev.segments,
-                             "" if device is None or (isinstance(device, float) and np.isnan(device)) else device))
+    if len(segments):
+        pos_all = np.asarray(positives, bool)
+        any_pos = pos_all.any(axis=1)
+        for (dep, file), g in segments.groupby(["deployment", "file"], sort=True):
+            rows_i = g.index.to_numpy()
+            if not any_pos[rows_i].any():
+                continue
+            start, device = info.get((dep, file), (None, ""))
+            idx, s0, s1 = g["segment"].to_numpy(), g["start_s"].to_numpy(), g["end_s"].to_numpy()
+            for j, label in enumerate(labels):
+                pos = pos_all[rows_i, j]
+                if not pos.any():
+                    continue
+                for ev in merge_events(idx, s0, s1, g[label].to_numpy(dtype=np.float64), pos, label):
+                    rows.append((dep, file, label, ev.start_s, ev.end_s, iso(wall_clock(start, ev.start_s)),
+                                 iso(wall_clock(start, ev.end_s)), ev.score_max, ev.score_mean, ev.segments,
+                                 "" if device is None or (isinstance(device, float) and np.isnan(device)) else device))
     df = pd.DataFrame(rows, columns=cols)
-    return df.sort_values(["file", "label", "start_s"], kind="stable").reset_index(drop=True)
+    return df.sort_values(["deployment", "file", "label", "start_s"], kind="stable").reset_index(drop=True)

@@ -139,3 +139,25 @@ def discover(root: Path | str) -> Discovery:
     out.recordings.sort(key=lambda f: f.rel)
     out.skipped.sort(key=lambda s: s.rel)
     return out
+
+
+FINGERPRINT_BYTES = 1 << 16
+
+
+def fingerprint(path: Path | str, size: int | None = None) -> str:
+    """A cheap content identity: sha256 of the size and the first and last 64 KiB (the header, with a
+    recorder's ID and start time, and the end of the audio). Two recorders' files of one name differ;
+    a copy of the same file, with a new mtime, does not. '' when the file cannot be read."""
+    import hashlib
+
+    try:
+        size = os.path.getsize(path) if size is None else size
+        h = hashlib.sha256(str(size).encode())
+        with open(path, "rb") as fh:
+            h.update(fh.read(FINGERPRINT_BYTES))
+            if size > 2 * FINGERPRINT_BYTES:
+                fh.seek(size - FINGERPRINT_BYTES)
+                h.update(fh.read(FINGERPRINT_BYTES))
+        return h.hexdigest()[:32]
+    except OSError:
+        return ""

@@ -66,17 +66,20 @@ class Clip:
 
 
 def detection_clip(out_dir: Path, row: int, pad_s: float = 0.0) -> Clip:
-    """Read just the audio of detection ``row`` (0-based, detections.csv order) from the card."""
-    import json
-
+    """Read just the audio of detection ``row`` (0-based, detections.csv order) from its card."""
+    import pandas as pd
     import soundfile as sf
 
     from monitor.audio import to_mono
 
     out_dir = Path(out_dir)
     det = detections(out_dir).iloc[row]
-    info = json.loads((out_dir / "run.json").read_text())
-    path = Path(info["input_dir"]) / det["file"]
+    rec = pd.read_csv(out_dir / "recordings.csv", keep_default_na=False, dtype=str)
+    where = dict(zip(zip(rec["deployment"], rec["file"]), rec["input_dir"]))
+    base = where.get((str(det["deployment"]), str(det["file"]))) or ""
+    path = Path(base) / det["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not there: mount the card {det['deployment']!r} at {base or '?'} to listen")
     with sf.SoundFile(str(path)) as f:
         sr = f.samplerate
         a = max(0, int((float(det["start_s"]) - pad_s) * sr))
@@ -112,31 +115,14 @@ def audio_player(clip: Clip):
 
 
 def set_verified(out_dir: Path, row: int, value: str, notes: str | None = None) -> None:
-    """Write ``value`` (yes/no/unsure) into row ``row`` of the Detections sheet's ``Verified`` column.
+    """Record ``value`` (yes / no / unsure, '' to clear) for detection ``row`` (detections.csv order).
 
-    The workbook is saved through a temp file and renamed, so a crash never corrupts it. Rebuilding
-    reports (``monitor report``) regenerates the workbook: reviewed workbooks are kept by copying.
+    The verdict goes into the results store, where every rebuilt report finds it, and the workbook
+    is rebuilt; verdicts typed into the workbook meanwhile are read in first, never lost.
     """
-    from openpyxl import load_workbook
+    from monitor.pipeline import record_reviews
 
-    from monitor.report.safe import atomic_path
-    from monitor.report.workbook import VERIFIED_CHOICES
-
-    if value not in VERIFIED_CHOICES:
-        raise ValueError(f"Verified must be one of {VERIFIED_CHOICES}, got {value!r}")
-    path = Path(out_dir) / "report.xlsx"
-    wb = load_workbook(path)
-    ws = wb["Detections"]
-    header = [c.value for c in ws[1]]
-    try:
-        col = header.index("Verified") + 1
-    except ValueError:
-        raise ValueError(f"{path} has no Verified column in its Detections sheet") from None
-    ws.cell(row=row + 2, column=col, value=value)
-    if notes is not None and "Notes" in header:
-        ws.cell(row=row + 2, column=header.index("Notes") + 1, value=notes)
-    with atomic_path(path) as tmp:
-        wb.save(tmp)
+    record_reviews(Path(out_dir), {int(row): value}, None if notes is None else {int(row): notes})
 
 
 def describe_model(name_or_path: str) -> dict[str, Any]:
@@ -232,15 +218,16 @@ def show_detection(out_dir: str | Path, row: int, pad_s: float = 1.0) -> Clip:
 
 
 def record_verdicts(out_dir: str | Path, verdicts: dict[int, str], notes: dict[int, str] | None = None) -> int:
-    """Write several rows' ``Verified`` values (and notes) into report.xlsx; returns how many."""
-    for row, value in verdicts.items():
-        set_verified(Path(out_dir), int(row), value, (notes or {}).get(row))
-    return len(verdicts)
+    """Record several rows' verdicts (and notes) in the results store and rebuild the reports; returns how many
+    changed."""
+    from monitor.pipeline import record_reviews
+
+    return record_reviews(Path(out_dir), {int(k): v for k, v in verdicts.items()},
+                          {int(k): v for k, v in (notes or {}).items()})
 
 
 def reviewed(out_dir: str | Path):
-    """The Detections sheet's rows that have a Verified value."""
-    import pandas as pd
+    """Every verdict kept for this output folder (typed in the workbook or recorded here), one row each."""
+    from monitor.results import load_reviews
 
-    df = pd.read_excel(Path(out_dir) / "report.xlsx", sheet_name="Detections")
-    return df[df["Verified"].notna()].reset_index(drop=True)
+    return load_reviews(Path(out_dir))

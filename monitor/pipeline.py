@@ -1,32 +1,37 @@
 """``monitor run``: discover -> metadata -> front end -> model -> store -> reports.
 
 The input folder is only ever read. Each file's results are committed to the store in one
-transaction; CSVs, the workbook and ``run.json`` are always regenerated from the store, so an
-interrupted run loses at most the file in flight and a re-run resumes where it stopped.
+transaction; CSVs, the workbook and ``run.json`` are always regenerated from the store (through one
+``results.Results``), so an interrupted run loses at most the files in flight and a re-run resumes
+where it stopped. One output folder holds many cards (rows are keyed by deployment and file);
+reviewers' verdicts typed into ``report.xlsx`` are read back into the store before any workbook is
+replaced, and nothing is deleted without ``--prune``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from monitor import __version__
 from monitor.errors import MonitorError
+from monitor.results import ModelRef, RunInfo
 
 log = logging.getLogger(__name__)
 
-RECORDING_COLUMNS = ["file", "status", "reason", "recorder", "device_id", "deployment_id", "firmware",
-                     "start_time", "utc_offset", "temperature_c", "battery_v", "gain", "sample_rate_hz",
-                     "channels", "duration_s", "segments"]
-RECORDING_EXTRAS = ["latitude", "longitude", "filter", "trigger", "stop_reason", "comment", "warnings"]
+FAILED_SHOWN = 5  # failed files named in the final summary (the rest are counted)
 
 
 class Interrupted(MonitorError):
@@ -34,7 +39,8 @@ class Interrupted(MonitorError):
 
 
 def check_folders(input_dir: Path, out_dir: Path) -> tuple[Path, Path]:
-    """Resolve and validate; output inside the input folder is refused (the card is read-only to us)."""
+    """Resolve and validate; output inside the input folder is refused (the card is read-only to us), and an
+    output folder that cannot be written fails here, in one line, before any work."""
     input_dir, out_dir = Path(input_dir).expanduser(), Path(out_dir).expanduser()
     if not input_dir.is_dir():
         raise MonitorError(f"input folder not found: {input_dir}")
@@ -44,11 +50,33 @@ def check_folders(input_dir: Path, out_dir: Path) -> tuple[Path, Path]:
             f"--out {out_dir} is inside the input folder {input_dir}; monitor never writes to the card: "
             "choose an output folder elsewhere"
         )
+    check_writable(dst)
+    return src, dst
+
+
+def check_writable(dst: Path) -> None:
+    """Create ``dst`` if needed and prove a file can be written there; else one-line ``MonitorError``."""
     try:
         dst.mkdir(parents=True, exist_ok=True)
+        probe = dst / f".monitor-write-test.{os.getpid()}"
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
     except OSError as exc:
-        raise MonitorError(f"cannot create output folder {out_dir}: {exc.strerror}") from None
-    return src, dst
+        raise MonitorError(f"cannot write to the output folder {dst} ({_os_reason(exc)}); choose another --out"
+                           ) from None
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the disk"
+    if exc.errno == errno.EFBIG:
+        return "file too large for the disk or its limits"
+    return exc.strerror or str(exc)
 
 
 def load_models(names: Sequence[str] | None):
@@ -77,6 +105,31 @@ def _too_short_reason(duration_s: float, min_segment_s: float) -> str:
     return f"too short to analyse ({duration_s:.2f} s; the minimum is {min_segment_s:g} s)"
 
 
+def _say(msg: str) -> None:
+    """A line for the person running the job (stderr, beside the progress bar) and the log file."""
+    log.info("%s", msg)
+    print(f"monitor: {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def open_out(out_dir: Path, *, harvest: bool = True, create: bool = False) -> Iterator[Any]:
+    """Lock ``out_dir`` and open its store; with ``harvest``, verdicts typed into its workbook(s) since
+    the last build are read into the store first."""
+    from monitor.store import STORE_NAME, DirLock, ResultsStore
+
+    out_dir = Path(out_dir)
+    if not create and not (out_dir / STORE_NAME).is_file():
+        raise MonitorError(f"no results store in {out_dir}; run `monitor run INPUT --out {out_dir}` first")
+    with DirLock(out_dir):
+        store = ResultsStore(out_dir / STORE_NAME)
+        try:
+            if harvest:
+                sync_reviews(store, out_dir)
+            yield store
+        finally:
+            store.close()
+
+
 def run(
     input_dir: Path,
     out_dir: Path,
@@ -90,105 +143,206 @@ def run(
     precision: str = "auto",
     command: str | None = None,
     progress: bool | None = None,
-) -> dict[str, Any]:
-    """Run detection over ``input_dir`` into ``out_dir``; returns the run info written to ``run.json``."""
-    from monitor.store import STORE_NAME, DirLock, ResultsStore
+    deployment: str | None = None,
+    prune: bool = False,
+) -> RunInfo:
+    """Run detection over ``input_dir`` into ``out_dir``; returns the ``RunInfo`` written to ``run.json``.
+
+    ``deployment`` names this card's deployment (default: each file's device ID, else its top folder);
+    ``resume=False`` re-scores this card's files (other cards' results and all reviews are kept);
+    ``prune`` removes the results of files no longer on the card and lets changed files be replaced.
+    """
+    from monitor.detect import resolve_thresholds
 
     if batch_size < 1:
         raise MonitorError(f"--batch-size must be >= 1, got {batch_size}")
     src, dst = check_folders(input_dir, out_dir)
     bundles = load_models(models)
     labels = list(bundles[0].labels)
-    from monitor.detect import resolve_thresholds
-
-    thr = resolve_thresholds(labels, bundles[0].thresholds, thresholds)
+    resolve_thresholds(labels, bundles[0].thresholds, thresholds)  # a bad --threshold fails before any work
     started = datetime.now(timezone.utc).astimezone()
-    with DirLock(dst):
-        store = ResultsStore(dst / STORE_NAME)
-        try:
-            if not resume:
-                store.clear()
-            model_hash = ensemble_hash(bundles)
-            store.bind_model(model_hash, labels, " + ".join(f"{b.name} {b.version}" for b in bundles))
-            with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
-                stats, interrupted = _process(src, store, bundles, model_hash, device, batch_size, workers,
-                                              precision, progress, stop.state)
-                info = _run_info(src, dst, bundles, thr, command, started, stats)
-                store.set_meta("run_info", info)
-                info = write_outputs(dst, store, thr, info)
-                interrupted = interrupted or stop.state["flag"]
-        finally:
-            store.close()
+    with open_out(dst, create=True) as store:
+        model_hash = ensemble_hash(bundles)
+        store.bind_model(model_hash, labels, " + ".join(f"{b.name} {b.version}" for b in bundles))
+        store.set_meta("bundle_thresholds", dict(bundles[0].thresholds))
+        thr = current_thresholds(store, RunInfo(labels=labels), thresholds)
+        info = _run_info(src, dst, bundles, thr, command, started)
+        run_id = store.begin_run(str(src), info.to_json())
+        with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
+            stats, interrupted = _process(src, store, bundles, model_hash, device, batch_size, workers, precision,
+                                          progress, stop.state, deployment, prune, resume)
+            interrupted = interrupted or stop.state["flag"]
+            info = dataclasses.replace(
+                info, ended=_now(), completed=not interrupted, files_done=stats["done"] + stats["resumed"],
+                files_left=stats["todo"] - stats["done"], resumed_files=stats["resumed"],
+                deployments=stats["deployments"], wall_s=round(stats.get("wall_s", 0.0), 3),
+                audio_s=round(stats["audio_s"], 3), **{k: stats[k] for k in ("engine", "device", "precision",
+                                                                               "workers", "batch_size")})
+            info = write_outputs(dst, store, thr, info)
+            store.end_run(run_id, not interrupted, info.to_json())
     if interrupted:
         raise Interrupted(
-            f"interrupted: {stats['done']} files finished and saved; run the same command again to resume"
+            f"interrupted: {info.files_done} of {info.files_done + info.files_left} files finished and saved; "
+            "run the same command again to resume"
         )
     return info
 
 
+def _named(labels: Sequence[str], overrides: Mapping[str, float]) -> dict[str, float]:
+    """``--threshold`` values keyed by the model's own label names (``all`` kept as it is)."""
+    from monitor.detect import match_label
+
+    return {k if k == "all" else match_label(k, labels): float(v) for k, v in overrides.items()}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
 def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size: int, workers: int | None,
-             precision: str, progress: bool | None, stop: dict[str, bool]) -> tuple[dict[str, Any], bool]:
+             precision: str, progress: bool | None, stop: dict[str, bool], deployment: str | None, prune: bool,
+             resume: bool) -> tuple[dict[str, Any], bool]:
     """Discover, skip finished files, decode/score the rest; commit each file as it completes."""
     from monitor.infer import LocalEngine
 
     # the engine starts now: its worker processes' imports overlap discovery, metadata and model loading
     with LocalEngine(bundles, device=device, precision=precision, batch_size=batch_size, workers=workers) as engine:
-        return _process_in(engine, src, store, bundles, model_hash, progress, stop)
+        plan = plan_work(src, store, bundles, model_hash, stop, deployment, prune, resume)
+        return score_planned(engine, plan, store, bundles, progress, stop)
 
 
-def _process_in(engine, src: Path, store, bundles, model_hash: str, progress: bool | None,
-                stop: dict[str, bool]) -> tuple[dict[str, Any], bool]:
-    from tqdm.auto import tqdm
+@dataclasses.dataclass
+class WorkPlan:
+    """What a run has to do: the jobs to score, with their metadata, and what was found."""
 
+    jobs: list
+    metas: dict[str, dict[str, Any]]
+    found: int
+    resumed: int
+    todo: int
+    segments: int
+    audio_s: float
+    deployments: list[str]
+    input_dir: str
+
+
+def plan_work(src: Path, store, bundles, model_hash: str, stop: Mapping[str, bool], deployment: str | None,
+              prune: bool, resume: bool) -> WorkPlan:
+    """Discovery, metadata, deployments, resume decisions, missing and changed files: everything before scoring."""
     from monitor.audio import AudioError, plan_segments, probe
-    from monitor.discover import discover
+    from monitor.deployments import default_deployment
+    from monitor.discover import discover, fingerprint
     from monitor.infer import FileJob
     from monitor.metadata import read_metadata
     from monitor.store import FileKey
 
     pre = bundles[0].preprocessing
+    card = src.name
     found = discover(src)
-    present = {f.rel for f in found.recordings} | {s.rel for s in found.skipped}
-    dropped = store.forget_missing(present)
-    if dropped:
-        log.info("%d files from an earlier run are no longer in the folder", dropped)
-    for s in found.skipped:
-        store.put_file(FileKey(s.rel, 0, 0, model_hash), s.status, s.reason, {})
-
-    jobs, metas, total_segments, total_audio_s, resumed = [], {}, 0, 0.0, 0
+    entries = []  # (found, key, meta or None)
     for f in found.recordings:
-        if stop["flag"]:
-            break
-        key = FileKey(f.rel, f.size, f.mtime_ns, model_hash)
+        meta = None if deployment else read_metadata(f.path, f.rel).to_row()
+        dep = default_deployment(f.rel, (meta or {}).get("device_id"), card, deployment)
+        entries.append((f, FileKey(dep, f.rel, f.size, f.mtime_ns, model_hash), meta))
+    skipped = [(s, FileKey(default_deployment(s.rel, None, card, deployment), s.rel, 0, 0, model_hash))
+               for s in found.skipped]
+    deployments = sorted({k.deployment for _, k, _ in entries} | {k.deployment for _, k in skipped})
+    if not resume:
+        store.clear_files(deployments)
+    todo, changed, resumed = [], [], 0
+    for f, key, meta in entries:
         if store.is_done(key):
+            store.restore(key)
             resumed += 1
             continue
-        meta = read_metadata(f.path, f.rel).to_row()
+        key = dataclasses.replace(key, fingerprint=fingerprint(f.path, f.size))
+        if store.same_file(key):  # the same file with a new mtime (a copy of the card)
+            store.restore(key)
+            resumed += 1
+            continue
+        if store.changed(key):
+            changed.append(key)
+        todo.append((f, key, meta))
+    if changed and not prune:
+        k = changed[0]
+        raise MonitorError(
+            f"{len(changed)} file(s) of this card have the names of files already analysed in {store.path.parent} "
+            f"but other contents (first: {k.deployment}/{k.file}); if this is another card, name it with "
+            "--deployment NAME; to replace the earlier results, add --prune")
+    present = {(k.deployment, k.file) for _, k, _ in entries} | {(k.deployment, k.file) for _, k in skipped}
+    gone = store.mark_missing(deployments, present)
+    if gone:
+        _say(f"{len(gone)} file(s) analysed earlier are no longer on this card: marked missing, results kept "
+             f"(first: {gone[0][0]}/{gone[0][1]}; --prune removes them)")
+    if prune:
+        n = store.prune(deployments)
+        if n:
+            _say(f"--prune: removed the results of {n} file(s) no longer on the card")
+    for s, key in skipped:
+        store.put_file(key, s.status, s.reason, {}, input_dir=str(src))
+        log.info("skipped %s: %s", s.rel, s.reason)
+
+    jobs, metas, total_segments, total_audio_s = [], {}, 0, 0.0
+    for f, key, meta in todo:
+        if stop["flag"]:
+            break
+        meta = meta if meta is not None else read_metadata(f.path, f.rel).to_row()
         try:
             info = probe(f.path)
         except AudioError as exc:
-            store.put_file(key, "failed", str(exc), meta)
+            store.put_file(key, "failed", str(exc), meta, input_dir=str(src))
+            log.info("failed %s: %s", f.rel, exc)
             continue
         except Exception as exc:  # noqa: BLE001 - any decoder surprise is this file's problem
             log.debug("probe %s", f.rel, exc_info=True)
-            store.put_file(key, "failed", f"could not read audio: {exc}", meta)
+            store.put_file(key, "failed", f"could not read audio: {exc}", meta, input_dir=str(src))
+            log.info("failed %s: could not read audio: %s", f.rel, exc)
             continue
         meta.update(sample_rate_hz=info.sample_rate_hz, channels=info.channels, duration_s=round(info.duration_s, 6))
         plan = plan_segments(info.frames, info.sample_rate_hz, pre.segment)
         if not plan:
-            store.put_file(key, "skipped", _too_short_reason(info.duration_s, pre.segment.min_segment_s), meta)
+            reason = _too_short_reason(info.duration_s, pre.segment.min_segment_s)
+            store.put_file(key, "skipped", reason, meta, input_dir=str(src))
+            log.info("skipped %s: %s", f.rel, reason)
             continue
         jobs.append(FileJob(key, str(f.path), f.rel, info.frames, info.channels, info.sample_rate_hz))
         metas[f.rel] = meta
         total_segments += len(plan)
         total_audio_s += info.duration_s
+    if resumed:
+        _say(f"resuming: {resumed} of {len(entries)} files already done")
+    return WorkPlan(jobs, metas, len(found.recordings) + len(found.skipped), resumed, len(jobs), total_segments,
+                    total_audio_s, deployments, str(src))
 
-    stats = {"done": 0, "segments": 0, **engine.describe(), "audio_s": total_audio_s,
-             "found": len(found.recordings) + len(found.skipped), "resumed": resumed}
-    bar = tqdm(total=total_segments, unit="seg", desc="segments", dynamic_ncols=True,
+
+def file_outcome(res, n_labels: int) -> tuple[str, str]:
+    """(status, reason) of a scored file: decode errors and non-finite scores fail the file, in words."""
+    if res.error:
+        return "failed", res.error
+    scores = np.asarray(res.scores, dtype=np.float32)
+    if scores.shape != (len(res.index), n_labels):
+        return "failed", f"the model gave {scores.shape} scores for {len(res.index)} segments of {n_labels} labels"
+    bad = ~np.isfinite(scores).all(axis=1)
+    if bad.any():
+        return "failed", (f"the model gave non-finite scores (NaN or infinity) for {int(bad.sum())} of {len(bad)} "
+                          "segments; the model may be damaged (check it with `monitor models info`)")
+    return "ok", f"{res.nonfinite} non-finite samples replaced with 0" if res.nonfinite else ""
+
+
+def score_planned(engine, plan: WorkPlan, store, bundles, progress: bool | None,
+                  stop: dict[str, bool]) -> tuple[dict[str, Any], bool]:
+    """Score the planned jobs through ``engine``; each file is committed as soon as all its segments are in."""
+    from tqdm.auto import tqdm
+
+    pre = bundles[0].preprocessing
+    n_labels = len(bundles[0].labels)
+    stats = {"done": 0, "segments": 0, **engine.describe(), "audio_s": plan.audio_s, "found": plan.found,
+             "resumed": plan.resumed, "todo": plan.todo, "deployments": plan.deployments}
+    bar = tqdm(total=plan.segments, unit="seg", desc="segments", dynamic_ncols=True,
                disable=None if progress is None else not progress)  # None: only on a terminal
     t0 = time.perf_counter()
     audio_done = {"s": 0.0}
+    metas = plan.metas
 
     def on_segments(n: int) -> None:
         bar.update(n)
@@ -201,18 +355,20 @@ def _process_in(engine, src: Path, store, bundles, model_hash: str, progress: bo
 
     def on_file_done(job, res) -> None:
         meta = metas.pop(job.rel)
-        if res.error:
-            store.put_file(job.key, "failed", res.error, meta)
+        status, reason = file_outcome(res, n_labels)
+        src = plan.input_dir
+        if status == "failed":
+            store.put_file(job.key, "failed", reason, meta, input_dir=src)
+            log.info("failed %s: %s", job.rel, reason)
         else:
             segs = list(zip(res.index, res.start_s, res.end_s, res.scores))
-            reason = f"{res.nonfinite} non-finite samples replaced with 0" if res.nonfinite else ""
-            store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite)
+            store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite, input_dir=src)
         stats["done"] += 1
 
     interrupted = bool(stop["flag"])
     try:
         if not interrupted:
-            engine.run(jobs, on_file_done, on_segments)
+            engine.run(plan.jobs, on_file_done, on_segments)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -251,86 +407,162 @@ def _main_thread() -> bool:
 
 
 def _run_info(src: Path, dst: Path, bundles, thr: Mapping[str, float], command: str | None,
-              started: datetime, stats: Mapping[str, Any]) -> dict[str, Any]:
+              started: datetime) -> RunInfo:
     b = bundles[0]
-    describe = [{"name": x.name, "version": x.version, "sha256": x.sha256, "path": str(x.path or "")} for x in bundles]
-    return {
-        "model": describe[0] if len(describe) == 1 else {"name": " + ".join(d["name"] for d in describe),
-                                                          "version": " + ".join(d["version"] for d in describe),
-                                                          "sha256": ensemble_hash(bundles), "path": ""},
-        "models": describe,
-        "labels": list(b.labels),
-        "task": b.task,
-        "thresholds": dict(thr),
-        "preprocessing": b.preprocessing.to_dict(),
-        "package_version": __version__,
-        "command": command or "",
-        "input_dir": str(src),
-        "out_dir": str(dst),
-        "started": started.isoformat(timespec="seconds"),
-        "ended": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-        "device": stats.get("device", ""),
-        "precision": stats.get("precision", ""),
-        "workers": stats.get("workers", 0),
-        "wall_s": round(float(stats.get("wall_s", 0.0)), 3),
-        "audio_s": round(float(stats.get("audio_s", 0.0)), 3),
-        "resumed_files": stats.get("resumed", 0),
-    }
+    refs = [ModelRef(x.name, x.version, x.sha256, str(x.path or "")) for x in bundles]
+    model = refs[0] if len(refs) == 1 else ModelRef(" + ".join(r.name for r in refs),
+                                                     " + ".join(r.version for r in refs), ensemble_hash(bundles), "")
+    return RunInfo(model=model, models=refs, labels=list(b.labels), task=b.task, thresholds=dict(thr),
+                   preprocessing=b.preprocessing.to_dict(), package_version=__version__, command=command or "",
+                   input_dir=str(src), out_dir=str(dst), started=started.isoformat(timespec="seconds"),
+                   completed=False)
 
 
-def load_tables(store, thresholds: Mapping[str, float]):
-    """recordings, segments and detections DataFrames from the store (the reports' only source)."""
-    import pandas as pd
+def write_outputs(dst: Path, store, thresholds: Mapping[str, float], info: RunInfo) -> RunInfo:
+    """Regenerate every report from the store (one ``Results``), then ``run.json`` (atomically).
 
-    from monitor.detect import detections_table, iso, parse_iso, wall_clock
+    Verdicts typed into the workbook since it was built are read into the store first; an output
+    folder that fills up or turns read-only fails in one line, the store intact.
+    """
+    import uuid
 
-    labels = store.get_meta("labels") or []
-    rows = []
-    for f in store.files():
-        row = {c: None for c in RECORDING_COLUMNS + RECORDING_EXTRAS}
-        row.update({k: v for k, v in f["metadata"].items() if k in row})
-        row.update(file=f["file"], status=f["status"], reason=f["reason"], segments=f["segments"])
-        rows.append(row)
-    recordings = pd.DataFrame(rows, columns=RECORDING_COLUMNS + RECORDING_EXTRAS)
-    for c in ("temperature_c", "battery_v", "duration_s", "latitude", "longitude"):
-        recordings[c] = pd.to_numeric(recordings[c], errors="coerce")
-    for c in ("sample_rate_hz", "channels"):
-        recordings[c] = pd.to_numeric(recordings[c], errors="coerce").astype("Int64")
-    text_cols = [c for c in recordings.columns if c not in ("temperature_c", "battery_v", "duration_s", "latitude",
-                                                            "longitude", "sample_rate_hz", "channels", "segments")]
-    recordings[text_cols] = recordings[text_cols].fillna("").astype(str)
-
-    files, idx, s0, s1, scores = store.segments()
-    starts = dict(zip(recordings["file"], recordings["start_time"]))
-    parsed = {f: parse_iso(t) for f, t in starts.items()}
-    seg = pd.DataFrame({"file": files, "segment": idx, "start_s": s0, "end_s": s1})
-    seg["start_time"] = [iso(wall_clock(parsed.get(f), a)) for f, a in zip(files, s0)]
-    for j, lab in enumerate(labels):
-        seg[lab] = scores[:, j].astype(np.float64) if len(scores) else np.zeros(0)
-    detections = detections_table(seg, recordings, labels, thresholds)
-    return recordings, seg, detections
-
-
-def write_outputs(dst: Path, store, thresholds: Mapping[str, float], info: dict[str, Any]) -> dict[str, Any]:
-    """Regenerate every report from the store, then ``run.json`` (atomically)."""
     from monitor.report import write_reports
+    from monitor.results import load_results
 
-    recordings, segments, detections = load_tables(store, thresholds)
-    status = recordings["status"].value_counts().to_dict() if len(recordings) else {}
-    info = dict(info)
-    info["thresholds"] = dict(thresholds)
-    info["counts"] = {
-        "found": int(len(recordings)),
-        "ok": int(status.get("ok", 0)),
-        "skipped": int(status.get("skipped", 0)),
-        "failed": int(status.get("failed", 0)),
-        "segments": int(len(segments)),
-        "detections": int(len(detections)),
-    }
-    write_reports(dst, recordings=recordings, segments=segments, detections=detections, run_info=info,
-                  input_dir=Path(info.get("input_dir") or "."))
-    write_json_atomic(dst / "run.json", info)
+    sync_reviews(store, dst)
+    build = uuid.uuid4().hex[:12]
+    info = dataclasses.replace(info, report_build=build)
+    results = load_results(store, thresholds, info)
+    rec = results.recordings
+    status = rec["status"].value_counts().to_dict() if len(rec) else {}
+    counts = {"found": int(len(rec)), **{s: int(status.get(s, 0)) for s in ("ok", "skipped", "failed", "missing")},
+              "segments": int(len(results.segments)), "detections": int(len(results.detections)),
+              "detections_per_label": results.detections_per_label(), "reviews": int(len(results.reviews)),
+              "failed_files": results.failed[:FAILED_SHOWN]}
+    info = dataclasses.replace(results.run, counts=counts)
+    results.run = info
+    try:
+        written = write_reports(dst, results, workbook=_workbook_target(store, dst, build))
+        _remember_workbook(store, dst, written, build)
+        write_json_atomic(dst / "run.json", info.to_json())
+    except OSError as exc:
+        raise MonitorError(f"could not write the reports in {dst} ({_os_reason(exc)}); the results store is "
+                           "intact: free space or fix the folder, then run `monitor report` on it") from None
+    store.set_meta("run_info", info.to_json())
     return info
+
+
+# --- the reviewer's workbook: read back before it is replaced ----------------------------------------------
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sync_reviews(store, out_dir: Path) -> int:
+    """Read verdicts typed into ``report.xlsx`` (and into side copies written while it was open) into the
+    store. Workbooks untouched since monitor wrote them are skipped. In a workbook of the latest build a
+    cleared cell clears that verdict; in an older one only filled cells count. Returns verdicts changed."""
+    from monitor.report.review_io import WorkbookUnreadable, read_workbook_reviews
+
+    state = store.get_meta("workbooks") or {}
+    names = sorted({"report.xlsx", *state}, key=lambda n: _mtime(out_dir / n))
+    known = {}
+    changed = 0
+    for name in names:
+        path = out_dir / name
+        if not path.is_file():
+            continue
+        sha = _sha256(path)
+        seen = state.get(name, {})
+        if sha in (seen.get("sha256"), seen.get("harvested_sha256")):
+            continue  # as monitor wrote it, or already read in
+        try:
+            wb = read_workbook_reviews(path)
+        except WorkbookUnreadable as exc:
+            log.warning("%s could not be read (%s): its verdicts, if any, were not read", name, exc)
+            continue
+        if not known:
+            known = _deployments_by_file(store)
+        full = bool(wb.build) and wb.build == store.get_meta("report_build")
+        rows = []
+        for r in wb.reviews:
+            if not r.deployment:
+                deps = known.get(r.file, [])
+                if len(deps) != 1:
+                    continue  # a workbook from before deployments, and the file is ambiguous or gone
+                r = dataclasses.replace(r, deployment=deps[0])
+            if full or r.verified or r.notes:
+                rows.append(r)
+        n = store.put_reviews(rows, source=name)
+        if n:
+            log.info("read %d verdict(s) from %s into the results store", n, name)
+        changed += n
+        state[name] = {**seen, "harvested_sha256": sha}
+        store.set_meta("workbooks", state)
+    return changed
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _deployments_by_file(store) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for f in store.files():
+        out.setdefault(f["file"], []).append(f["deployment"])
+    return out
+
+
+def _workbook_target(store, out_dir: Path, build: str) -> Path:
+    """Where the new workbook goes: ``report.xlsx``, backed up first when someone changed it since it was
+    built; beside it when it is open in Excel/LibreOffice or unreadable (it is then left as it is)."""
+    import shutil
+
+    from monitor.report.review_io import WorkbookUnreadable, lock_files, read_workbook_reviews
+
+    main = out_dir / "report.xlsx"
+    if not main.is_file():
+        return main
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    locks = lock_files(main)
+    reason = ""
+    if locks:
+        reason = f"it is open in a spreadsheet program ({locks[0].name})"
+    else:
+        try:
+            read_workbook_reviews(main)
+        except WorkbookUnreadable as exc:
+            reason = f"it could not be read ({exc})"
+    if reason:
+        side = out_dir / f"report-{stamp}.xlsx"
+        log.warning("report.xlsx was not replaced because %s; the new report is %s", reason, side.name)
+        return side
+    state = (store.get_meta("workbooks") or {}).get("report.xlsx", {})
+    if state.get("sha256") != _sha256(main):
+        backups = out_dir / "backups"
+        backups.mkdir(exist_ok=True)
+        dest = backups / f"report-{stamp}.xlsx"
+        shutil.copy2(main, dest)
+        log.info("the previous report.xlsx was kept as %s", dest.relative_to(out_dir))
+    return main
+
+
+def _remember_workbook(store, out_dir: Path, written: Mapping[str, Path], build: str) -> None:
+    state = store.get_meta("workbooks") or {}
+    path = written.get("report.xlsx")
+    if path is not None:
+        state[path.name] = {"build": build, "sha256": _sha256(path)}  # as written: nothing to read back yet
+        store.set_meta("workbooks", state)
+        store.set_meta("report_build", build)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -340,52 +572,60 @@ def write_json_atomic(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
-def rebuild_reports(out_dir: Path, thresholds: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """``monitor report OUT_DIR``: rebuild all reports from the store with (new) thresholds."""
+def current_thresholds(store, info: RunInfo, new: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The bundle's thresholds, then those set with ``--threshold`` in earlier runs or rebuilds (kept in the
+    store until new ones are given), then ``new`` (which are stored in turn)."""
     from monitor.detect import resolve_thresholds
-    from monitor.store import STORE_NAME, DirLock, ResultsStore
+
+    labels = list(store.get_meta("labels") or info.labels)
+    base = store.get_meta("bundle_thresholds") or info.thresholds
+    thr = resolve_thresholds(labels, base, store.user_thresholds(), new)
+    if new:
+        store.set_user_thresholds({**store.user_thresholds(), **_named(labels, new)})
+    return thr
+
+
+def rebuild_reports(out_dir: Path, thresholds: Mapping[str, float] | None = None) -> RunInfo:
+    """``monitor report OUT_DIR``: rebuild all reports from the store; new thresholds are kept for later runs."""
+    from monitor.store import STORE_NAME
 
     out_dir = Path(out_dir)
     if not (out_dir / STORE_NAME).is_file():
         raise MonitorError(f"no results store in {out_dir}; run `monitor run INPUT --out {out_dir}` first")
-    with DirLock(out_dir):
-        store = ResultsStore(out_dir / STORE_NAME)
-        try:
-            info = store.get_meta("run_info") or {}
-            labels = store.get_meta("labels") or []
-            thr = resolve_thresholds(labels, info.get("thresholds", {}), thresholds)
-            info = write_outputs(out_dir, store, thr, info)
-            store.set_meta("run_info", info)
-        finally:
-            store.close()
+    check_writable(out_dir)
+    with open_out(out_dir) as store:
+        info = RunInfo.from_json(store.get_meta("run_info"))
+        info = write_outputs(out_dir, store, current_thresholds(store, info, thresholds), info)
     return info
 
 
-def run_cli(args) -> int:
-    """The ``monitor run`` command: log file in OUT_DIR, one-line errors, summary on stdout."""
-    from monitor.logs import add_log_file
+def record_reviews(out_dir: Path, verdicts: Mapping[int, str], notes: Mapping[int, str] | None = None,
+                   source: str = "notebook") -> int:
+    """Verdicts for rows of ``detections.csv`` (0-based) into the results store, then every report rebuilt.
 
-    src, dst = check_folders(args.input_dir, args.out)
-    add_log_file(dst / "monitor.log")
-    command = " ".join(["monitor", *map(_quote, sys.argv[1:])])
-    log.info("monitor %s: %s", __version__, command)
-    try:
-        info = run(src, dst, models=args.model, device=args.device, batch_size=args.batch_size,
-                   workers=args.workers, thresholds=dict(args.threshold), resume=not args.no_resume,
-                   precision=args.precision, command=command)
-    except MonitorError:
-        raise
-    except Exception as exc:  # unexpected: full detail to the log file, one line to the user
-        log.debug("run failed", exc_info=True)
-        raise MonitorError(f"unexpected error: {exc} (details in {dst / 'monitor.log'})") from None
-    c = info["counts"]
-    print(f"monitor: {c['found']} files: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed; "
-          f"{c['segments']} segments, {c['detections']} detections")
-    print(f"monitor: reports in {dst} (report.xlsx, detections.csv, recordings.csv)")
-    return 0
+    ``verdicts``: row -> yes / no / unsure (or '' to clear); ``notes``: row -> text. Returns verdicts written.
+    """
+    import pandas as pd
 
+    from monitor.results import VERIFIED_CHOICES
+    from monitor.store import Review
 
-def _quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
+    out_dir = Path(out_dir)
+    notes = dict(notes or {})
+    bad = [v for v in verdicts.values() if v not in (*VERIFIED_CHOICES, "")]
+    if bad:
+        raise MonitorError(f"Verified must be one of {', '.join(VERIFIED_CHOICES)}, got {bad[0]!r}")
+    with open_out(out_dir) as store:
+        det = pd.read_csv(out_dir / "detections.csv", keep_default_na=False, dtype={"deployment": str, "file": str})
+        rows = []
+        for row in sorted(set(verdicts) | set(notes)):
+            if not 0 <= int(row) < len(det):
+                raise MonitorError(f"row {row} is not a detection (detections.csv has {len(det)} rows)")
+            d = det.iloc[int(row)]
+            old_v, old_n = str(d.get("verified", "")), str(d.get("notes", ""))
+            rows.append(Review(str(d["deployment"]), str(d["file"]), str(d["label"]), float(d["start_s"]),
+                               float(d["end_s"]), verdicts.get(row, old_v), notes.get(row, old_n)))
+        n = store.put_reviews(rows, source=source)
+        info = RunInfo.from_json(store.get_meta("run_info"))
+        write_outputs(out_dir, store, current_thresholds(store, info), info)
+    return n

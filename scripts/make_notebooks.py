@@ -53,7 +53,7 @@ if SMOKE:
 nb.describe_model(MODEL)'''),
         new_code_cell('''# @title Run { display-mode: "form" }
 info = monitor.run(INPUT_DIR, OUT_DIR, models=[MODEL], batch_size=BATCH_SIZE, workers=0 if SMOKE else None)
-info["counts"]'''),
+info.counts'''),
         new_code_cell('''# @title Summary: when each species was heard { display-mode: "form" }
 nb.summary_table(OUT_DIR, positives_only=False)'''),
         new_code_cell('''# @title Get the workbook { display-mode: "form" }

@@ -29,8 +29,8 @@ def demo_reports(out_dir: Path) -> Path:
     import numpy as np
     import pandas as pd
 
-    from monitor.detect import detections_table
     from monitor.report import write_reports
+    from monitor.results import RunInfo, build_results, recordings_frame
 
     rng = np.random.default_rng(7)
     labels = ["frog", "bird"]
@@ -43,7 +43,7 @@ def demo_reports(out_dir: Path) -> Path:
             n = 60 if not (dev.endswith("C1") and h == 5) else 23  # the south unit stopped early: low battery
             rel = f"{site}/{start:%Y%m%d_%H%M%S}.WAV"
             rec_rows.append(dict(
-                file=rel, status="ok", reason="", recorder="AudioMoth", device_id=dev, deployment_id=site,
+                deployment=site, input_dir="/media/SDCARD", file=rel, status="ok", reason="", recorder="AudioMoth", device_id=dev, deployment_id=site,
                 firmware="1.10.1", start_time=start.isoformat(), utc_offset="-07:00",
                 temperature_c=round(temp - 1.1 * h + rng.normal(0, 0.2), 1), battery_v=round(volts - 0.08 * h, 1),
                 gain="medium", sample_rate_hz=48000, channels=1, duration_s=10.0 * n, segments=n, latitude=np.nan,
@@ -53,7 +53,7 @@ def demo_reports(out_dir: Path) -> Path:
             hour = (19 + 2 * h) % 24
             frog_p = 0.9 if hour in (19, 21, 23) else 0.25
             bird_p = 0.8 if hour in (5,) else 0.02
-            seg = pd.DataFrame({"file": rel, "segment": np.arange(n), "start_s": s0, "end_s": s0 + 10,
+            seg = pd.DataFrame({"deployment": site, "file": rel, "segment": np.arange(n), "start_s": s0, "end_s": s0 + 10,
                                 "start_time": [(start + timedelta(seconds=float(s))).isoformat() for s in s0]})
             for lab, p in (("frog", frog_p), ("bird", bird_p)):
                 on = np.convolve(rng.random(n) < p * 0.25, np.ones(3), "same") > 0
@@ -65,16 +65,14 @@ def demo_reports(out_dir: Path) -> Path:
                ("pond_north/20240413_070000.WAV", "failed", "could not be read: the WAV data is truncated "
                                                             "(SD card write error?)")]
     for f, s, r in skipped:
-        rec_rows.append(dict(rec_rows[0], file=f, status=s, reason=r, recorder="", device_id="", deployment_id="",
+        rec_rows.append(dict(rec_rows[0], deployment=f.split("/")[0], file=f, status=s, reason=r, recorder="", device_id="", deployment_id="",
                              firmware="", start_time="", utc_offset="", temperature_c=np.nan, battery_v=np.nan,
                              gain="", sample_rate_hz=np.nan, channels=np.nan, duration_s=np.nan, segments=0,
                              stop_reason=""))
-    recordings = pd.DataFrame(rec_rows).sort_values("file", kind="stable").reset_index(drop=True)
-    for c in ("sample_rate_hz", "channels"):
-        recordings[c] = recordings[c].astype("Int64")
-    segments = pd.concat(seg_parts, ignore_index=True).sort_values(["file", "segment"]).reset_index(drop=True)
+    recordings = recordings_frame(sorted(rec_rows, key=lambda r: (r["deployment"], r["file"])))
+    segments = pd.concat(seg_parts, ignore_index=True).sort_values(["deployment", "file", "segment"]
+                                                                   ).reset_index(drop=True)
     thresholds = {"frog": 0.5, "bird": 0.5}
-    detections = detections_table(segments, recordings, labels, thresholds)
     status = recordings["status"].value_counts().to_dict()
     info = {"model": {"name": "frogs-birds-ast", "version": "1.2.0", "sha256": "3f" * 32, "path": "models/frogs-birds-ast"},
             "models": [], "labels": labels, "thresholds": thresholds, "task": "multilabel",
@@ -83,11 +81,13 @@ def demo_reports(out_dir: Path) -> Path:
             "package_version": "0.1.0", "command": "monitor run /media/SDCARD --out results/2024-04-12",
             "input_dir": "/media/SDCARD", "out_dir": str(out_dir), "started": "2024-04-14T09:12:03-07:00",
             "ended": "2024-04-14T09:31:47-07:00",
-            "counts": {"found": len(recordings), "ok": status.get("ok", 0), "skipped": status.get("skipped", 0),
-                       "failed": status.get("failed", 0), "segments": len(segments), "detections": len(detections)},
             "device": "cpu", "precision": "fp32"}
-    write_reports(out_dir, recordings=recordings, segments=segments, detections=detections, run_info=info,
-                  input_dir=Path("/media/SDCARD"))
+    run = RunInfo.from_json(info)
+    results = build_results(recordings, segments, labels, thresholds, run)
+    results.run.counts = {"found": len(recordings), "ok": status.get("ok", 0), "skipped": status.get("skipped", 0),
+                          "failed": status.get("failed", 0), "segments": len(segments),
+                          "detections": len(results.detections)}
+    write_reports(out_dir, results)
     return out_dir / "report.xlsx"
 
 

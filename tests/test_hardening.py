@@ -143,7 +143,7 @@ def test_hostile_corpus_runs_clean(hostile, tiny_bundle, tmp_path):
     reason = dict(zip(rec.file, rec.reason))
     assert "non-finite" in reason["nan_inf.wav"]
     seg = pd.read_csv(out / "segments.csv", keep_default_na=False)
-    assert np.isfinite(seg.iloc[:, 5:].to_numpy(dtype=float)).all()
+    assert np.isfinite(seg.iloc[:, 6:].to_numpy(dtype=float)).all()
     assert (out / "monitor.log").stat().st_size > 0
     counts = rec.status.value_counts().to_dict()
     print("hostile corpus:", len(rec), "files", counts)

@@ -79,9 +79,12 @@ def run0(card, tiny_bundle, tmp_path_factory):
 def test_run_lists_every_file_with_status(run0):
     out, res = run0
     rec = pd.read_csv(out / "recordings.csv", keep_default_na=False)
-    assert list(rec.columns[:16]) == ["file", "status", "reason", "recorder", "device_id", "deployment_id",
-                                      "firmware", "start_time", "utc_offset", "temperature_c", "battery_v",
-                                      "gain", "sample_rate_hz", "channels", "duration_s", "segments"]
+    assert list(rec.columns[:17]) == ["deployment", "file", "status", "reason", "recorder", "device_id",
+                                      "deployment_id", "firmware", "start_time", "utc_offset", "temperature_c",
+                                      "battery_v", "gain", "sample_rate_hz", "channels", "duration_s", "segments"]
+    # no recorder IDs in these files: the deployment is the card's top folder (or the card, at its root)
+    assert dict(zip(rec.file, rec.deployment))["dev1/20240903_193130.WAV"] == "dev1"
+    assert dict(zip(rec.file, rec.deployment))["notes.txt"] == "SDCARD"
     status = dict(zip(rec.file, rec.status))
     assert status == {
         "dev1/20240903_193130.WAV": "ok",
@@ -103,7 +106,7 @@ def test_run_lists_every_file_with_status(run0):
 def test_segments_counts_times_and_order(run0):
     out, _ = run0
     seg = pd.read_csv(out / "segments.csv", keep_default_na=False)
-    assert list(seg.columns) == ["file", "segment", "start_s", "end_s", "start_time", *LABELS]
+    assert list(seg.columns) == ["deployment", "file", "segment", "start_s", "end_s", "start_time", *LABELS]
     counts = seg.groupby("file").size().to_dict()
     assert counts == {"dev1/20240903_193130.WAV": 3, "dev1/20240903_200000.WAV": 2,
                       "dev2/S4A03895_20190522_060000.wav": 1}
@@ -124,8 +127,8 @@ def test_detections_match_segments_and_thresholds(run0, tiny_bundle, tmp_path):
     res = _cli("report", str(out), "--threshold", f"frog={thr}", "--threshold", "bird=1.0")
     assert res.returncode == 0, res.stderr
     det = pd.read_csv(out / "detections.csv", keep_default_na=False)
-    assert list(det.columns) == ["file", "label", "start_s", "end_s", "start_time", "end_time", "score_max",
-                                 "score_mean", "segments", "device_id"]
+    assert list(det.columns) == ["deployment", "file", "label", "start_s", "end_s", "start_time", "end_time",
+                                 "score_max", "score_mean", "segments", "device_id", "verified", "notes"]
     assert set(det.label) <= {"frog"}
     expected = []
     for f, g in seg.sort_values(["file", "segment"]).groupby("file"):

@@ -52,6 +52,7 @@ class Bundle:
     sha256: str = ""
     weights_file: str = WEIGHTS
     weights_dtype: str = "float32"
+    weights_sha256: str = ""  # of model.safetensors; recorded in bundle.json and checked on load
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,7 +64,8 @@ class Bundle:
             "architecture": dict(self.architecture),
             "preprocessing": self.preprocessing.to_dict(),
             "thresholds": {k: float(v) for k, v in self.thresholds.items()},
-            "weights": {"file": self.weights_file, "dtype": self.weights_dtype},
+            "weights": {"file": self.weights_file, "dtype": self.weights_dtype,
+                        **({"sha256": self.weights_sha256} if self.weights_sha256 else {})},
             "provenance": self.provenance,
         }
 
@@ -184,6 +186,11 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
     dtype = _need(weights, "dtype", str, "bundle.json weights")
     if dtype not in DTYPES:
         raise BundleError(f"bundle.json: weights dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    unknown_w = [k for k in weights if k not in ("file", "dtype", "sha256")]
+    if unknown_w:
+        raise BundleError(f"bundle.json: unknown weights field '{unknown_w[0]}' (allowed: file, dtype, sha256)")
+    if "sha256" in weights and not (isinstance(weights["sha256"], str) and len(weights["sha256"]) == 64):
+        raise BundleError("bundle.json: weights sha256 must be 64 hex digits")
     if folder is not None:
         _inside(folder, wfile)
     prov = data.get("provenance", {})
@@ -268,6 +275,14 @@ def check_weights(b: Bundle, weights: Path) -> None:
             raise BundleError(f"{where}: tensor {k} is {header[k].get('dtype')}, bundle.json says {b.weights_dtype}")
 
 
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_bundle(name_or_path: str | Path) -> Bundle:
     """Load and validate a bundle by folder path or by name (see ``bundle_search_path``)."""
     folder = resolve(name_or_path)
@@ -283,11 +298,23 @@ def load_bundle(name_or_path: str | Path) -> Bundle:
     if not weights.is_file():
         raise BundleError(f"{folder} is missing its weights file {b.weights_file}; copy the whole bundle folder")
     check_weights(b, weights)
-    h = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+    recorded = (data.get("weights") or {}).get("sha256")
+    ident = {**data, "weights": {k: v for k, v in (data.get("weights") or {}).items() if k != "sha256"}} \
+        if "weights" in data else data
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode())
+    w = hashlib.sha256()
     with open(weights, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+            w.update(block)
+    if recorded is None:
+        log.warning("bundle %s records no weights hash (made by an older monitor): its weights cannot be checked",
+                    folder)
+    elif w.hexdigest() != recorded:
+        raise BundleError(f"{weights} is damaged or was changed: its sha256 is {w.hexdigest()[:16]}..., bundle.json "
+                          f"records {str(recorded)[:16]}...; copy the bundle again")
     b.sha256 = h.hexdigest()
+    b.weights_sha256 = w.hexdigest()
     return b
 
 
@@ -319,6 +346,7 @@ def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         save_file(sd, str(tmp / WEIGHTS))
+        b.weights_sha256 = _sha256_file(tmp / WEIGHTS)
         (tmp / "bundle.json").write_text(json.dumps(b.to_json(), indent=2) + "\n", encoding="utf-8")
         if out_dir.is_dir():
             for p in out_dir.iterdir():  # keep files written beside the bundle (model card, curves)

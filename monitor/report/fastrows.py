@@ -58,16 +58,17 @@ def column_styles(ws: Any, templates: Sequence[Any]) -> list[tuple[int, int]]:
 
     from openpyxl.cell import WriteOnlyCell
 
-    out = []
-    for tmpl in templates:
+    def style_id(tmpl: Any, quoted: bool) -> int:
+        # a fresh cell per id: openpyxl registers the cell's style array by reference, so changing a cell
+        # after reading its style_id would change the style registered under that id too
         cell = WriteOnlyCell(ws)
         if tmpl is not None:
             cell.number_format = tmpl.number_format
             cell.font, cell.alignment = copy(tmpl.font), copy(tmpl.alignment)
-        plain = cell.style_id
-        cell.quotePrefix = True
-        out.append((plain, cell.style_id))
-    return out
+        cell.quotePrefix = quoted
+        return cell.style_id
+
+    return [(style_id(t, False), style_id(t, True)) for t in templates]
 
 
 def _escape(s: str) -> str:

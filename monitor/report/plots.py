@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def write_plots(out_dir: Path, p: Presence) -> dict[str, Path]:
-    """``plots/detections_per_day.png`` and ``plots/detections_by_hour.png`` (all devices, per label).
+    """``plots/detections_per_day.png`` and ``plots/detections_by_hour.png`` (all deployments, per label).
 
     Nothing is drawn (and ``{}`` returned) when no detection could be placed in time.
     """
@@ -42,7 +42,7 @@ def write_plots(out_dir: Path, p: Presence) -> dict[str, Path]:
         ax.bar(x - 0.4 + width * (i + 0.5), day.loc[lab].to_numpy(), width=width, label=lab)
     ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=12))
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
-    out["plots/detections_per_day.png"] = _finish(fig, ax, "Detections per day (local date, all devices)",
+    out["plots/detections_per_day.png"] = _finish(fig, ax, "Detections per day (local date, all deployments)",
                                                   folder / "detections_per_day.png")
 
     fig, ax = plt.subplots(figsize=(9, 3.6))
@@ -51,7 +51,7 @@ def write_plots(out_dir: Path, p: Presence) -> dict[str, Path]:
         ax.bar(hours - 0.4 + width * (i + 0.5), hour.loc[lab].to_numpy(), width=width, label=lab)
     ax.set_xticks(range(0, 24, 2), [f"{h:02d}:00" for h in range(0, 24, 2)])
     ax.set_xlabel("hour of day (local time at the recorder)")
-    out["plots/detections_by_hour.png"] = _finish(fig, ax, "Detections by hour of day (all devices)",
+    out["plots/detections_by_hour.png"] = _finish(fig, ax, "Detections by hour of day (all deployments)",
                                                   folder / "detections_by_hour.png")
     return out
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from monitor.report.sheet import Col, header_cells, start_sheet, title_cell, widths
 
 log = logging.getLogger(__name__)
 
-ALL_DEVICES = "All devices"
+ALL_DEVICES = "All deployments"
 UNKNOWN_DEVICE = "(unknown device)"
 MEASURES = ("detections", "positive segments")
 HOURS = [f"{h:02d}" for h in range(24)]
@@ -38,37 +38,45 @@ class Presence:
     unplaced: int
 
 
-def _times(files: Any, offsets_s: Any, starts: Mapping[str, datetime | None]) -> Any:
-    """Local wall-clock Timestamps (NaT where the start is unknown) for (file, offset) pairs."""
+def _times(keys: Any, offsets_s: Any, starts: Mapping[tuple[str, str], datetime | None]) -> Any:
+    """Local wall-clock Timestamps (NaT where the start is unknown) for ((deployment, file), offset) pairs."""
     import pandas as pd
 
-    known = {f: pd.Timestamp(t.replace(tzinfo=None)) for f, t in starts.items() if t is not None}
-    base = pd.to_datetime(files.map(known), errors="coerce")
+    known = {k: pd.Timestamp(t.replace(tzinfo=None)) for k, t in starts.items() if t is not None}
+    base = pd.to_datetime(pd.Series(list(keys), index=offsets_s.index, dtype=object).map(known), errors="coerce")
     return base + pd.to_timedelta(offsets_s.astype(float), unit="s")
 
 
-def presence(segments: Any, detections: Any, recordings: Any, labels: Sequence[str],
-             thresholds: Mapping[str, float], starts: Mapping[str, datetime | None]) -> Presence:
-    """Count detections (by start time) and positive segments (score >= threshold) per day and hour."""
+def recording_starts(recordings: Any) -> dict[tuple[str, str], datetime | None]:
+    """(deployment, file) -> the recording's start (aware when its UTC offset is known), or None."""
+    from monitor.detect import parse_iso
+
+    return {(d, f): parse_iso(t) for d, f, t in zip(recordings["deployment"], recordings["file"],
+                                                    recordings["start_time"])}
+
+
+def presence(results: Any) -> Presence:
+    """Count detections (by start time) and positive segments (``results.positives``) per day and hour,
+    for all deployments and per deployment."""
     import pandas as pd
 
-    labels = list(labels)
-    ok = recordings[recordings["status"] == "ok"]
-    device_of = {f: (d if isinstance(d, str) and d else UNKNOWN_DEVICE)
-                 for f, d in zip(recordings["file"], recordings["device_id"])}
-    devices = sorted({device_of[f] for f in ok["file"]})
+    labels = list(results.labels)
+    recordings, segments, detections = results.recordings, results.segments, results.detections
+    starts = recording_starts(recordings)
+    ok = recordings[recordings["status"].isin(["ok", "missing"]) & (recordings["segments"] > 0)]
+    devices = sorted(set(ok["deployment"]))
 
     parts = []
     if len(detections):
-        t = _times(detections["file"], detections["start_s"], starts)
-        parts.append(pd.DataFrame({"device": detections["file"].map(device_of).fillna(UNKNOWN_DEVICE),
-                                   "measure": MEASURES[0], "label": detections["label"], "time": t}))
+        keys = list(zip(detections["deployment"], detections["file"]))
+        t = _times(keys, detections["start_s"], starts)
+        parts.append(pd.DataFrame({"device": detections["deployment"], "measure": MEASURES[0],
+                                   "label": detections["label"], "time": t}))
     if len(segments):
-        seg_t = _times(segments["file"], segments["start_s"], starts)
-        seg_dev = segments["file"].map(device_of).fillna(UNKNOWN_DEVICE)
-        for lab in labels:
-            pos = segments[lab].to_numpy() >= float(thresholds.get(lab, 0.5))
-            parts.append(pd.DataFrame({"device": seg_dev[pos], "measure": MEASURES[1], "label": lab,
+        seg_t = _times(list(zip(segments["deployment"], segments["file"])), segments["start_s"], starts)
+        for j, lab in enumerate(labels):
+            pos = results.positives[:, j]
+            parts.append(pd.DataFrame({"device": segments["deployment"][pos], "measure": MEASURES[1], "label": lab,
                                        "time": seg_t[pos]}))
     events = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         {"device": [], "measure": [], "label": [], "time": pd.to_datetime([])})
@@ -77,13 +85,13 @@ def presence(segments: Any, detections: Any, recordings: Any, labels: Sequence[s
     events = events.assign(day=events["time"].dt.strftime("%Y-%m-%d"), hour=events["time"].dt.strftime("%H"))
 
     days = set(events["day"])
-    for f, dur in zip(ok["file"], ok["duration_s"]):  # days with recordings show zeros, not gaps
-        t0 = starts.get(f)
+    for d, f, dur in zip(ok["deployment"], ok["file"], ok["duration_s"]):  # days with recordings show zeros
+        t0 = starts.get((d, f))
         if t0 is not None:
-            d, end = t0.date(), (t0 + timedelta(seconds=float(dur) if dur == dur else 0.0)).date()
-            while d <= end:
-                days.add(d.isoformat())
-                d += timedelta(days=1)
+            day, end = t0.date(), (t0 + timedelta(seconds=float(dur) if dur == dur else 0.0)).date()
+            while day <= end:
+                days.add(day.isoformat())
+                day += timedelta(days=1)
     days_sorted = sorted(days)
     devices = sorted(set(devices) | set(events["device"]))
 
@@ -110,7 +118,7 @@ def write_presence_sheet(wb: Any, p: Presence) -> Any:
     from openpyxl.utils import get_column_letter
 
     ws = start_sheet(wb, "Presence")
-    lead = [Col("Device"), Col("Count of"), Col("Label")]
+    lead = [Col("Deployment"), Col("Count of"), Col("Label")]
     day_rows = [list(k) + list(map(int, v)) + [int(sum(v))] for k, v in zip(p.by_day.index, p.by_day.to_numpy())]
     hour_rows = [list(k) + list(map(int, v)) + [int(sum(v))] for k, v in zip(p.by_hour.index, p.by_hour.to_numpy())]
     n_cols = 3 + max(len(p.days), 24) + 1
@@ -121,7 +129,7 @@ def write_presence_sheet(wb: Any, p: Presence) -> Any:
     ws.freeze_panes = "D2"
     ws.row_dimensions[1].height = 30.0
 
-    ws.append(header_cells(ws, ["Device", "Count of", "Label", *p.days, "Total"]))
+    ws.append(header_cells(ws, ["Deployment", "Count of", "Label", *p.days, "Total"]))
     for r in day_rows:
         ws.append(r)
     day_end = 1 + len(day_rows)
@@ -129,7 +137,7 @@ def write_presence_sheet(wb: Any, p: Presence) -> Any:
     row = day_end + 1
     ws.append([])
     ws.append([title_cell(ws, "By hour of day (local time at the recorder)")])
-    ws.append(header_cells(ws, ["Device", "Count of", "Label", *HOURS, "Total"]))
+    ws.append(header_cells(ws, ["Deployment", "Count of", "Label", *HOURS, "Total"]))
     hour_head = row + 2
     for r in hour_rows:
         ws.append(r)
@@ -148,7 +156,7 @@ def write_presence_sheet(wb: Any, p: Presence) -> Any:
     if n_labels and p.days:
         ch = BarChart()
         ch.type, ch.grouping = "col", "clustered"
-        ch.title, ch.y_axis.title = "Detections per day (all devices)", "detections"
+        ch.title, ch.y_axis.title = "Detections per day (all deployments)", "detections"
         data = Reference(ws, min_col=3, max_col=3 + len(p.days), min_row=2, max_row=1 + n_labels)
         ch.add_data(data, from_rows=True, titles_from_data=True)
         ch.set_categories(Reference(ws, min_col=4, max_col=3 + len(p.days), min_row=1, max_row=1))
@@ -156,7 +164,7 @@ def write_presence_sheet(wb: Any, p: Presence) -> Any:
         ws.add_chart(ch, f"A{row}")
         hc = BarChart()
         hc.type, hc.grouping = "col", "clustered"
-        hc.title, hc.y_axis.title = "Detections by hour of day (all devices)", "detections"
+        hc.title, hc.y_axis.title = "Detections by hour of day (all deployments)", "detections"
         data = Reference(ws, min_col=3, max_col=3 + 24, min_row=hour_head + 1, max_row=hour_head + n_labels)
         hc.add_data(data, from_rows=True, titles_from_data=True)
         hc.set_categories(Reference(ws, min_col=4, max_col=3 + 24, min_row=hour_head, max_row=hour_head))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import re
 from pathlib import Path, PurePosixPath
 
 from monitor.report.safe import atomic_path
@@ -15,16 +15,26 @@ SUFFIX = ".selections.txt"
 log = logging.getLogger(__name__)
 
 
-def table_name(rel: str, stems_seen: dict[str, int]) -> str:
-    """``<stem>.selections.txt``; a stem shared by files in different folders gets a short path hash.
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
-    ``stems_seen`` counts case-folded stems (case-insensitive file systems would collide too); the
-    hash is of the relative path, so the name is the same on every rebuild.
-    """
-    stem = PurePosixPath(rel).stem
-    if stems_seen.get(stem.casefold(), 0) > 1:
-        stem = f"{stem}_{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
-    return stem + SUFFIX
+
+def table_name(deployment: str, rel: str, taken: set[str]) -> str:
+    """``<deployment>__<path in the card>.selections.txt`` (``/`` -> ``__``, extension dropped), so a table
+    says which deployment and recording it belongs to. If two names fold to the same case-insensitive
+    name (``a.WAV`` beside ``a.wav``), the extension is kept to tell them apart. ``taken`` holds the
+    case-folded names given so far."""
+    p = PurePosixPath(rel)
+    stem = "__".join([*p.parent.parts, p.stem]) if str(p.parent) != "." else p.stem
+    base = f"{_UNSAFE.sub('_', deployment) or 'card'}__{_UNSAFE.sub('_', stem)}"
+    name = base + SUFFIX
+    if name.casefold() in taken:
+        name = f"{base}{_UNSAFE.sub('_', p.suffix)}{SUFFIX}"
+        k = 2
+        while name.casefold() in taken:
+            name = f"{base}{_UNSAFE.sub('_', p.suffix)}_{k}{SUFFIX}"
+            k += 1
+    taken.add(name.casefold())
+    return name
 
 
 def _clean(text: str) -> str:
@@ -38,13 +48,10 @@ def write_raven(out_dir: Path, detections, low_hz: float, high_hz: float) -> lis
     """
     folder = out_dir / "raven"
     folder.mkdir(parents=True, exist_ok=True)
-    stems: dict[str, int] = {}
-    for rel in detections["file"].unique():
-        stem = PurePosixPath(rel).stem.casefold()
-        stems[stem] = stems.get(stem, 0) + 1
+    taken: set[str] = set()
     written = []
-    for rel, g in detections.groupby("file", sort=True):
-        path = folder / table_name(rel, stems)
+    for (dep, rel), g in detections.groupby(["deployment", "file"], sort=True):
+        path = folder / table_name(dep, rel, taken)
         lines = ["\t".join(COLUMNS)]
         for i, r in enumerate(g.sort_values(["start_s", "label"]).itertuples(), start=1):
             lines.append("\t".join([str(i), "Spectrogram 1", "1", f"{r.start_s:.3f}", f"{r.end_s:.3f}",

@@ -11,16 +11,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from monitor.report.safe import atomic_path, safe_text, unquote
+from monitor.results import DETECTIONS, RECORDING_EXTRAS, RECORDINGS, SEGMENTS  # noqa: F401  (the one column list)
 
 log = logging.getLogger(__name__)
-
-RECORDINGS = ["file", "status", "reason", "recorder", "device_id", "deployment_id", "firmware", "start_time",
-              "utc_offset", "temperature_c", "battery_v", "gain", "sample_rate_hz", "channels", "duration_s",
-              "segments"]
-RECORDING_EXTRAS = ["latitude", "longitude", "filter", "trigger", "stop_reason", "comment", "warnings"]
-SEGMENTS = ["file", "segment", "start_s", "end_s", "start_time"]
-DETECTIONS = ["file", "label", "start_s", "end_s", "start_time", "end_time", "score_max", "score_mean",
-              "segments", "device_id"]
 
 # decimals per float column; columns not named here keep full precision
 _DECIMALS = {"start_s": 3, "end_s": 3, "duration_s": 3, "temperature_c": 2, "battery_v": 3, "score_max": 6,
@@ -59,15 +52,16 @@ def write_csv(df: Any, path: Path, columns: Sequence[str], score_columns: Sequen
     return path
 
 
-def write_tables(out_dir: Path, recordings: Any, segments: Any, detections: Any,
-                 labels: Sequence[str]) -> dict[str, Path]:
-    """``recordings.csv``, ``segments.csv`` (one score column per label) and ``detections.csv``."""
-    labels = list(labels)
+def write_tables(out_dir: Path, results: Any) -> dict[str, Path]:
+    """``recordings.csv``, ``segments.csv`` (one score column per label) and ``detections.csv`` (with the
+    reviewers' ``verified`` and ``notes``)."""
+    labels = list(results.labels)
     seg_cols = SEGMENTS + labels
     return {
-        "recordings.csv": write_csv(recordings, out_dir / "recordings.csv", RECORDINGS),
-        "segments.csv": write_csv(segments[seg_cols], out_dir / "segments.csv", seg_cols, score_columns=labels),
-        "detections.csv": write_csv(detections, out_dir / "detections.csv", DETECTIONS),
+        "recordings.csv": write_csv(results.recordings, out_dir / "recordings.csv", RECORDINGS),
+        "segments.csv": write_csv(results.segments[seg_cols], out_dir / "segments.csv", seg_cols,
+                                  score_columns=labels),
+        "detections.csv": write_csv(results.detections, out_dir / "detections.csv", DETECTIONS),
     }
 
 

@@ -16,37 +16,37 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
-from monitor.detect import parse_iso
+from monitor.detect import hms, parse_iso
 from monitor.report.fastrows import splice
 from monitor.report.presence import UNKNOWN_DEVICE, Presence, presence, write_presence_sheet
 from monitor.report.safe import atomic_path
 from monitor.report.sheet import (DATE, DATETIME, DURATION, SCORE, TEMPERATURE, Col, is_missing, start_sheet,
                                   write_table)
+from monitor.results import VERIFIED_CHOICES
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ["Model Name : Version", "File Name", "Label", "Prediction", "Times Heard", "Device ID",
-                   "Timestamp", "Temperature", "Review Date", "Max Score", "Segments Positive", "Duration"]
-DETECTION_COLUMNS = ["File", "Label", "Start (s)", "End (s)", "Start Time", "End Time", "UTC Offset", "Max Score",
-                     "Mean Score", "Segments", "Device ID", "Temperature (°C)", "Link", "Verified", "Notes"]
-DEVICE_COLUMNS = ["Device ID", "Recorder", "Files", "Failed", "Hours Recorded", "First Recording",
+SUMMARY_COLUMNS = ["Model Name : Version", "Deployment", "File Name", "Label", "Prediction", "Times Heard",
+                   "Device ID", "Timestamp", "Temperature", "Review Date", "Max Score", "Segments Positive",
+                   "Duration"]
+DETECTION_COLUMNS = ["Deployment", "File", "Label", "Start (s)", "End (s)", "Start Time", "End Time", "UTC Offset",
+                     "Max Score", "Mean Score", "Segments", "Device ID", "Temperature (°C)", "Link", "Verified",
+                     "Notes"]
+OTHER_REVIEW_COLUMNS = ["Deployment", "File", "Label", "Start (s)", "End (s)", "Why Not In Detections", "Link",
+                        "Verified", "Notes", "Reviewed (UTC)"]
+DEVICE_COLUMNS = ["Device ID", "Deployments", "Recorder", "Files", "Failed", "Hours Recorded", "First Recording",
                   "Last Recording Ends", "Temperature Min (°C)", "Temperature Max (°C)", "Lowest Battery (V)",
                   "Firmware", "Stop Reasons", "Detections"]
-VERIFIED_CHOICES = ("yes", "no", "unsure")
+SKIPPED_COLUMNS = ["Deployment", "File", "Status", "Reason"]
+REVIEWED_SHEET = "Reviewed below threshold"
 TIMES_HEARD_MAX_CHARS = 32000
 
 
 def local(dt: datetime | None) -> datetime | None:
     """Local wall-clock time at the recorder as a naive datetime (what Excel can store)."""
     return None if dt is None else dt.replace(tzinfo=None)
-
-
-def hms(seconds: float) -> str:
-    """Offset into a recording as ``H:MM:SS`` (rounded to the second)."""
-    s = int(math.floor(float(seconds) + 0.5))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def times_heard(events: Sequence[tuple[float, float]], start: datetime | None) -> str:
@@ -79,102 +79,127 @@ def _num(v: Any) -> float | None:
 
 @dataclass
 class Files:
-    """Per-file lookups from the recordings table (file -> value)."""
+    """Per-recording lookups from the recordings table, keyed by (deployment, file)."""
 
-    start: dict[str, datetime | None]
-    offset: dict[str, str]
-    temperature: dict[str, float | None]
-    device: dict[str, str]
+    start: dict[tuple[str, str], datetime | None]
+    offset: dict[tuple[str, str], str]
+    temperature: dict[tuple[str, str], float | None]
+    device: dict[tuple[str, str], str]
+    uri: dict[tuple[str, str], str]
 
     @classmethod
     def from_recordings(cls, rec: Any) -> "Files":
-        files = rec["file"].tolist()
-        return cls(start={f: parse_iso(t) for f, t in zip(files, rec["start_time"].tolist())},
-                   offset={f: _text(o) for f, o in zip(files, rec["utc_offset"].tolist())},
-                   temperature={f: _num(t) for f, t in zip(files, rec["temperature_c"].tolist())},
-                   device={f: _text(d) for f, d in zip(files, rec["device_id"].tolist())})
+        keys = list(zip(rec["deployment"].tolist(), rec["file"].tolist()))
+        base = rec["input_dir"].tolist() if "input_dir" in rec else [""] * len(keys)
+        return cls(start={k: parse_iso(t) for k, t in zip(keys, rec["start_time"].tolist())},
+                   offset={k: _text(o) for k, o in zip(keys, rec["utc_offset"].tolist())},
+                   temperature={k: _num(t) for k, t in zip(keys, rec["temperature_c"].tolist())},
+                   device={k: _text(d) for k, d in zip(keys, rec["device_id"].tolist())},
+                   uri={k: (Path(b) / k[1]).absolute().as_uri() if b else "" for k, b in zip(keys, base)})
+
+    def link(self, key: tuple[str, str]) -> tuple[str, str] | None:
+        uri = self.uri.get(key, "")
+        return (PurePosixPath(key[1]).name, uri) if uri else None
 
 
-def model_name(run_info: Mapping[str, Any]) -> str:
+def model_name(run: Any) -> str:
     """``name : version``; ensembles join their members with `` + ``."""
-    models = [m for m in run_info.get("models") or [] if isinstance(m, dict)] or [run_info.get("model") or {}]
-    return " + ".join(f"{m.get('name', '')} : {m.get('version', '')}" for m in models)
+    return run.model_name()
 
 
-def summary_rows(recordings: Any, segments: Any, detections: Any, labels: Sequence[str],
-                 thresholds: Mapping[str, float], files: Files, run_info: Mapping[str, Any]) -> list[list[Any]]:
-    """One row per ok recording per label, in SUMMARY_COLUMNS order."""
-    name = model_name(run_info)
-    review = local(parse_iso(run_info.get("ended") or run_info.get("started")))
+def summary_rows(results: Any, files: Files) -> list[list[Any]]:
+    """One row per analysed recording per label, in SUMMARY_COLUMNS order; positives from ``results.positives``."""
+    labels, segments, detections, recordings = results.labels, results.segments, results.detections, results.recordings
+    name = results.run.model_name()
+    review = local(parse_iso(results.run.ended or results.run.started))
     review = review.replace(hour=0, minute=0, second=0, microsecond=0) if review else None
-    events: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    for f, lab, a, b in zip(detections["file"].tolist(), detections["label"].tolist(),
-                            detections["start_s"].tolist(), detections["end_s"].tolist()):
-        events[(f, lab)].append((a, b))
-    max_score: dict[str, dict[str, float]] = {}
-    n_pos: dict[str, dict[str, int]] = {}
+    events: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
+    for d, f, lab, a, b in zip(detections["deployment"].tolist(), detections["file"].tolist(),
+                               detections["label"].tolist(), detections["start_s"].tolist(),
+                               detections["end_s"].tolist()):
+        events[(d, f, lab)].append((a, b))
+    max_score: dict[str, dict[tuple[str, str], float]] = {}
+    n_pos: dict[str, dict[tuple[str, str], int]] = {}
     if len(segments):
-        by_file = segments.groupby("file", sort=False)
-        for lab in labels:
-            max_score[lab] = by_file[lab].max().to_dict()
-            pos = segments[lab] >= float(thresholds.get(lab, 0.5))
-            n_pos[lab] = pos.groupby(segments["file"], sort=False).sum().to_dict()
+        keyed = segments.assign(_k=list(zip(segments["deployment"], segments["file"])))
+        by = keyed.groupby("_k", sort=False)
+        for j, lab in enumerate(labels):
+            max_score[lab] = by[lab].max().to_dict()
+            n_pos[lab] = keyed["_k"][results.positives[:, j]].value_counts().to_dict()
     rows = []
-    ok = recordings[recordings["status"] == "ok"]
-    for f, dur in zip(ok["file"].tolist(), ok["duration_s"].tolist()):
-        start = files.start.get(f)
-        d = _num(dur)
+    ok = recordings[recordings["status"].isin(["ok", "missing"]) & (recordings["segments"] > 0)]
+    for d, f, dur in zip(ok["deployment"].tolist(), ok["file"].tolist(), ok["duration_s"].tolist()):
+        k = (d, f)
+        start = files.start.get(k)
+        dd = _num(dur)
         for lab in labels:
-            ev = sorted(events.get((f, lab), []))
-            rows.append([name, f, lab, "Positive" if ev else "Negative", times_heard(ev, local(start)),
-                         files.device.get(f, ""), local(start), files.temperature.get(f), review,
-                         _num(max_score.get(lab, {}).get(f)), int(n_pos.get(lab, {}).get(f, 0)),
-                         timedelta(seconds=round(d, 3)) if d is not None else None])
+            ev = sorted(events.get((d, f, lab), []))
+            rows.append([name, d, f, lab, "Positive" if ev else "Negative", times_heard(ev, local(start)),
+                         files.device.get(k, ""), local(start), files.temperature.get(k), review,
+                         _num(max_score.get(lab, {}).get(k)), int(n_pos.get(lab, {}).get(k, 0)),
+                         timedelta(seconds=round(dd, 3)) if dd is not None else None])
     return rows
 
 
-def detection_rows(detections: Any, files: Files, input_dir: Path) -> list[list[Any]]:
-    """One row per event, in DETECTION_COLUMNS order (Verified and Notes left empty)."""
-    base = Path(input_dir).absolute()
-    uris: dict[str, tuple[str, str]] = {}
+def _verdict(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def detection_rows(detections: Any, files: Files) -> list[list[Any]]:
+    """One row per event, in DETECTION_COLUMNS order, with the reviewers' Verified and Notes."""
     rows = []
-    cols = [detections[c].tolist() for c in ("file", "label", "start_s", "end_s", "start_time", "end_time",
-                                             "score_max", "score_mean", "segments", "device_id")]
-    for f, lab, a, b, st_text, en_text, smax, smean, nseg, dev in zip(*cols):
-        start = local(files.start.get(f))
+    cols = [detections[c].tolist() for c in ("deployment", "file", "label", "start_s", "end_s", "start_time",
+                                             "end_time", "score_max", "score_mean", "segments", "device_id",
+                                             "verified", "notes")]
+    links: dict[tuple[str, str], Any] = {}
+    for d, f, lab, a, b, st_text, en_text, smax, smean, nseg, dev, ver, note in zip(*cols):
+        k = (d, f)
+        start = local(files.start.get(k))
         if start is not None:
             t0, t1 = start + timedelta(seconds=float(a)), start + timedelta(seconds=float(b))
         else:  # a file missing from recordings: fall back on the detection's own times
             t0, t1 = local(parse_iso(st_text)), local(parse_iso(en_text))
-        if f not in uris:
-            uris[f] = (PurePosixPath(f).name, (base / f).as_uri())
-        rows.append([f, lab, float(a), float(b), t0, t1, files.offset.get(f, ""), _num(smax), _num(smean),
-                     int(nseg), _text(dev), files.temperature.get(f), uris[f], None, None])
+        if k not in links:
+            links[k] = files.link(k)
+        rows.append([d, f, lab, float(a), float(b), t0, t1, files.offset.get(k, ""), _num(smax), _num(smean),
+                     int(nseg), _text(dev), files.temperature.get(k), links[k], _verdict(ver), _verdict(note)])
     return rows
 
 
+def other_review_rows(other: Any, files: Files) -> list[list[Any]]:
+    """Reviews that are on no detection row now (below the threshold, merged, pruned): never dropped."""
+    return [[d, f, lab, float(a), float(b), why, files.link((d, f)), _verdict(v), _verdict(n),
+             local(parse_iso(u))]
+            for d, f, lab, a, b, why, v, n, u in zip(other["deployment"], other["file"], other["label"],
+                                                     other["start_s"], other["end_s"], other["why"],
+                                                     other["verified"], other["notes"], other["updated_at"])]
+
+
 def device_rows(recordings: Any, detections: Any, files: Files) -> list[list[Any]]:
-    """Per device (ok and failed files): files, hours, first/last, temperature, battery, firmware, stops."""
+    """Per device (ok and failed files): deployments, files, hours, first/last, temperature, battery, firmware."""
     found = recordings[recordings["status"] != "skipped"]
-    det_count = Counter(files.device.get(f) or _text(d) or UNKNOWN_DEVICE
-                        for f, d in zip(detections["file"].tolist(), detections["device_id"].tolist()))
+    det_count = Counter(files.device.get((d, f)) or _text(dev) or UNKNOWN_DEVICE
+                        for d, f, dev in zip(detections["deployment"].tolist(), detections["file"].tolist(),
+                                             detections["device_id"].tolist()))
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     stop = found["stop_reason"].tolist() if "stop_reason" in found else [""] * len(found)
-    for r, s in zip(found[["file", "status", "recorder", "device_id", "duration_s", "temperature_c", "battery_v",
-                           "firmware"]].to_dict("records"), stop):
+    for r, s in zip(found[["deployment", "file", "status", "recorder", "device_id", "duration_s", "temperature_c",
+                           "battery_v", "firmware"]].to_dict("records"), stop):
         r["stop_reason"] = s
         groups[_text(r["device_id"]) or UNKNOWN_DEVICE].append(r)
     rows = []
     for dev in sorted(groups):
         g = groups[dev]
-        ok = [r for r in g if r["status"] == "ok"]
-        starts = [(files.start.get(r["file"]), _num(r["duration_s"]) or 0.0) for r in g]
+        ok = [r for r in g if r["status"] in ("ok", "missing")]
+        starts = [(files.start.get((r["deployment"], r["file"])), _num(r["duration_s"]) or 0.0) for r in g]
         starts = [(local(t), d) for t, d in starts if t is not None]
         temps = [t for t in (_num(r["temperature_c"]) for r in g) if t is not None]
         volts = [v for v in (_num(r["battery_v"]) for r in g) if v is not None]
         stops = Counter(_text(r["stop_reason"]) for r in g if _text(r["stop_reason"]))
         rows.append([
-            dev, ", ".join(sorted({_text(r["recorder"]) for r in g} - {""})), len(g), len(g) - len(ok),
+            dev, ", ".join(sorted({_text(r["deployment"]) for r in g} - {""})),
+            ", ".join(sorted({_text(r["recorder"]) for r in g} - {""})), len(g),
+            sum(r["status"] == "failed" for r in g),
             round(sum(_num(r["duration_s"]) or 0.0 for r in ok) / 3600, 3),
             min(t for t, _ in starts) if starts else None,
             max(t + timedelta(seconds=d) for t, d in starts) if starts else None,
@@ -205,71 +230,92 @@ def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, json.dumps(d, default=str))]
 
 
-def write_workbook(path: Path, recordings: Any, segments: Any, detections: Any, run_info: Mapping[str, Any],
-                   input_dir: Path, presence_tables: Presence | None = None, fast_rows: bool = True) -> Path:
-    """Build every sheet and save atomically to ``path`` (``presence_tables``: precomputed, optional).
+def run_info_rows(run: Any) -> list[list[Any]]:
+    """Run info: the status first (an interrupted run says so), then every run.json field."""
+    d = run.to_json()
+    status = d.pop("status")
+    return [["status", status]] + [list(kv) for kv in flatten(d)]
+
+
+def _verified_validation(ws: Any, col: str, n: int) -> None:
+    from openpyxl.worksheet.datavalidation import DataValidation
+
+    dv = DataValidation(type="list", formula1='"' + ",".join(VERIFIED_CHOICES) + '"', allow_blank=True,
+                        showErrorMessage=True, errorTitle="Verified", error="Choose yes, no or unsure",
+                        showInputMessage=True, promptTitle="Verified", prompt="yes, no or unsure")
+    dv.add(f"{col}2:{col}{max(n, 1) + 1}")
+    ws.data_validations.append(dv)
+
+
+def write_workbook(path: Path, results: Any, presence_tables: Presence | None = None, fast_rows: bool = True) -> Path:
+    """Build every sheet from ``results`` and save atomically to ``path`` (``presence_tables``: precomputed).
 
     ``fast_rows=False`` writes every row through openpyxl's cells (the slow reference the tests and
     ``benchmarks/report.py`` compare the spliced rows with)."""
     from openpyxl import Workbook
     from openpyxl.formatting.rule import ColorScaleRule
     from openpyxl.utils import get_column_letter
-    from openpyxl.worksheet.datavalidation import DataValidation
 
-    labels = list(run_info.get("labels") or [])
-    thresholds = dict(run_info.get("thresholds") or {})
-    files = Files.from_recordings(recordings)
+    run = results.run
+    files = Files.from_recordings(results.recordings)
     wb = Workbook(write_only=True)
-    wb.properties.creator = f"monitor {run_info.get('package_version', '')}".strip()
+    wb.properties.creator = f"monitor {run.package_version}".strip()
     wb.properties.title = "Species detections for review"
+    wb.properties.identifier = run.report_build or None
 
     pending: list | None = [] if fast_rows else None  # big tables' rows, spliced in as plain XML after saving (fastrows)
-    rows = summary_rows(recordings, segments, detections, labels, thresholds, files, run_info)
+    rows = summary_rows(results, files)
     ws = start_sheet(wb, "Summary")
-    write_table(ws, [Col("Model Name : Version"), Col("File Name"), Col("Label"), Col("Prediction", width=11),
-                     Col("Times Heard", width=44, wrap=True), Col("Device ID"), Col("Timestamp", DATETIME),
-                     Col("Temperature", TEMPERATURE), Col("Review Date", DATE), Col("Max Score", SCORE),
-                     Col("Segments Positive", raw=True), Col("Duration", DURATION)], rows, freeze="C2",
-                pending=pending)
+    write_table(ws, [Col("Model Name : Version"), Col("Deployment"), Col("File Name"), Col("Label"),
+                     Col("Prediction", width=11), Col("Times Heard", width=44, wrap=True), Col("Device ID"),
+                     Col("Timestamp", DATETIME), Col("Temperature", TEMPERATURE), Col("Review Date", DATE),
+                     Col("Max Score", SCORE), Col("Segments Positive", raw=True), Col("Duration", DURATION)], rows,
+                freeze="D2", pending=pending)
 
-    rows = detection_rows(detections, files, input_dir)
+    rows = detection_rows(results.detections, files)
     ws = start_sheet(wb, "Detections")
-    n = write_table(ws, [Col("File"), Col("Label"), Col("Start (s)", "0.0"), Col("End (s)", "0.0"),
+    n = write_table(ws, [Col("Deployment"), Col("File"), Col("Label"), Col("Start (s)", "0.0"), Col("End (s)", "0.0"),
                          Col("Start Time", DATETIME), Col("End Time", DATETIME), Col("UTC Offset", width=11),
                          Col("Max Score", SCORE), Col("Mean Score", SCORE), Col("Segments", width=10, raw=True),
                          Col("Device ID", indent=True), Col("Temperature (°C)", TEMPERATURE), Col("Link", link=True),
-                         Col("Verified", width=10, raw=True), Col("Notes", width=40, raw=True)], rows, freeze="C2",
+                         Col("Verified", width=10), Col("Notes", width=40)], rows, freeze="D2",
                     pending=pending)
-    vcol = get_column_letter(DETECTION_COLUMNS.index("Verified") + 1)
-    dv = DataValidation(type="list", formula1='"' + ",".join(VERIFIED_CHOICES) + '"', allow_blank=True,
-                        showErrorMessage=True, errorTitle="Verified", error="Choose yes, no or unsure",
-                        showInputMessage=True, promptTitle="Verified", prompt="yes, no or unsure")
-    dv.add(f"{vcol}2:{vcol}{max(n, 1) + 1}")
-    ws.data_validations.append(dv)
+    _verified_validation(ws, get_column_letter(DETECTION_COLUMNS.index("Verified") + 1), n)
     if n:
         score = get_column_letter(DETECTION_COLUMNS.index("Max Score") + 1)
         ws.conditional_formatting.add(f"{score}2:{score}{n + 1}", ColorScaleRule(
             start_type="num", start_value=0, start_color="FFFFFF", end_type="num", end_value=1, end_color="63BE7B"))
 
+    rows = other_review_rows(results.other_reviews, files)
+    if rows:
+        ws = start_sheet(wb, REVIEWED_SHEET)
+        n = write_table(ws, [Col("Deployment"), Col("File"), Col("Label"), Col("Start (s)", "0.0"),
+                             Col("End (s)", "0.0"), Col("Why Not In Detections", width=50, wrap=True),
+                             Col("Link", link=True), Col("Verified", width=10), Col("Notes", width=40),
+                             Col("Reviewed (UTC)", DATETIME)], rows, freeze="D2")
+        _verified_validation(ws, get_column_letter(OTHER_REVIEW_COLUMNS.index("Verified") + 1), n)
+
     if presence_tables is None:
-        presence_tables = presence(segments, detections, recordings, labels, thresholds, files.start)
+        presence_tables = presence(results)
     write_presence_sheet(wb, presence_tables)
 
     ws = start_sheet(wb, "Devices")
-    write_table(ws, [Col("Device ID"), Col("Recorder"), Col("Files"), Col("Failed"), Col("Hours Recorded", "0.00"),
-                     Col("First Recording", DATETIME), Col("Last Recording Ends", DATETIME),
-                     Col("Temperature Min (°C)", TEMPERATURE), Col("Temperature Max (°C)", TEMPERATURE),
-                     Col("Lowest Battery (V)", "0.0"), Col("Firmware"), Col("Stop Reasons"), Col("Detections")],
-                device_rows(recordings, detections, files), freeze="B2")
+    write_table(ws, [Col("Device ID"), Col("Deployments"), Col("Recorder"), Col("Files"), Col("Failed"),
+                     Col("Hours Recorded", "0.00"), Col("First Recording", DATETIME),
+                     Col("Last Recording Ends", DATETIME), Col("Temperature Min (°C)", TEMPERATURE),
+                     Col("Temperature Max (°C)", TEMPERATURE), Col("Lowest Battery (V)", "0.0"), Col("Firmware"),
+                     Col("Stop Reasons"), Col("Detections")],
+                device_rows(results.recordings, results.detections, files), freeze="B2")
 
-    skipped = recordings[recordings["status"] != "ok"]
+    rec = results.recordings
+    skipped = rec[rec["status"] != "ok"]
     ws = start_sheet(wb, "Skipped files")
-    write_table(ws, [Col("File"), Col("Status", width=9), Col("Reason", width=70)],
-                [[f, s, _text(r)] for f, s, r in zip(skipped["file"], skipped["status"], skipped["reason"])])
+    write_table(ws, [Col("Deployment"), Col("File"), Col("Status", width=9), Col("Reason", width=70)],
+                [[d, f, s, _text(r)] for d, f, s, r in zip(skipped["deployment"], skipped["file"], skipped["status"],
+                                                           skipped["reason"])])
 
     ws = start_sheet(wb, "Run info", landscape=False)
-    write_table(ws, [Col("Key", width=32), Col("Value", width=90)], [list(kv) for kv in flatten(dict(run_info))],
-                autofilter=False)
+    write_table(ws, [Col("Key", width=32), Col("Value", width=90)], run_info_rows(run), autofilter=False)
 
     with atomic_path(path) as tmp:
         wb.save(tmp)

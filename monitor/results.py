@@ -1,0 +1,280 @@
+"""The results seam: one typed ``Results`` object, loaded once from the store, that every report is written from.
+
+``Results`` holds the recordings, the per-segment scores, the positives mask (thresholds are applied
+here and nowhere else), the detection events with the reviewers' verdicts joined on, every review
+(including those whose detection no longer passes the threshold), and the ``RunInfo`` of the run.
+The column lists of the CSV outputs (``../shared/spec/interface.md``) are defined here, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RECORDINGS = ["deployment", "file", "status", "reason", "recorder", "device_id", "deployment_id", "firmware",
+              "start_time", "utc_offset", "temperature_c", "battery_v", "gain", "sample_rate_hz", "channels",
+              "duration_s", "segments"]
+RECORDING_EXTRAS = ["latitude", "longitude", "filter", "trigger", "stop_reason", "comment", "warnings", "input_dir"]
+SEGMENTS = ["deployment", "file", "segment", "start_s", "end_s", "start_time"]
+DETECTIONS = ["deployment", "file", "label", "start_s", "end_s", "start_time", "end_time", "score_max",
+              "score_mean", "segments", "device_id", "verified", "notes"]
+REVIEWS = ["deployment", "file", "label", "start_s", "end_s", "verified", "notes", "updated_at", "source"]
+VERIFIED_CHOICES = ("yes", "no", "unsure")
+NUMERIC_RECORDING = ("temperature_c", "battery_v", "duration_s", "latitude", "longitude")
+INT_RECORDING = ("sample_rate_hz", "channels")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model bundle ran: name, version, sha256 of bundle.json + weights, and its folder."""
+
+    name: str = ""
+    version: str = ""
+    sha256: str = ""
+    path: str = ""
+
+
+@dataclass
+class RunInfo:
+    """What ran on what (``run.json``, the workbook's Run info). ``completed`` is False for an
+    interrupted run, with ``files_done`` / ``files_left`` saying how far it got."""
+
+    model: ModelRef = field(default_factory=ModelRef)
+    models: list[ModelRef] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    task: str = "multilabel"
+    thresholds: dict[str, float] = field(default_factory=dict)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    package_version: str = ""
+    command: str = ""
+    input_dir: str = ""
+    out_dir: str = ""
+    deployments: list[str] = field(default_factory=list)
+    started: str = ""
+    ended: str = ""
+    completed: bool = True
+    files_done: int = 0
+    files_left: int = 0
+    resumed_files: int = 0
+    engine: str = "local"
+    device: str = ""
+    precision: str = ""
+    workers: int = 0
+    batch_size: int = 0
+    wall_s: float = 0.0
+    audio_s: float = 0.0
+    counts: dict[str, Any] = field(default_factory=dict)
+    report_build: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.completed:
+            return "complete"
+        return (f"INCOMPLETE: interrupted after {self.files_done} of {self.files_done + self.files_left} files; "
+                "run the same command again to resume")
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["status"] = self.status
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> "RunInfo":
+        """Tolerant of older ``run.json`` / store contents: unknown keys are dropped, missing ones default."""
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if isinstance(kw.get("model"), Mapping):
+            kw["model"] = _model_ref(kw["model"])
+        kw["models"] = [_model_ref(m) for m in kw.get("models") or [] if isinstance(m, Mapping)]
+        return cls(**kw)
+
+    def model_name(self) -> str:
+        """``name : version``; ensembles join their members with `` + ``."""
+        models = self.models or [self.model]
+        return " + ".join(f"{m.name} : {m.version}" for m in models)
+
+
+def _model_ref(d: Mapping[str, Any]) -> ModelRef:
+    return ModelRef(**{k: str(d.get(k) or "") for k in ("name", "version", "sha256", "path")})
+
+
+@dataclass
+class Results:
+    """Everything a report shows, loaded once.
+
+    ``segments`` (n rows, one score column per label) and ``positives`` (n, labels) bool are aligned
+    row for row; ``detections`` carries ``verified``/``notes``; ``other_reviews`` are the verdicts not
+    on any detection row (below the threshold now, merged into a longer event, or file pruned), with
+    a ``why`` column. Every review appears exactly once: on its detection row or in ``other_reviews``.
+    """
+
+    run: RunInfo
+    labels: list[str]
+    thresholds: dict[str, float]
+    recordings: Any
+    segments: Any
+    positives: np.ndarray
+    detections: Any
+    reviews: Any
+    other_reviews: Any
+
+    @property
+    def failed(self) -> list[str]:
+        rec = self.recordings
+        return [f"{d}/{f}" if d else f for d, f in zip(rec["deployment"][rec["status"] == "failed"],
+                                                       rec["file"][rec["status"] == "failed"])]
+
+    def detections_per_label(self) -> dict[str, int]:
+        counts = self.detections["label"].value_counts().to_dict() if len(self.detections) else {}
+        return {lab: int(counts.get(lab, 0)) for lab in self.labels}
+
+
+def apply_thresholds(scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float]) -> np.ndarray:
+    """The one place thresholds are applied: ``scores`` (n, labels) -> positives (n, labels) bool, ``score >= t``."""
+    t = np.array([float(thresholds[lab]) for lab in labels], dtype=np.float64)
+    return np.asarray(scores, dtype=np.float64) >= t[None, :] if len(labels) else np.zeros((len(scores), 0), bool)
+
+
+def empty_recordings():
+    import pandas as pd
+
+    return pd.DataFrame(columns=RECORDINGS + RECORDING_EXTRAS)
+
+
+def recordings_frame(rows: Sequence[Mapping[str, Any]]):
+    """Recording rows (dicts) -> the typed recordings DataFrame (numbers numeric, text '' when unknown)."""
+    import pandas as pd
+
+    cols = RECORDINGS + RECORDING_EXTRAS
+    df = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+    for c in NUMERIC_RECORDING:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    for c in INT_RECORDING:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    df["segments"] = pd.to_numeric(df["segments"], errors="coerce").fillna(0).astype(int)
+    text = [c for c in cols if c not in NUMERIC_RECORDING + INT_RECORDING + ("segments",)]
+    df[text] = df[text].fillna("").astype(str)
+    return df
+
+
+def segments_frame(deployments: Sequence[str], files: Sequence[str], index, start_s, end_s, scores: np.ndarray,
+                   labels: Sequence[str], starts: Mapping[tuple[str, str], Any]):
+    """Segments DataFrame; ``starts`` maps (deployment, file) -> the recording's aware start datetime or None."""
+    import pandas as pd
+
+    from monitor.detect import iso, wall_clock
+
+    seg = pd.DataFrame({"deployment": list(deployments), "file": list(files),
+                        "segment": np.asarray(index, np.int64), "start_s": np.asarray(start_s, float),
+                        "end_s": np.asarray(end_s, float)})
+    seg["start_time"] = [iso(wall_clock(starts.get((d, f)), a)) for d, f, a in
+                         zip(seg["deployment"], seg["file"], seg["start_s"])]
+    for j, lab in enumerate(labels):
+        seg[lab] = scores[:, j].astype(np.float64) if len(scores) else np.zeros(0)
+    return seg
+
+
+def reviews_frame(reviews: Sequence[Any]):
+    import pandas as pd
+
+    df = pd.DataFrame([{c: getattr(r, c) for c in REVIEWS} for r in reviews], columns=REVIEWS)
+    df["start_s"] = df["start_s"].astype(float)
+    df["end_s"] = df["end_s"].astype(float)
+    return df
+
+
+def build_results(recordings, segments, labels: Sequence[str], thresholds: Mapping[str, float], run: RunInfo,
+                  reviews=None) -> Results:
+    """Positives, detection events and the reviews joined onto them, from recordings + segments."""
+
+    from monitor.detect import detections_table
+    from monitor.store import start_ms
+
+    labels = list(labels)
+    thr = {lab: float(thresholds[lab]) for lab in labels}
+    scores = segments[labels].to_numpy(dtype=np.float64) if len(segments) else np.zeros((0, len(labels)))
+    positives = apply_thresholds(scores, labels, thr)
+    det = detections_table(segments, positives, recordings, labels)
+    reviews = reviews if reviews is not None else reviews_frame([])
+    by_key = {(d, f, lab, start_ms(a)): (v, n) for d, f, lab, a, v, n in
+              zip(reviews["deployment"], reviews["file"], reviews["label"], reviews["start_s"], reviews["verified"],
+                  reviews["notes"])}
+    keys = [(d, f, lab, start_ms(a)) for d, f, lab, a in zip(det["deployment"], det["file"], det["label"],
+                                                             det["start_s"])]
+    det["verified"] = [by_key.get(k, ("", ""))[0] for k in keys]
+    det["notes"] = [by_key.get(k, ("", ""))[1] for k in keys]
+    on_rows = set(keys)
+    off_rows = np.array([k not in on_rows for k in zip(reviews["deployment"], reviews["file"], reviews["label"],
+                                                       (start_ms(a) for a in reviews["start_s"]))], dtype=bool)
+    other = reviews.loc[off_rows].copy()
+    other["why"] = [_why(r, det, segments, positives, labels, thr) for r in other.itertuples(index=False)]
+    other = other.reset_index(drop=True)
+    run = dataclasses.replace(run, labels=labels, thresholds=thr)
+    return Results(run, labels, thr, recordings, segments, positives, det.reset_index(drop=True), reviews, other)
+
+
+def _why(r, det, segments, positives, labels: Sequence[str], thr: Mapping[str, float]) -> str:
+    """Why a review is not on a detection row, in words."""
+    from monitor.detect import hms
+
+    here = det[(det["deployment"] == r.deployment) & (det["file"] == r.file) & (det["label"] == r.label)
+               & (det["start_s"] <= r.start_s + 1e-6) & (det["end_s"] > r.start_s + 1e-6)]
+    if len(here):
+        e = here.iloc[0]
+        return f"now part of the detection at {hms(e.start_s)}-{hms(e.end_s)} (merged with its neighbours)"
+    if not len(segments) or r.label not in labels:
+        return "label not in this model" if r.label not in labels else "recording no longer in the results"
+    m = ((segments["deployment"] == r.deployment) & (segments["file"] == r.file)
+         & (segments["start_s"] >= r.start_s - 1e-6) & (segments["start_s"] < r.end_s - 1e-6)).to_numpy()
+    if not m.any():
+        return "recording no longer in the results (pruned)"
+    best = float(segments.loc[m, r.label].max())
+    return f"below the threshold now (max score {best:.3f} < {thr[r.label]:g})"
+
+
+def load_results(store, thresholds: Mapping[str, float], run: RunInfo) -> Results:
+    """Read the whole store once into a ``Results`` (the reports' only source)."""
+    from monitor.detect import parse_iso
+
+    labels = list(store.get_meta("labels") or run.labels)
+    rows = []
+    for f in store.files():
+        row = dict(f["metadata"])
+        row.update(deployment=f["deployment"], file=f["file"], status=f["status"], reason=f["reason"],
+                   segments=f["segments"], input_dir=f["input_dir"])
+        if f["missing_since"]:
+            row["status"] = "missing"
+            row["reason"] = (f"not on the card in the run of {f['missing_since'][:10]}; its results are kept "
+                             "(monitor run --prune removes them)")
+        rows.append(row)
+    recordings = recordings_frame(rows)
+    starts = {(d, f): parse_iso(t) for d, f, t in
+              zip(recordings["deployment"], recordings["file"], recordings["start_time"])}
+    deps, files, idx, s0, s1, scores = store.segments()
+    segments = segments_frame(deps, files, idx, s0, s1, scores, labels, starts)
+    return build_results(recordings, segments, labels, thresholds, run, reviews_frame(store.reviews()))
+
+
+def load_reviews(out_dir: Path | str):
+    """Every reviewer verdict kept in ``OUT_DIR``'s results store (training from reviews reads them here).
+
+    Columns: ``deployment, file`` (relative to the card), ``path`` (the audio file's absolute path at
+    the last run), ``label, start_s, end_s, verified`` (yes / no / unsure / ''), ``notes``. Verdicts
+    typed into ``report.xlsx`` since the last rebuild are read in first.
+    """
+    from monitor.pipeline import open_out
+
+    with open_out(Path(out_dir), harvest=True) as store:
+        df = reviews_frame(store.reviews())
+        where = {(f["deployment"], f["file"]): f["input_dir"] for f in store.files()}
+    df["path"] = [str(Path(where[(d, f)]) / f) if where.get((d, f)) else "" for d, f in zip(df["deployment"],
+                                                                                           df["file"])]
+    return df[["deployment", "file", "path", "label", "start_s", "end_s", "verified", "notes"]]
