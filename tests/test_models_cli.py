@@ -52,7 +52,7 @@ def test_import_official_checkpoint_then_info_and_list(shared, tmp_path):
 
     r = _cli(tmp_path, "models", "info", "fork-frogs")  # by name, through $MONITOR_MODELS
     assert r.returncode == 0, r.stderr
-    assert "Frog, species 0, Frog, species 1" in r.stdout and "strides 16/16" in r.stdout
+    assert "5: Frog, species 0; Frog, species 1" in r.stdout and "strides 16/16" in r.stdout  # "; " as labels hold commas
     assert b.sha256 in r.stdout and "0-3000 Hz" in r.stdout and "source_sha256" in r.stdout
 
     r = _cli(tmp_path, "models", "list")
@@ -83,22 +83,27 @@ def test_import_hf_folder_and_pull_with_file_url(tmp_path, monkeypatch, capsys):
     assert r.returncode == 0, r.stderr
     b = load_bundle(tmp_path / "b")
     assert (b.name, b.task, b.labels) == ("from-hf", "multiclass", ["Rana draytonii", "Pseudacris regilla"])
-    assert b.architecture["norm_eps"] == 1e-12 and b.architecture["input_tdim"] == 128
+    assert b.architecture.norm_eps == 1e-12 and b.architecture.input_tdim == 128
     x = torch.randn(1, 128, 128)
     with torch.no_grad():
         assert (b.build_model()(x) - hf(x).logits).abs().max().item() <= 1e-4
 
+    # a pull whose file is not the published checkpoint (here: not even a weights file) makes no bundle and
+    # keeps no file, so the next pull downloads again
     src = tmp_path / "audioset_16_16_0.4422.pth"
     src.write_bytes(b"weights" * 1000)
     monkeypatch.setenv("MONITOR_CACHE", str(tmp_path / "cache"))
-    assert _inproc("models", "pull", "audioset-16-16", "--url", src.as_uri()) == 0
-    dest = tmp_path / "cache" / "checkpoints" / "audioset_16_16_0.4422.pth"
-    assert dest.read_bytes() == src.read_bytes() and str(dest) in capsys.readouterr().out
+    with pytest.raises(MonitorError, match="not the published AST checkpoint.*removed it"):
+        _inproc("models", "pull", "audioset-16-16", "--url", src.as_uri())
+    assert not list((tmp_path / "cache").rglob("audioset_16_16*")) and not (tmp_path / "cache" / "models").exists()
     with pytest.raises(MonitorError, match="no network?"):
         _inproc("models", "pull", "audioset-12-12", "--url", (tmp_path / "gone.pth").as_uri())
+    capsys.readouterr()
     assert _inproc("models", "info", "audioset-16-16") == 0
     out = capsys.readouterr().out
-    assert "strides 16/16" in out and "mAP 0.4422" in out and str(dest) in out
+    assert "strides 16/16" in out and "mAP 0.4422" in out and "(not downloaded)" in out
+    assert "527: Speech; Male speech, man speaking;" in out and "... and 517 more (--labels lists them all)" in out
+    assert "not made yet: monitor models pull audioset-16-16" in out
 
 
 def test_read_labels_formats(tmp_path):
