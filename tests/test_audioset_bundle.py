@@ -158,7 +158,8 @@ def test_run_with_the_pulled_model_scores_as_the_official_recipe(pulled, officia
     assert len(seg) == 1 and list(seg.columns[-527:]) == labels
     got = seg[labels].to_numpy(dtype=np.float64)[0]
     run = json.loads((out / "run.json").read_text())
-    assert run["model"]["name"] == NAME and run["model"]["sha256"] == load_bundle(root / "cache" / "models" / NAME).sha256
+    assert run["model"]["name"] == NAME
+    assert run["model"]["sha256"] == load_bundle(root / "cache" / "models" / NAME).sha256
 
     # the official recipe by hand: 16 kHz, wave mean removed, Kaldi fbank, 1024 frames, (x - mean) / (2 std)
     x, sr = sf.read(str(src), dtype="float32")
@@ -171,7 +172,7 @@ def test_run_with_the_pulled_model_scores_as_the_official_recipe(pulled, officia
                                      input_tdim=1024, model_size="base384")
     with torch.no_grad():
         want = torch.sigmoid(model(feats[None])).numpy()[0].astype(np.float64)
-    assert np.abs(got - want).max() < 2e-3, np.abs(got - want).max()
+    assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()  # 6e-7 seen
     assert 5 < (want >= 0.3).sum() < 100  # the scores straddle the default threshold
     det = pd.read_csv(out / "detections.csv")
     assert set(det["label"]) == {lab for lab, s in zip(labels, got) if s >= 0.3}

@@ -52,7 +52,8 @@ def test_import_official_checkpoint_then_info_and_list(shared, tmp_path):
 
     r = _cli(tmp_path, "models", "info", "fork-frogs")  # by name, through $MONITOR_MODELS
     assert r.returncode == 0, r.stderr
-    assert "5: Frog, species 0; Frog, species 1" in r.stdout and "strides 16/16" in r.stdout  # "; " as labels hold commas
+    # "; " between labels that hold commas
+    assert "5: Frog, species 0; Frog, species 1" in r.stdout and "strides 16/16" in r.stdout
     assert b.sha256 in r.stdout and "0-3000 Hz" in r.stdout and "source_sha256" in r.stdout
 
     r = _cli(tmp_path, "models", "list")

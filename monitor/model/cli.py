@@ -84,7 +84,8 @@ def _info(name: str, all_labels: bool = False) -> int:
             labels = audioset.labels()
             print(f"name        {name} (published AudioSet checkpoint, official AST format)")
             print(f"geometry    {s.geometry.describe()}\nquality     mAP {s.map:.4f} on AudioSet eval ({s.note})")
-            print(f"labels      {summarise(labels, SHOWN_LABELS)}" + ("" if all_labels else " (--labels lists them all)"))
+            hint = "" if all_labels else " (--labels lists them all)"
+            print(f"labels      {summarise(labels, SHOWN_LABELS)}{hint}")
             where = p if p.is_file() else "(not downloaded)"
             print(f"source      {s.url}\nfile        {where}")
             print(f"bundle      (not made yet: monitor models pull {name})")

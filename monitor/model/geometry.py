@@ -81,7 +81,8 @@ class Geometry:
         if self.model_size not in MODEL_SIZES:
             raise BundleError(f"unknown model_size {self.model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
         if self.depth < 1 or self.label_dim < 1:
-            raise BundleError(f"model geometry: depth and label_dim must be >= 1, got {self.depth} and {self.label_dim}")
+            raise BundleError(f"model geometry: depth and label_dim must be >= 1, got {self.depth} and "
+                              f"{self.label_dim}")
         if not (1 <= self.fstride <= PATCH and 1 <= self.tstride <= PATCH):
             raise BundleError(f"strides must be in 1..{PATCH}, got {self.fstride}/{self.tstride}")
         try:
@@ -89,7 +90,8 @@ class Geometry:
         except ValueError as exc:
             raise BundleError(str(exc)) from None
         if not (0 < self.norm_eps < 1 and 0 < self.head_norm_eps < 1):
-            raise BundleError(f"model geometry: LayerNorm eps must be in (0, 1), got {self.norm_eps}/{self.head_norm_eps}")
+            raise BundleError(f"model geometry: LayerNorm eps must be in (0, 1), got {self.norm_eps}/"
+                              f"{self.head_norm_eps}")
 
     # --- derived ---------------------------------------------------------------------------------
     @property
@@ -140,7 +142,8 @@ class Geometry:
             v, want = full[f.name], {"str": str, "int": int, "float": float}[f.type]
             ok = isinstance(v, want) or (want is float and isinstance(v, int))
             if isinstance(v, bool) or not ok:
-                raise BundleError(f"{where}: '{f.name}' must be {'a string' if want is str else want.__name__}, got {v!r}")
+                kind = "a string" if want is str else want.__name__
+                raise BundleError(f"{where}: '{f.name}' must be {kind}, got {v!r}")
         return cls(**{k: full[k] for k in names})
 
     def __getitem__(self, key: str) -> Any:
