@@ -192,3 +192,25 @@ def test_fine_tuning_starts_from_the_pulled_checkpoint(pulled, official_pth, mon
     assert torch.equal(m.v.blocks[11].mlp.fc2.weight, sd["module.v.blocks.11.mlp.fc2.weight"])
     assert torch.equal(m.v.pos_embed, sd["module.v.pos_embed"]) and m.mlp_head[1].weight.shape == (2, 768)
     assert m.training and m.geometry.label_dim == 2
+
+
+def test_pull_never_replaces_a_folder_it_did_not_make(tmp_path):
+    """The bundle folder in the cache is replaced only when `pull` made it (for another download)."""
+    from monitor.errors import MonitorError
+    from monitor.model.audioset import _existing
+
+    out = tmp_path / "models" / NAME
+    assert _existing(out, NAME, "abc") is None  # nothing there yet: make it
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(MonitorError, match="exists and is not a model bundle"):
+        _existing(out, NAME, "abc")
+    (out / "bundle.json").write_text(json.dumps({"provenance": {"trained_with": "monitor train"}}))
+    with pytest.raises(MonitorError, match="not made by `monitor models pull audioset-10-10`.*not replaced"):
+        _existing(out, NAME, "abc")
+    # made by pull from another download: remade (None), without reading the weights
+    (out / "bundle.json").write_text(json.dumps({"provenance": {"pretrained": NAME, "source_sha256": "old"}}))
+    assert _existing(out, NAME, "new") is None
+    # made by pull from this download but damaged: remade
+    (out / "bundle.json").write_text(json.dumps({"provenance": {"pretrained": NAME, "source_sha256": "abc"}}))
+    assert _existing(out, NAME, "abc") is None and (out / "notes.txt").read_text() == "mine"
