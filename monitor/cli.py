@@ -81,15 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     md = sub.add_parser("models", help="list, inspect, pull or import models")
     msub = md.add_subparsers(dest="models_command", metavar="ACTION")
     msub.add_parser("list", help="bundled and cached models")
-    mi = msub.add_parser("info", help="describe one model bundle")
+    mi = msub.add_parser("info", help="describe one model bundle (or published checkpoint)")
     mi.add_argument("name")
-    mp = msub.add_parser("pull", help="download a published pretrained checkpoint into the cache")
-    mp.add_argument("name", help="e.g. audioset-10-10")
+    mi.add_argument("--labels", "--all", dest="all_labels", action="store_true",
+                    help="list every label with its threshold (long lists are otherwise summarised)")
+    mp = msub.add_parser("pull", help="download a published AudioSet checkpoint and make its runnable bundle")
+    mp.add_argument("name", help="e.g. audioset-10-10; then `monitor run ... --model audioset-10-10`")
     mp.add_argument("--url", default=None, help="override the download URL (mirrors, file:// for tests)")
     mim = msub.add_parser("import", help="turn an official AST or Hugging Face checkpoint into a bundle")
     mim.add_argument("checkpoint", type=Path)
-    mim.add_argument("--labels", type=Path, required=True,
-                     help="labels file: CSV with a display_name/label column, or one label per line")
+    mim.add_argument("--labels", type=Path, default=None,
+                     help="labels file: CSV with a display_name/label column, or one label per line "
+                          "(default for a 527-output AudioSet checkpoint: the AudioSet labels shipped with monitor)")
     mim.add_argument("--out", type=Path, required=True)
     mim.add_argument("--name", default=None)
     mim.add_argument("--version", dest="bundle_version", default="1.0.0")
@@ -99,11 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     mim.add_argument("--tstride", type=int, default=10)
     mim.add_argument("--input-tdim", type=int, default=1024)
     mim.add_argument("--task", default="multilabel", choices=["multilabel", "multiclass"])
-    mim.add_argument("--threshold", type=float, default=0.5)
+    mim.add_argument("--threshold", type=float, default=None,
+                     help="one threshold for every label (default: 0.3 for the AudioSet labels, else 0.5)")
     mim.add_argument("--low-hz", type=float, default=None)
     mim.add_argument("--high-hz", type=float, default=None)
-    mim.add_argument("--norm-mean", type=float, default=None)
-    mim.add_argument("--norm-std", type=float, default=None)
+    mim.add_argument("--norm-mean", type=float, default=None, help="fbank mean (default: AudioSet's -4.2677393)")
+    mim.add_argument("--norm-std", type=float, default=None, help="fbank std (default: AudioSet's 4.5689974)")
     return p
 
 

@@ -47,9 +47,10 @@ def test_forward_geometry_and_state_dict_shapes(fstride, tstride, tdim):
     assert m.v.patch_embed.proj.stride == (fstride, tstride) and m.v.patch_embed.proj.kernel_size == (16, 16)
     assert m.v.pos_embed.shape == (1, f * t + 2, 192)
     assert m.v.blocks[0].attn.fused_attn  # SDPA attention
-    assert m.config["depth"] == 2 and m.config["model_size"] == "tiny224" and m.label_dim == 4
+    assert m.geometry.depth == 2 and m.geometry.model_size == "tiny224" and m.label_dim == 4
+    assert m.config is m.geometry and m.config["depth"] == 2  # the old name and dict-style reads still work
     got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
-    assert got == expected_shapes(m.config)
+    assert got == expected_shapes(m.geometry) == expected_shapes(m.geometry.to_dict())
     x = torch.randn(3, tdim, 128)
     with torch.no_grad():
         out = m(x)

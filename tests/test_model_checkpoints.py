@@ -39,7 +39,7 @@ def test_official_golden_logits(shared, case, tmp_path):
     p = tmp_path / "best_audio_model.pth"
     torch.save(d["state_dict"], p)
     m2 = from_official_checkpoint(p, **c)
-    assert m2.config["depth"] == 2
+    assert m2.geometry.depth == 2
     with torch.no_grad():
         assert (m2(d["input"]) - d["logits"]).abs().max().item() <= 1e-4
 
@@ -153,8 +153,8 @@ def test_hf_conversion_matches_logits(tmp_path):
         ref = hf(x).logits
     assert ref.abs().max() > 1e-2
     m = from_hf_checkpoint(hf)
-    assert m.config["norm_eps"] == 1e-12 and m.config["head_norm_eps"] == 1e-12
-    assert (m.config["fstride"], m.config["tstride"], m.config["input_tdim"]) == (12, 12, 160)
+    assert m.geometry.norm_eps == 1e-12 and m.geometry.head_norm_eps == 1e-12
+    assert (m.geometry.fstride, m.geometry.tstride, m.geometry.input_tdim) == (12, 12, 160)
     with torch.no_grad():
         assert (m(x) - ref).abs().max().item() <= 1e-4
     # a saved folder (config.json + model.safetensors)

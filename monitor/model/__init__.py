@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from monitor.model.geometry import Geometry  # torch-free
+
 
 def from_official_checkpoint(*args: Any, **kwargs: Any):
     """See :func:`monitor.model.checkpoints.from_official_checkpoint`."""
@@ -19,4 +21,4 @@ def from_hf_checkpoint(*args: Any, **kwargs: Any):
     return f(*args, **kwargs)
 
 
-__all__ = ["from_official_checkpoint", "from_hf_checkpoint"]
+__all__ = ["Geometry", "from_official_checkpoint", "from_hf_checkpoint"]

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 from monitor.config import ConfigError, Preprocess
 from monitor.errors import BundleError
+from monitor.model.geometry import Geometry, expected_shapes
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,6 @@ FORMAT_VERSION = 1
 DEFAULT_MODEL = "demo-frog-bird"
 WEIGHTS = "model.safetensors"
 TASKS = ("multilabel", "multiclass")
-ARCH_KEYS: dict[str, type] = {"model_size": str, "depth": int, "fstride": int, "tstride": int, "input_fdim": int,
-                              "input_tdim": int, "label_dim": int, "norm_eps": float, "head_norm_eps": float}
-ARCH_OPTIONAL = {"norm_eps": 1e-6, "head_norm_eps": 1e-5}
 TOP_KEYS = ("format_version", "name", "version", "labels", "task", "architecture", "preprocessing", "thresholds",
             "weights", "provenance")
 DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -44,7 +42,7 @@ class Bundle:
     version: str
     labels: list[str]
     task: str
-    architecture: dict[str, Any]
+    architecture: Geometry
     preprocessing: Preprocess
     thresholds: dict[str, float]
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -61,7 +59,7 @@ class Bundle:
             "version": self.version,
             "labels": list(self.labels),
             "task": self.task,
-            "architecture": dict(self.architecture),
+            "architecture": self.architecture.to_dict(),
             "preprocessing": self.preprocessing.to_dict(),
             "thresholds": {k: float(v) for k, v in self.thresholds.items()},
             "weights": {"file": self.weights_file, "dtype": self.weights_dtype,
@@ -78,16 +76,15 @@ class Bundle:
 
         if self.path is None:
             raise BundleError(f"bundle {self.name} has no folder to load weights from; save it first")
-        a = self.architecture
-        model = AST(a["label_dim"], a["fstride"], a["tstride"], a["input_fdim"], a["input_tdim"], a["model_size"],
-                    depth=a["depth"], norm_eps=a.get("norm_eps", 1e-6), head_norm_eps=a.get("head_norm_eps", 1e-5))
+        with torch.device("meta"):  # shapes only: every weight comes from the file (base384: ~5 s of init saved)
+            model = AST.from_geometry(self.architecture)
         sd = load_file(str(self.path / self.weights_file))
         ours = model.state_dict()
         bad = sorted(set(ours) ^ set(sd)) or [k for k in sd if sd[k].shape != ours[k].shape]
         if bad:
             raise BundleError(f"{self.path}: weights do not match the architecture (first: {bad[0]}); "
                               "the bundle is damaged or from another model")
-        model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
+        model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in sd.items()}, assign=True)
         return model.to(device).eval()
 
     def scores(self, logits):
@@ -120,30 +117,14 @@ def _inside(folder: Path, name: str) -> Path:
 
 
 def check_geometry(model_size: str, fstride: int, tstride: int, input_fdim: int, input_tdim: int) -> None:
-    """Raise a one-line ``BundleError`` for an impossible geometry."""
-    from monitor.model.ast import MODEL_SIZES, patch_grid
-
-    if model_size not in MODEL_SIZES:
-        raise BundleError(f"unknown model_size {model_size!r}; choose one of {', '.join(MODEL_SIZES)}")
-    if not (1 <= fstride <= 16 and 1 <= tstride <= 16):
-        raise BundleError(f"strides must be in 1..16, got {fstride}/{tstride}")
-    try:
-        patch_grid(fstride, tstride, input_fdim, input_tdim)
-    except ValueError as exc:
-        raise BundleError(str(exc)) from None
+    """Raise a one-line ``BundleError`` for an impossible geometry (``Geometry``'s own checks)."""
+    Geometry(model_size, 1, fstride, tstride, input_fdim, input_tdim, 1)
 
 
-def _parse_arch(data: Mapping[str, Any], n_labels: int) -> dict[str, Any]:
-    raw = _need(data, "architecture", dict)
-    unknown = [k for k in raw if k not in ARCH_KEYS]
-    if unknown:
-        raise BundleError(f"bundle.json: unknown architecture field '{unknown[0]}' (allowed: {', '.join(ARCH_KEYS)})")
-    arch = {k: _need({**ARCH_OPTIONAL, **raw}, k, t, "bundle.json architecture") for k, t in ARCH_KEYS.items()}
-    if arch["depth"] < 1 or arch["label_dim"] < 1:
-        raise BundleError("bundle.json: architecture depth and label_dim must be >= 1")
-    if arch["label_dim"] != n_labels:
-        raise BundleError(f"bundle.json: architecture.label_dim {arch['label_dim']} != {n_labels} labels")
-    check_geometry(arch["model_size"], arch["fstride"], arch["tstride"], arch["input_fdim"], arch["input_tdim"])
+def _parse_arch(data: Mapping[str, Any], n_labels: int) -> Geometry:
+    arch = Geometry.from_dict(_need(data, "architecture", dict))
+    if arch.label_dim != n_labels:
+        raise BundleError(f"bundle.json: architecture.label_dim {arch.label_dim} != {n_labels} labels")
     return arch
 
 
@@ -171,7 +152,7 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
         pre = Preprocess.from_dict(_need(data, "preprocessing", dict))
     except ConfigError as exc:
         raise BundleError(f"bundle.json preprocessing: {exc}") from None
-    if pre.fbank.num_mel_bins != arch["input_fdim"] or pre.fbank.target_frames != arch["input_tdim"]:
+    if pre.fbank.num_mel_bins != arch.input_fdim or pre.fbank.target_frames != arch.input_tdim:
         raise BundleError("bundle.json: preprocessing fbank (num_mel_bins, target_frames) must equal "
                           "architecture (input_fdim, input_tdim)")
     thr = _need(data, "thresholds", dict)
@@ -230,6 +211,11 @@ def resolve(name_or_path: str | Path) -> Path:
         raise BundleError(f"the bundled default model {DEFAULT_MODEL!r} is not installed here; pass --model "
                           "NAME_OR_PATH, or train one (`monitor train configs/demo.yaml --out runs/demo`, then copy "
                           f"runs/demo/bundle to models/{DEFAULT_MODEL})")
+    from monitor.model.checkpoints import PRETRAINED
+
+    if name in PRETRAINED:  # a published checkpoint whose bundle is not made yet
+        raise BundleError(f"{name} is a published AudioSet checkpoint that is not pulled yet; run "
+                          f"`monitor models pull {name}` once (it downloads the checkpoint and makes its bundle)")
     raise BundleError(f"no model bundle {name!r} (looked in: {', '.join(map(str, bundle_search_path()))}); "
                       "see `monitor models list`")
 
@@ -255,8 +241,6 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
 
 def check_weights(b: Bundle, weights: Path) -> None:
     """Every tensor name, shape and dtype of ``weights`` must be what ``b.architecture`` declares."""
-    from monitor.model.ast import expected_shapes
-
     header = read_safetensors_header(weights)
     want = expected_shapes(b.architecture)
     where = weights.parent
@@ -265,7 +249,7 @@ def check_weights(b: Bundle, weights: Path) -> None:
                           "or its bundle.json belongs to another model")
     for k in sorted(set(header) - set(want)):
         raise BundleError(f"{where}: weights hold tensor {k} that the architecture does not have (depth "
-                          f"{b.architecture['depth']}?); the bundle.json belongs to another model")
+                          f"{b.architecture.depth}?); the bundle.json belongs to another model")
     for k, shape in want.items():
         got = tuple(header[k].get("shape", ()))
         if got != shape:
@@ -323,7 +307,7 @@ def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: 
                 fp16: bool = False) -> Bundle:
     """Write ``bundle.json`` + ``model.safetensors`` (in a temp folder, then renamed); returns the loaded bundle.
 
-    The architecture comes from ``model.config``. An existing bundle at ``out_dir`` is replaced (other
+    The architecture is ``model.geometry``. An existing bundle at ``out_dir`` is replaced (other
     files beside it are kept); a non-empty folder that is not a bundle is refused.
     """
     import torch
@@ -332,10 +316,9 @@ def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: 
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "bundle.json").is_file():
         raise BundleError(f"{out_dir} exists and is not a model bundle; choose a new or empty folder")
-    config = getattr(model, "config", None)
-    if not isinstance(config, dict):
-        raise BundleError("save_bundle needs a monitor AST (model.config holds its geometry)")
-    arch = {k: config.get(k, ARCH_OPTIONAL.get(k)) for k in ARCH_KEYS}
+    arch = getattr(model, "geometry", None)
+    if not isinstance(arch, Geometry):
+        raise BundleError("save_bundle needs a monitor AST (model.geometry holds its shape)")
     b = Bundle(name, version, list(labels), task, arch, preprocessing,
                {k: float(thresholds[k]) for k in labels if k in thresholds}, dict(provenance or {}),
                weights_dtype="float16" if fp16 else "float32")
@@ -367,9 +350,11 @@ def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: 
 def list_models() -> list[dict[str, Any]]:
     """Bundles on the search path (first of a name wins) and the published checkpoints, cached or not.
 
-    Each row: name, kind (bundle / bundle (invalid) / checkpoint), version, labels, path, default, cached.
+    Each row: name, kind (bundle / bundle (invalid) / checkpoint), version, labels (up to 4, else the count
+    and the first 3), path, default, cached (bool; bundles are always on disk).
     """
     from monitor.model.checkpoints import PRETRAINED, checkpoint_path
+    from monitor.model.labels import summarise
 
     rows, seen = [], set()
     for base in bundle_search_path():
@@ -382,13 +367,19 @@ def list_models() -> list[dict[str, Any]]:
             row = {"name": d.name, "path": str(d), "default": d.name == DEFAULT_MODEL, "cached": True}
             try:
                 b = load_bundle(d)
-                row.update(kind="bundle", version=b.version, labels=", ".join(b.labels))
+                short = len(b.labels) <= 4
+                row.update(kind="bundle", version=b.version,
+                           labels=", ".join(b.labels) if short else summarise(b.labels, first=3))
             except BundleError as exc:
                 row.update(kind="bundle (invalid)", version="", labels=str(exc))
             rows.append(row)
     for key, spec in PRETRAINED.items():
         p = checkpoint_path(key)
+        if p.is_file():
+            where = str(p) if key in seen else f"{p} (no bundle yet: monitor models pull {key})"
+        else:
+            where = f"(not downloaded: monitor models pull {key})"
         rows.append({"name": key, "kind": "checkpoint", "version": f"mAP {spec.map:.4f}",
-                     "labels": f"{spec.label_dim} AudioSet classes", "default": False, "cached": p.is_file(),
-                     "path": str(p) if p.is_file() else f"(not downloaded: monitor models pull {key})"})
+                     "labels": f"{spec.label_dim} AudioSet classes", "default": False,
+                     "cached": p.is_file(), "path": where})
     return rows

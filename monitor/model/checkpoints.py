@@ -23,6 +23,7 @@ import torch
 
 from monitor.errors import BundleError, MonitorError
 from monitor.model.ast import AST, MODEL_SIZES, patch_grid, resize_pos_embed
+from monitor.model.geometry import Geometry
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _infer_grid(n_patches: int, f_dim: int) -> tuple[int, int]:
 def _load_into(model: AST, sd: dict[str, torch.Tensor], source_grid: tuple[int, int] | None = None) -> AST:
     """Fit ``sd`` (keys ``v.*``, ``mlp_head.*``) into ``model``: adapt pos embed, new head if labels differ."""
     sd = {k: v for k, v in sd.items() if not k.startswith(("v.head.", "v.head_dist."))}
-    depth, have = model.config["depth"], _n_blocks(sd)
+    depth, have = model.geometry.depth, _n_blocks(sd)
     if have < depth:
         raise BundleError(f"checkpoint has {have} transformer blocks, the model asks for {depth}; "
                           f"pass depth={have} (or leave depth unset)")
@@ -283,6 +284,12 @@ class Pretrained:
     @property
     def url(self) -> str:
         return self.urls[0]
+
+    @property
+    def geometry(self) -> Geometry:
+        """The checkpoint's geometry as published (all 12 blocks, 128 mel bins, the official LayerNorm eps)."""
+        return Geometry(self.model_size, MODEL_SIZES[self.model_size].depth, self.fstride, self.tstride, 128,
+                        self.input_tdim, self.label_dim)
 
 
 _DBX = "https://www.dropbox.com/s/"

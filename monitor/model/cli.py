@@ -3,52 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 from pathlib import Path
 from typing import Any
 
 from monitor.errors import BundleError
+from monitor.model.labels import read_labels  # noqa: F401  (re-exported: ``monitor.model.cli.read_labels``)
 
 log = logging.getLogger(__name__)
 
 
-def read_labels(path: Path) -> list[str]:
-    """Labels, in output order, from ``class_labels_indices.csv`` (index,mid,display_name), a CSV with a
-    display_name/label/name column (ordered by ``index`` if there is one), or one label per line."""
-    if not path.is_file():
-        raise BundleError(f"labels file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
-    rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r)]
-    header = [h.strip().lower() for h in rows[0]] if rows else []
-    col = next((header.index(c) for c in ("display_name", "label", "name") if c in header), None)
-    if col is None:
-        if path.suffix.lower() == ".csv" and len(header) > 1:
-            raise BundleError(f"{path}: CSV needs a display_name or label column (like class_labels_indices.csv)")
-        labels = [line.strip() for line in text.splitlines() if line.strip()]
-    else:
-        body = rows[1:]
-        if "index" in header:
-            i = header.index("index")
-            try:
-                body = sorted(body, key=lambda r: int(r[i]))
-            except (ValueError, IndexError):
-                raise BundleError(f"{path}: the index column must hold whole numbers") from None
-            if [int(r[i]) for r in body] != list(range(len(body))):
-                raise BundleError(f"{path}: the index column must run 0..{len(body) - 1} without gaps")
-        labels = [r[col].strip() if len(r) > col else "" for r in body]
-    if not labels or not all(labels):
-        raise BundleError(f"{path}: no labels, or an empty label")
-    dupes = sorted({x for x in labels if labels.count(x) > 1})
-    if dupes:
-        raise BundleError(f"{path}: label {dupes[0]!r} appears more than once")
-    return labels
-
-
-def _print_table(rows: list[dict[str, Any]], cols: list[str], max_width: int = 60) -> None:
+def _print_table(rows: list[dict[str, Any]], cols: list[str], clip: tuple[str, ...] = ("labels",),
+                 max_width: int = 60) -> None:
+    """A plain table; the ``clip`` columns are cut at ``max_width`` characters (paths never are)."""
     def cell(r: dict[str, Any], c: str) -> str:
         s = str(r.get(c, ""))
-        return s if len(s) <= max_width else s[:max_width - 3] + "..."
+        return s if len(s) <= max_width or c not in clip else s[:max_width - 3] + "..."
 
     widths = {c: max([len(c)] + [len(cell(r, c)) for r in rows]) for c in cols}
     print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
@@ -61,7 +31,7 @@ def models_command(args: argparse.Namespace) -> int:
     if action == "list":
         return _list()
     if action == "info":
-        return _info(args.name)
+        return _info(args.name, all_labels=bool(getattr(args, "all_labels", False)))
     if action == "pull":
         return _pull(args.name, args.url)
     if action == "import":
@@ -75,57 +45,99 @@ def _list() -> int:
     rows = list_models()
     for r in rows:
         r["name"] += " (default)" if r.get("default") else ""
-    _print_table(rows, ["name", "kind", "version", "labels", "path"])
+        r["cached"] = "yes" if r.get("cached") else "no"
+    _print_table(rows, ["name", "kind", "version", "cached", "labels", "path"])
     return 0
 
 
-def _info(name: str) -> int:
-    from monitor.model.bundle import load_bundle
+SHOWN_LABELS = 10  # `models info` lists this many labels, then "... and N more"
+
+
+def _print_labels(labels: list[str], thresholds: dict[str, float] | None = None) -> None:
+    print()
+    rows = [{"index": i, "threshold": "" if thresholds is None else f"{thresholds[x]:g}", "label": x}
+            for i, x in enumerate(labels)]
+    _print_table(rows, ["index", "label"] + ([] if thresholds is None else ["threshold"]), clip=())
+
+
+def _thresholds_line(labels: list[str], thr: dict[str, float]) -> str:
+    values = {thr[k] for k in labels}
+    if len(values) == 1 and len(labels) > 1:
+        return f"{values.pop():g} for every label"
+    items = [f"{k}={thr[k]:g}" for k in labels]
+    more = len(items) - SHOWN_LABELS
+    return ", ".join(items[:SHOWN_LABELS]) + (f" ... and {more} more (--labels lists them all)" if more > 0 else "")
+
+
+def _info(name: str, all_labels: bool = False) -> int:
+    from monitor.model.bundle import load_bundle, resolve
     from monitor.model.checkpoints import PRETRAINED, checkpoint_path
+    from monitor.model.labels import summarise
 
     if name in PRETRAINED and not Path(name).exists():
-        s, p = PRETRAINED[name], checkpoint_path(name)
-        print(f"name        {name} (published AudioSet checkpoint, official AST format)")
-        print(f"geometry    {s.model_size}, strides {s.fstride}/{s.tstride}, {s.input_tdim} frames x 128 mel, "
-              f"{s.label_dim} labels\nquality     mAP {s.map:.4f} on AudioSet eval ({s.note})")
-        where = p if p.is_file() else f"(not downloaded: monitor models pull {name})"
-        print(f"source      {s.url}\nfile        {where}")
-        return 0
+        try:
+            resolve(name)  # pulled: its bundle is described below
+        except BundleError:
+            from monitor.model import audioset
+
+            s, p = PRETRAINED[name], checkpoint_path(name)
+            labels = audioset.labels()
+            print(f"name        {name} (published AudioSet checkpoint, official AST format)")
+            print(f"geometry    {s.geometry.describe()}\nquality     mAP {s.map:.4f} on AudioSet eval ({s.note})")
+            hint = "" if all_labels else " (--labels lists them all)"
+            print(f"labels      {summarise(labels, SHOWN_LABELS)}{hint}")
+            where = p if p.is_file() else "(not downloaded)"
+            print(f"source      {s.url}\nfile        {where}")
+            print(f"bundle      (not made yet: monitor models pull {name})")
+            if all_labels:
+                _print_labels(labels)
+            return 0
     b = load_bundle(name)
     a, p = b.architecture, b.preprocessing
+    more = len(b.labels) > SHOWN_LABELS and not all_labels
     lines = [
         ("name", b.name), ("version", b.version), ("path", b.path), ("sha256", b.sha256),
         ("task", f"{b.task} ({'sigmoid' if b.task == 'multilabel' else 'softmax'})"),
-        ("labels", f"{len(b.labels)}: {', '.join(b.labels)}"),
-        ("thresholds", ", ".join(f"{k}={v:g}" for k, v in b.thresholds.items())),
-        ("geometry", f"{a['model_size']}, depth {a['depth']}, strides {a['fstride']}/{a['tstride']}, "
-                     f"input {a['input_tdim']} frames x {a['input_fdim']} mel"),
+        ("labels", summarise(b.labels, SHOWN_LABELS) + (" (--labels lists them all)" if more else "")),
+        ("thresholds", _thresholds_line(b.labels, b.thresholds)),
+        ("geometry", a.describe()),
         ("weights", f"{b.weights_file} ({b.weights_dtype})"),
         ("segments", f"{p.segment.window_s:g} s every {p.segment.hop_s:g} s (min {p.segment.min_segment_s:g} s)"),
         ("band", "off" if p.band.low_hz is None and p.band.high_hz is None else
                  f"{p.band.low_hz or 0:g}-{p.band.high_hz or p.resample.sample_rate_hz / 2:g} Hz "
                  f"(order {p.band.order})"),
         ("resample", f"{p.resample.sample_rate_hz} Hz ({p.resample.method})"),
+        ("fbank", f"{p.fbank.num_mel_bins} mel, {p.fbank.frame_length_ms:g} ms / {p.fbank.frame_shift_ms:g} ms, "
+                  f"{p.fbank.target_frames} frames, wave mean {'removed' if p.fbank.remove_wave_mean else 'kept'}"),
         ("normalise", f"mean {p.fbank.norm_mean:g}, std {p.fbank.norm_std:g}"),
     ]
     lines += [(k, v) for k, v in b.provenance.items() if isinstance(v, (str, int, float))]
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         print(f"{k:<{width}}  {v}")
+    if all_labels:
+        _print_labels(b.labels, b.thresholds)
     return 0
 
 
 def _pull(name: str, url: str | None) -> int:
-    from monitor.model.checkpoints import PRETRAINED, pull
+    from monitor.model.audioset import install
+    from monitor.model.checkpoints import PRETRAINED
 
-    path = pull(name, url=url)
+    if name not in PRETRAINED:
+        from monitor.errors import MonitorError
+
+        raise MonitorError(f"unknown pretrained model {name!r}; available: {', '.join(PRETRAINED)}")
+    ckpt, b, made = install(name, url=url)
     spec = PRETRAINED[name]
-    print(f"{name}: {path}")
-    print(f"fine-tune from it with `model: {{init: audioset, checkpoint: {path}, fstride: {spec.fstride}, "
+    print(f"{name}: checkpoint {ckpt}")
+    print(f"{name}: bundle {b.path} ({'made now' if made else 'up to date'}): {len(b.labels)} AudioSet labels, "
+          f"thresholds {_thresholds_line(b.labels, b.thresholds)} (a screening default, not calibrated)")
+    print(f"run it with `monitor run INPUT_DIR --out OUT_DIR --model {name}`; "
+          f"describe it with `monitor models info {name}`")
+    print(f"fine-tune from it with `model: {{init: audioset, checkpoint: {name}, fstride: {spec.fstride}, "
           f"tstride: {spec.tstride}}}` in a training config")
     return 0
-
-
 def _warn_geometry(sd: dict, fstride: int, tstride: int, input_tdim: int) -> None:
     """Warn when an official checkpoint was trained on another patch grid than the one asked for."""
     from monitor.model.ast import patch_grid
@@ -138,17 +150,48 @@ def _warn_geometry(sd: dict, fstride: int, tstride: int, input_tdim: int) -> Non
                     pe.shape[1] - 2, fstride, tstride, input_tdim, f * t)
 
 
+def _head_rows(src: Path, sd: dict | None) -> int | None:
+    """How many outputs a checkpoint's head has (official or Hugging Face), or None if it cannot tell."""
+    import json
+
+    if sd is not None:
+        for k in ("module.mlp_head.1.weight", "mlp_head.1.weight", "classifier.dense.weight",
+                  "audio_spectrogram_transformer.classifier.dense.weight"):
+            if k in sd and sd[k].ndim == 2:
+                return int(sd[k].shape[0])
+        return None
+    try:
+        cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
+        return int(cfg.get("num_labels") or len(cfg.get("id2label") or {})) or None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def _import(args: argparse.Namespace) -> int:
-    from monitor.config import BandConfig, FbankConfig, Preprocess
+    import dataclasses
+
+    from monitor.config import AUDIOSET_MEAN, AUDIOSET_STD, BandConfig
+    from monitor.model import audioset
     from monitor.model.bundle import save_bundle
     from monitor.model.checkpoints import (from_hf_checkpoint, from_official_checkpoint, load_state_dict_file,
                                            sha256_file)
 
-    labels = read_labels(args.labels)
     src = Path(args.checkpoint)
     if not src.exists():
         raise BundleError(f"checkpoint not found: {src}")
     sd = None if src.is_dir() else load_state_dict_file(src)
+    if args.labels is None:
+        rows = _head_rows(src, sd)
+        if rows != audioset.N_LABELS:
+            raise BundleError(f"pass --labels LABELS_FILE: the checkpoint's head has {rows or 'an unknown number of'} "
+                              f"outputs, so it is not an AudioSet model ({audioset.N_LABELS}) whose labels ship with "
+                              "monitor")
+        labels = audioset.labels()
+        print(f"labels      the {len(labels)} AudioSet classes shipped with monitor (class_labels_indices.csv of "
+              "the official AST; pass --labels to use others)")
+    else:
+        labels = read_labels(args.labels)
+    is_as = audioset.is_audioset(labels)
     fmt = args.format
     if fmt == "auto":
         hf_keys = ("audio_spectrogram_transformer.", "classifier.")
@@ -163,20 +206,40 @@ def _import(args: argparse.Namespace) -> int:
         _warn_geometry(sd, args.fstride, args.tstride, args.input_tdim)
         model = from_official_checkpoint(sd, label_dim=len(labels), fstride=args.fstride, tstride=args.tstride,
                                          input_fdim=128, input_tdim=args.input_tdim, model_size=args.model_size)
-    c = model.config
-    fb: dict[str, Any] = {"target_frames": c["input_tdim"], "num_mel_bins": c["input_fdim"]}
-    if args.norm_mean is not None:
-        fb["norm_mean"] = args.norm_mean
-    if args.norm_std is not None:
-        fb["norm_std"] = args.norm_std
-    pre = Preprocess(band=BandConfig(low_hz=args.low_hz, high_hz=args.high_hz), fbank=FbankConfig(**fb))
-    prov = {"imported_from": src.name, "format": fmt,
-            "source_sha256": sha256_file(src) if src.is_file() else "",
-            "note": "imported with `monitor models import`; thresholds are a single default, calibrate them"}
+    g = model.geometry
+    # The official AST front end (16 kHz, wave mean removed, Kaldi fbank, AudioSet mean/std, no band limit, 10 s
+    # windows), with what the user gave on top of it.
+    pre = audioset.preprocessing(g.input_tdim)
+    fb = dataclasses.replace(pre.fbank, num_mel_bins=g.input_fdim,
+                             norm_mean=AUDIOSET_MEAN if args.norm_mean is None else args.norm_mean,
+                             norm_std=AUDIOSET_STD if args.norm_std is None else args.norm_std)
+    pre = dataclasses.replace(pre, band=BandConfig(low_hz=args.low_hz, high_hz=args.high_hz), fbank=fb)
+    official = args.norm_mean is None and args.norm_std is None and args.low_hz is None and args.high_hz is None
+    if args.norm_mean is None or args.norm_std is None:
+        stats = f"mean {fb.norm_mean:g}, std {fb.norm_std:g}"
+        if is_as:
+            print(f"normalise   {stats}: AudioSet's, as the official AST AudioSet recipe")
+        else:
+            print(f"normalise   {stats}: AudioSet's (the official AST default; not given). If the checkpoint was "
+                  "fine-tuned with other stats pass --norm-mean/--norm-std (official ESC-50 recipe: -6.6268077 "
+                  "5.358466; Speech Commands: -6.845978 5.5654526)")
+    if is_as and official:
+        print(f"preprocess  {audioset.PREPROCESSING_SOURCE}; 10 s windows")
+    threshold = args.threshold
+    if threshold is None:
+        threshold = audioset.DEFAULT_THRESHOLD if is_as else 0.5
+        print(f"thresholds  {threshold:g} for every label (a default, not calibrated; --threshold X to set another)")
+    prov: dict[str, Any] = {"imported_from": src.name, "format": fmt,
+                            "source_sha256": sha256_file(src) if src.is_file() else "",
+                            "note": "imported with `monitor models import`; thresholds are a single default, "
+                                    "calibrate them"}
+    if is_as:
+        prov["labels_source"] = audioset.LABELS_SOURCE
+    if is_as and official:
+        prov["preprocessing_source"] = audioset.PREPROCESSING_SOURCE
     b = save_bundle(args.out, model, name=args.name or args.out.name, version=args.bundle_version, labels=labels,
-                    task=args.task, preprocessing=pre, thresholds={k: args.threshold for k in labels},
-                    provenance=prov)
-    print(f"bundle {b.name} {b.version} written to {b.path}: {len(labels)} labels, {c['model_size']} depth "
-          f"{c['depth']}, strides {c['fstride']}/{c['tstride']}, {c['input_tdim']} frames ({fmt} format)")
+                    task=args.task, preprocessing=pre, thresholds={k: threshold for k in labels}, provenance=prov)
+    print(f"bundle {b.name} {b.version} written to {b.path}: {len(labels)} labels, {g.model_size} depth "
+          f"{g.depth}, strides {g.fstride}/{g.tstride}, {g.input_tdim} frames ({fmt} format)")
     print(f"check it with `monitor models info {b.path}`; use it with `monitor run INPUT --out OUT --model {b.path}`")
     return 0

@@ -49,7 +49,6 @@ def _split_for(cfg, table, labels, out_dir: Path, resume: bool, fixed_val=None):
 def run_one(cfg, out_dir: Path, table, labels, split, *, name: str, resume: bool = False,
             stop_after_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Fit, calibrate, evaluate, export. Returns {"bundle": path, "metrics": summary or None, "result": FitResult}."""
-    import numpy as np
 
     from monitor.train.calibrate import calibrate
     from monitor.train.config import config_yaml

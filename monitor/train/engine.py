@@ -75,7 +75,7 @@ def build_model(cfg: TrainConfig, labels: list[str]):
         if not m.checkpoint:
             raise MonitorError("model.init: hf needs model.checkpoint (a saved ASTForAudioClassification folder)")
         model = from_hf_checkpoint(m.checkpoint, label_dim=n, input_tdim=fb.target_frames)
-        got = {k: model.config[k] for k in ("fstride", "tstride", "input_fdim", "model_size")}
+        got = {k: getattr(model.geometry, k) for k in ("fstride", "tstride", "input_fdim", "model_size")}
         want = {k: geom[k] for k in got}
         if got != want:
             raise MonitorError(f"the Hugging Face checkpoint has geometry {got}; set model/fbank to match ({want})")
@@ -92,16 +92,15 @@ def from_bundle(path: str | None, labels: list[str], geom: dict[str, Any]):
     b = load_bundle(path)
     a = b.architecture
     for k in ("fstride", "tstride", "input_fdim", "input_tdim", "model_size", "depth"):
-        if geom[k] is not None and a[k] != geom[k]:
-            raise MonitorError(f"model/fbank {k}={geom[k]} differs from bundle {b.name}'s {a[k]}; "
+        if geom[k] is not None and getattr(a, k) != geom[k]:
+            raise MonitorError(f"model/fbank {k}={geom[k]} differs from bundle {b.name}'s {getattr(a, k)}; "
                                "set them as in the bundle")
     old = b.build_model()
     if list(b.labels) == list(labels):
         return old.train()
     from monitor.model.ast import AST
 
-    new = AST(len(labels), a["fstride"], a["tstride"], a["input_fdim"], a["input_tdim"], a["model_size"],
-              depth=a["depth"], norm_eps=a.get("norm_eps", 1e-6), head_norm_eps=a.get("head_norm_eps", 1e-5))
+    new = AST.from_geometry(a.replace(label_dim=len(labels)))
     sd = {k: v for k, v in old.state_dict().items() if not k.startswith("mlp_head.1.")}
     new.load_state_dict(sd, strict=False)
     with torch.no_grad():
