@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="one JSON object per file")
 
     t = sub.add_parser("train", help="train or fine-tune a model; exports a bundle")
-    t.add_argument("config", type=Path, help="YAML recipe (only what differs from defaults)")
-    t.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
+    t.add_argument("config", help="a recipe: a YAML file (only what differs from defaults) or the name of a packaged "
+                                   "recipe (see `monitor recipes list`)")
+    t.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<recipe name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     t.add_argument("--folds", type=int, default=None, help="grouped K-fold cross-validation")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -71,6 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="rebuild reports from OUT_DIR's results store (no model run)")
     rp.add_argument("out_dir", type=Path)
     rp.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="LABEL=X")
+
+    rc = sub.add_parser("recipes", help="list, show or copy the packaged training recipes")
+    rsub = rc.add_subparsers(dest="recipes_command", metavar="ACTION")
+    rsub.add_parser("list", help="the packaged recipes, one line each")
+    rs = rsub.add_parser("show", help="print a recipe")
+    rs.add_argument("name")
+    rcp = rsub.add_parser("copy", help="copy a recipe (and the files it references) to edit it")
+    rcp.add_argument("name")
+    rcp.add_argument("dest", type=Path, help="a folder, or a .yaml file name")
+    rcp.add_argument("--force", action="store_true", help="replace existing files")
+
+    ec = sub.add_parser("example-card", help="write the packaged example SD card into a folder")
+    ec.add_argument("dir", type=Path, help="a new or empty folder")
+    ec.add_argument("--force", action="store_true",
+                    help="write into a non-empty folder (the card's files are replaced, other files kept)")
 
     md = sub.add_parser("models", help="list, inspect, pull or import models")
     msub = md.add_subparsers(dest="models_command", metavar="ACTION")
@@ -118,6 +134,14 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from monitor.report import report_command
 
         return report_command(args.out_dir, dict(args.threshold))
+    if args.command == "recipes":
+        from monitor.resources import recipes_command
+
+        return recipes_command(args)
+    if args.command == "example-card":
+        from monitor.resources import example_card_command
+
+        return example_card_command(args)
     if args.command == "models":
         from monitor.model.cli import models_command
 
