@@ -310,11 +310,15 @@ def training_data(source: str, work: str | Path, *, root: str = "", annotations:
         raise MonitorError(f"DATA_SOURCE must be one of {', '.join(DATA_SOURCES)}, got {source!r}")
     out = [f"data.source={source}"]
     if source == "folders":
-        r = _existing(root or work / "training-data", "training-data folder",
-                      "put one folder per label in it (training-data/frog/*.wav, training-data/other/*.wav) or set "
-                      "DATA_ROOT")
+        if not str(root).strip():
+            (work / "training-data").mkdir(exist_ok=True)  # where to put the clips: made for the user to fill
+        r = _existing(root or work / "training-data", "training-data folder", "check DATA_ROOT")
         labels = sorted(p.name for p in r.iterdir() if p.is_dir() and not p.name.startswith("."))
-        print(f"class folders in {r}: {', '.join(labels) or '(none)'}")
+        if not labels:
+            raise MonitorError(f"no label folders in {r}: put one folder of recordings per label there (e.g. "
+                               f"{r.name}/frog/*.wav, {r.name}/background/*.wav) or set DATA_ROOT, then run this "
+                               "cell again")
+        print(f"class folders in {r}: {', '.join(labels)}")
         out.append(f"data.root={_yaml_str(r)}")
     elif source == "annotations":
         a = _existing(annotations, "selection tables", "set ANNOTATIONS to a Raven/Audacity table or a folder of them")

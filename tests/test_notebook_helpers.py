@@ -63,8 +63,11 @@ def test_training_data_overrides_per_source_and_clear_errors(tmp_path, shared, c
     assert nb.training_data("folders", tmp_path, root=str(clips)) == ["data.source=folders",
                                                                       f'data.root="{clips.resolve()}"']
     assert "class folders in" in capsys.readouterr().out
-    with pytest.raises(MonitorError, match="training-data folder not found.*one folder per label"):
-        nb.training_data("folders", tmp_path)  # the default WORK/training-data does not exist yet
+    with pytest.raises(MonitorError, match="no label folders in .*training-data: put one folder of recordings"):
+        nb.training_data("folders", tmp_path)  # the default WORK/training-data: made, empty, for the user to fill
+    assert (tmp_path / "training-data").is_dir()
+    with pytest.raises(MonitorError, match="training-data folder not found: .*nope"):
+        nb.training_data("folders", tmp_path, root=str(tmp_path / "nope"))
     (tmp_path / "t.txt").write_text("0\t1\tfrog\n")
     got = nb.training_data("annotations", tmp_path, root=str(clips), annotations=str(tmp_path / "t.txt"))
     assert got[1:] == [f'data.annotations="{tmp_path / "t.txt"}"', f'data.root="{clips.resolve()}"']
