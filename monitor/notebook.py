@@ -431,9 +431,16 @@ def train(cfg, out_dir: str | Path, name: str) -> dict[str, Any]:
               "again)")
         prov = json.loads(bundle.read_text()).get("provenance", {})
         return {"bundle": bundle.parent, "metrics": (prov.get("metrics") or {}).get("summary"), "resumed": False}
+    from monitor.logs import add_log_file, remove_handler
+
     resume = out_dir.is_dir() and any(out_dir.iterdir())
     print(("resuming the run in " if resume else "new run in ") + str(out_dir))
-    res = _train(cfg, out_dir, name=name, resume=resume)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = add_log_file(out_dir / "train.log")  # as `monitor train` keeps it, beside the checkpoints
+    try:
+        res = _train(cfg, out_dir, name=name, resume=resume)
+    finally:
+        remove_handler(handler)
     res["resumed"] = resume
     print(f"bundle: {res['bundle']}")
     return res

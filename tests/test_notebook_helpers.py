@@ -127,10 +127,24 @@ def test_listening_file_is_small_16khz_and_at_most_20s(tmp_path):
     assert 0.5 < np.abs(y).max() <= 1.0  # peak-normalised, audible
 
 
+@pytest.fixture
+def restore_root_logger():
+    """The test calls ``nb.notebook_logging()`` as the notebooks' first cell does; undone afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    for h in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(h)
+    root.setLevel(level)
+
+
 @pytest.mark.slow
-def test_train_resumes_a_broken_run_and_never_retrains_a_finished_one(tmp_path, shared, capsys):
+def test_train_resumes_a_broken_run_and_never_retrains_a_finished_one(tmp_path, shared, capsys, restore_root_logger):
     from monitor.train.cli import train
 
+    nb.notebook_logging()  # the handler writes to this test's captured stdout
     clips = _clips(shared, tmp_path / "clips")
     cfg = nb.load_recipe("clips_cpu", [f"data.root={clips}", f"data.cache_dir={tmp_path / 'cache'}", *TINY])
     run = tmp_path / "runs" / "frog"
@@ -140,6 +154,8 @@ def test_train_resumes_a_broken_run_and_never_retrains_a_finished_one(tmp_path, 
     res = nb.train(cfg, run, name="frog")  # the cell run again
     out = capsys.readouterr().out
     assert res["resumed"] and f"resuming the run in {run}" in out and (run / "bundle" / "bundle.json").is_file()
+    assert "resumed at epoch 1" in out and "epoch 2:" in out  # per-epoch metrics in the cell output
+    assert "resumed at epoch 1" in (run / "train.log").read_text()
     steps = [int(ln.split(",")[0]) for ln in (run / "steps.csv").read_text().splitlines()[1:]]
     assert steps == list(range(len(steps))) and len(steps) > 1  # continued after step 0, not restarted
     again = nb.train(cfg, run, name="frog")
