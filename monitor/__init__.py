@@ -5,7 +5,7 @@ Importing this package is cheap (no torch); heavy modules load on first use.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "run", "load_bundle"]
+__all__ = ["__version__", "run", "load_bundle", "example_card"]
 
 
 def run(*args, **kwargs):
@@ -20,3 +20,10 @@ def load_bundle(*args, **kwargs):
     from monitor.model.bundle import load_bundle as _load
 
     return _load(*args, **kwargs)
+
+
+def example_card(*args, **kwargs):
+    """Write the packaged example SD card into a folder; see :func:`monitor.resources.example_card`."""
+    from monitor.resources import example_card as _card
+
+    return _card(*args, **kwargs)

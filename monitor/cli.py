@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="one JSON object per file")
 
     t = sub.add_parser("train", help="train or fine-tune a model; exports a bundle")
-    t.add_argument("config", type=Path, help="YAML recipe (only what differs from defaults)")
-    t.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
+    t.add_argument("config", help="a recipe: a YAML file (only what differs from defaults) or the name of a packaged "
+                                   "recipe (see `monitor recipes list`)")
+    t.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<recipe name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     t.add_argument("--folds", type=int, default=None, help="grouped K-fold cross-validation")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -77,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="rebuild reports from OUT_DIR's results store (no model run)")
     rp.add_argument("out_dir", type=Path)
     rp.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="LABEL=X")
+
+    rc = sub.add_parser("recipes", help="list, show or copy the packaged training recipes")
+    rsub = rc.add_subparsers(dest="recipes_command", metavar="ACTION")
+    rsub.add_parser("list", help="the packaged recipes, one line each")
+    rs = rsub.add_parser("show", help="print a recipe")
+    rs.add_argument("name")
+    rcp = rsub.add_parser("copy", help="copy a recipe (and the files it references) to edit it")
+    rcp.add_argument("name")
+    rcp.add_argument("dest", type=Path, help="a folder, or a .yaml file name")
+    rcp.add_argument("--force", action="store_true", help="replace existing files")
+
+    ec = sub.add_parser("example-card", help="write the packaged example SD card into a folder")
+    ec.add_argument("dir", type=Path, help="a new or empty folder")
+    ec.add_argument("--force", action="store_true",
+                    help="write into a non-empty folder (the card's files are replaced, other files kept)")
 
     md = sub.add_parser("models", help="list, inspect, pull or import models")
     msub = md.add_subparsers(dest="models_command", metavar="ACTION")
@@ -117,27 +133,6 @@ def _quote(s: str) -> str:
     return shlex.quote(s)
 
 
-def _summary_lines(info) -> list[str]:
-    """The end-of-run summary: counts, detections per label, failed files (the first few and how many)."""
-    c = info.counts
-    lines = [f"{c['found']} files: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed"
-             + (f", {c['missing']} missing from the card (results kept)" if c.get("missing") else "")
-             + f"; {c['segments']} segments, {c['detections']} detections"]
-    per = c.get("detections_per_label") or {}
-    shown = [(k, v) for k, v in per.items() if v] if len(per) > 12 else list(per.items())
-    if per:
-        lines.append("detections per label: " + (", ".join(f"{k} {v}" for k, v in shown) or "none")
-                     + (f" ({len(per) - len(shown)} labels with none)" if len(shown) < len(per) else ""))
-    failed = c.get("failed_files") or []
-    if c.get("failed"):
-        more = c["failed"] - len(failed)
-        lines.append("failed: " + ", ".join(failed) + (f" and {more} more" if more > 0 else "")
-                     + " (reasons in recordings.csv and the workbook's Skipped files sheet)")
-    if c.get("reviews"):
-        lines.append(f"{c['reviews']} reviewer verdict(s) kept in the results store")
-    return lines
-
-
 def run_command(args: argparse.Namespace) -> int:
     """``monitor run``: log file in OUT_DIR, one-line errors, summary on stdout."""
     from monitor.errors import MonitorError
@@ -158,7 +153,7 @@ def run_command(args: argparse.Namespace) -> int:
     except Exception as exc:  # unexpected: full detail to the log file, one line to the user
         log.debug("run failed", exc_info=True)
         raise MonitorError(f"unexpected error: {exc} (details in {dst / 'monitor.log'})") from None
-    for line in _summary_lines(info):
+    for line in info.summary_lines():
         print(f"monitor: {line}")
     print(f"monitor: reports in {dst} (report.xlsx, detections.csv, recordings.csv)")
     return 0
@@ -177,7 +172,7 @@ def report_command(out_dir: Path, thresholds: dict[str, float]) -> int:
     shown = ", ".join(f"{k}={v:g}" for k, v in list(thr.items())[:12]) + (" ..." if len(thr) > 12 else "")
     print(f"monitor: reports rebuilt in {out_dir}: {info.counts.get('detections', '?')} detections"
           + (f" (thresholds {shown})" if thr else ""))
-    for line in _summary_lines(info)[1:]:
+    for line in info.summary_lines()[1:]:
         print(f"monitor: {line}")
     return 0
 
@@ -195,6 +190,14 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return train_command(args)
     if args.command == "report":
         return report_command(args.out_dir, dict(args.threshold))
+    if args.command == "recipes":
+        from monitor.resources import recipes_command
+
+        return recipes_command(args)
+    if args.command == "example-card":
+        from monitor.resources import example_card_command
+
+        return example_card_command(args)
     if args.command == "models":
         from monitor.model.cli import models_command
 

@@ -1,6 +1,8 @@
 """Helpers the Colab / Jupyter notebooks call, so every notebook cell stays a thin API call.
 
-Nothing here is notebook-only logic: each function is plain Python with tests.
+Nothing here is notebook-only logic: each function is plain Python with tests. The notebooks keep
+everything in one work folder (:func:`work_folder`): on Google Drive when it is mounted, so reports,
+training runs and their checkpoints survive a Colab disconnect; on this machine's disk otherwise.
 """
 
 from __future__ import annotations
@@ -21,11 +23,6 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
 
 
-def smoke_mode() -> bool:
-    """CI runs every notebook top to bottom with ``MONITOR_SMOKE=1``: tiny data, tiny model, CPU."""
-    return os.environ.get("MONITOR_SMOKE", "") not in ("", "0", "false", "False")
-
-
 def mount_drive(mountpoint: str = "/content/drive") -> Path | None:
     """Mount Google Drive in Colab; elsewhere do nothing and return None."""
     if not in_colab():
@@ -34,6 +31,74 @@ def mount_drive(mountpoint: str = "/content/drive") -> Path | None:
 
     drive.mount(mountpoint)
     return Path(mountpoint) / "MyDrive"
+
+
+WORK_NAME = "monitor-work"
+
+
+def notebook_logging() -> None:
+    """Run summaries and per-epoch training metrics in the cell output (see ``monitor.logs``)."""
+    from monitor.logs import notebook_logging as _setup
+
+    _setup()
+
+
+def work_folder(use_drive: bool = True, local_root: str | Path | None = None) -> Path:
+    """The notebooks' one work folder: ``MyDrive/monitor-work`` when Drive is mounted (Colab and
+    ``use_drive``), else ``monitor-work`` in ``local_root`` (default: the current folder). Created; printed."""
+    drive = mount_drive() if use_drive else None
+    work = (drive if drive is not None else Path(local_root or Path.cwd())) / WORK_NAME
+    work.mkdir(parents=True, exist_ok=True)
+    where = "on Google Drive" if drive is not None else (
+        "on this Colab VM's disk: lost when the VM is recycled; mount Drive to keep it" if in_colab()
+        else "on this machine")
+    print(f"work folder: {work} ({where})")
+    return work
+
+
+def input_folder(input_dir: str | Path, work: str | Path) -> Path:
+    """``input_dir``, or (when empty) the bundled example SD card, written once to ``WORK/example-card``."""
+    if str(input_dir).strip():
+        p = Path(input_dir).expanduser()
+        if not p.is_dir():
+            from monitor.errors import MonitorError
+
+            raise MonitorError(f"input folder not found: {p}")
+        return p
+    from monitor.resources import example_card
+
+    card = example_card(Path(work) / "example-card")
+    print(f"recordings: the bundled example SD card, in {card}")
+    return card
+
+
+def report_folder(work: str | Path, name: str | Path) -> Path:
+    """``WORK/reports/<name>`` (``name`` may be the input folder: its last part is used)."""
+    base = Path(str(name).rstrip("/\\")).name or "report"
+    return Path(work) / "reports" / base
+
+
+def report_to_review(work: str | Path, name: str = "") -> Path:
+    """``WORK/reports/<name>``, or (``name`` empty) the report written most recently in the work folder."""
+    from monitor.errors import MonitorError
+
+    reports = Path(work) / "reports"
+    if str(name).strip():
+        out = reports / str(name).strip()
+        if not (out / "run.json").is_file():
+            raise MonitorError(f"{out} holds no report; run notebook 01 first or check RUN_NAME")
+    else:
+        runs = sorted(reports.glob("*/run.json"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise MonitorError(f"no reports in {reports} yet; run notebook 01 first")
+        out = runs[-1].parent
+    print(f"report: {out}")
+    return out
+
+
+def run_summary(info) -> str:
+    """The summary ``monitor run`` prints, from ``monitor.run``'s ``RunInfo``."""
+    return "\n".join(info.summary_lines())
 
 
 def summary_table(out_dir: Path, positives_only: bool = False):
@@ -89,17 +154,17 @@ def detection_clip(out_dir: Path, row: int, pad_s: float = 0.0) -> Clip:
     return Clip(det["file"], det["label"], a / sr, b / sr, x, sr)
 
 
-def plot_spectrogram(clip: Clip, ax=None, max_hz: float | None = None):
+def plot_spectrogram(clip: Clip, ax=None, max_hz: float | None = None, figsize: tuple[float, float] = (9, 2.6)):
     """Draw a dB spectrogram of ``clip`` with matplotlib; returns the axes."""
     import matplotlib.pyplot as plt
     import numpy as np
     from scipy.signal import spectrogram
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 3))
+        _, ax = plt.subplots(figsize=figsize, dpi=72)
     nper = min(1024, max(64, len(clip.samples) // 8))
     f, t, s = spectrogram(clip.samples, fs=clip.sample_rate_hz, nperseg=nper, noverlap=nper // 2)
-    ax.pcolormesh(t + clip.start_s, f, 10 * np.log10(s + 1e-12), shading="auto", cmap="magma")
+    ax.pcolormesh(t + clip.start_s, f, 10 * np.log10(s + 1e-12), shading="auto", cmap="magma", rasterized=True)
     ax.set_ylim(0, max_hz or clip.sample_rate_hz / 2)
     ax.set_xlabel("time in recording (s)")
     ax.set_ylabel("Hz")
@@ -107,11 +172,46 @@ def plot_spectrogram(clip: Clip, ax=None, max_hz: float | None = None):
     return ax
 
 
-def audio_player(clip: Clip):
-    """An ``IPython.display.Audio`` widget for the clip."""
+LISTEN_RATE_HZ = 16000  # what the model hears (every bundle resamples to 16 kHz)
+LISTEN_MAX_S = 20.0
+
+
+def listening_file(clip: Clip, folder: str | Path, name: str, max_rate_hz: int = LISTEN_RATE_HZ,
+                   max_s: float = LISTEN_MAX_S) -> Path:
+    """Write a small, compressed copy of ``clip`` for listening: its first ``max_s`` seconds, resampled
+    to at most ``max_rate_hz``, peak-normalised to -1 dBFS, as MP3 (OGG Vorbis, then FLAC, where
+    libsndfile cannot write MP3). About 3 kB per second: a player in the notebook embeds tens of kB."""
+    import numpy as np
+    import soundfile as sf
+
+    from monitor.audio import resample
+
+    x = np.asarray(clip.samples, dtype=np.float32)[: int(max_s * clip.sample_rate_hz)]
+    rate = clip.sample_rate_hz
+    if rate > max_rate_hz:
+        x, rate = resample(x, rate, max_rate_hz), max_rate_hz
+    x = 0.89 * x / max(float(np.abs(x).max()) if len(x) else 0.0, 1e-6)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tries = [(".mp3", "MP3", "MPEG_LAYER_III", {"compression_level": 0.8}), (".mp3", "MP3", "MPEG_LAYER_III", {}),
+             (".ogg", "OGG", "VORBIS", {}), (".flac", "FLAC", "PCM_16", {})]
+    for ext, fmt, subtype, extra in tries:
+        if fmt not in sf.available_formats() or subtype not in sf.available_subtypes(fmt):
+            continue
+        path = folder / f"{name}{ext}"
+        try:
+            sf.write(str(path), x, rate, format=fmt, subtype=subtype, **extra)
+            return path
+        except (sf.LibsndfileError, RuntimeError, TypeError):
+            path.unlink(missing_ok=True)
+    raise RuntimeError("libsndfile can write neither MP3, OGG nor FLAC here")
+
+
+def audio_player(path: str | Path):
+    """An ``IPython.display.Audio`` player for a (small, compressed) audio file."""
     from IPython.display import Audio
 
-    return Audio(clip.samples, rate=clip.sample_rate_hz)
+    return Audio(filename=str(path))
 
 
 def set_verified(out_dir: Path, row: int, value: str, notes: str | None = None) -> None:
@@ -150,18 +250,184 @@ def offer_download(path: str | Path):
     return FileLink(str(path))
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None):
-    """A training recipe with ``section.key=value`` overrides (unknown keys fail, naming the key)."""
-    from monitor.train.config import load_config
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None):
+    """A training recipe (a packaged recipe's name or a YAML file) with ``section.key=value`` overrides."""
+    from monitor.resources import load_recipe as _load
 
-    return load_config(Path(path), list(overrides or []))
+    return _load(name_or_path, list(overrides or []))
+
+
+DATA_SOURCES = ("folders", "annotations", "manifest", "report")
+
+
+def _yaml_str(value: str | Path) -> str:
+    import json
+
+    return json.dumps(str(value))  # a YAML double-quoted string: any path survives --set parsing
+
+
+def _existing(path: str | Path, what: str, hint: str) -> Path:
+    from monitor.errors import MonitorError
+
+    p = Path(path).expanduser()
+    if not str(path).strip() or not p.exists():
+        raise MonitorError(f"{what} not found: {str(path) or '(empty)'}; {hint}")
+    return p.resolve()
+
+
+def training_data(source: str, work: str | Path, *, root: str = "", annotations: str = "", manifest: str = "",
+                  label_csv: str = "", report: str = "") -> list[str]:
+    """Recipe overrides (``data.*``) for one data source; checks that its inputs exist and says what it uses.
+
+    - ``folders``: one folder per label under ``root`` (default ``WORK/training-data``);
+    - ``annotations``: Raven / Audacity selection tables (a file or a folder of them) over recordings in ``root``;
+    - ``manifest``: the official AST json manifest with its label csv (``index,mid,display_name``);
+    - ``report``: a report reviewed in notebook 03 (``report``: its folder or report.xlsx; default: the latest
+      report in the work folder); the recordings are found through its run.json unless ``root`` is given.
+    """
+    import json
+
+    from monitor.errors import MonitorError
+
+    work = Path(work)
+    if source not in DATA_SOURCES:
+        raise MonitorError(f"DATA_SOURCE must be one of {', '.join(DATA_SOURCES)}, got {source!r}")
+    out = [f"data.source={source}"]
+    if source == "folders":
+        if not str(root).strip():
+            (work / "training-data").mkdir(exist_ok=True)  # where to put the clips: made for the user to fill
+        r = _existing(root or work / "training-data", "training-data folder", "check DATA_ROOT")
+        labels = sorted(p.name for p in r.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not labels:
+            raise MonitorError(f"no label folders in {r}: put one folder of recordings per label there (e.g. "
+                               f"{r.name}/frog/*.wav, {r.name}/background/*.wav) or set DATA_ROOT, then run this "
+                               "cell again")
+        print(f"class folders in {r}: {', '.join(labels)}")
+        out.append(f"data.root={_yaml_str(r)}")
+    elif source == "annotations":
+        a = _existing(annotations, "selection tables", "set ANNOTATIONS to a Raven/Audacity table or a folder of them")
+        r = _existing(root, "recordings folder", "set DATA_ROOT to the folder of the annotated recordings")
+        print(f"selection tables {a} over the recordings in {r}")
+        out += [f"data.annotations={_yaml_str(a)}", f"data.root={_yaml_str(r)}"]
+    elif source == "manifest":
+        m = _existing(manifest, "AST json manifest", 'set MANIFEST to a {"data": [{"wav", "labels"}]} json file')
+        c = _existing(label_csv, "label csv", "set LABEL_CSV to its index,mid,display_name csv")
+        print(f"AST manifest {m} with labels from {c}")
+        out += [f"data.manifest={_yaml_str(m)}", f"data.label_csv={_yaml_str(c)}"]
+    else:
+        rep = Path(report).expanduser() if str(report).strip() else report_to_review(work)
+        if rep.is_dir():
+            rep = rep / "report.xlsx"
+        rep = _existing(rep, "reviewed report", "review detections in notebook 03 first, or set REPORT")
+        if str(root).strip():
+            r = _existing(root, "recordings folder", "set DATA_ROOT to the recordings the report was made from")
+        else:
+            info = rep.parent / "run.json"
+            if not info.is_file():
+                raise MonitorError(f"{rep.parent} has no run.json to find the recordings; set DATA_ROOT")
+            r = _existing(json.loads(info.read_text())["input_dir"], "recordings folder of the report",
+                          "set DATA_ROOT to where the recordings are now")
+        print(f"reviewed report {rep} (Verified yes/no) over the recordings in {r}")
+        out += [f"data.report={_yaml_str(rep)}", f"data.root={_yaml_str(r)}"]
+    return out
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def training_recipe(recipe: str, data: list[str], work: str | Path, *, cpu_recipe: str = "clips_cpu",
+                    epochs: int = 0, extra: str = "", gpu: bool | None = None):
+    """The recipe for this machine, with the data overrides, ``EPOCHS`` and ``EXTRA`` applied.
+
+    Without a GPU, a recipe that fine-tunes the AudioSet AST (base384, 1024 frames: hours per epoch on
+    a CPU) is swapped for ``cpu_recipe`` (a tiny AST trained from scratch), and the cell says so;
+    ``cpu_recipe="same"`` keeps the recipe. The fbank cache lives in ``WORK/fbank-cache``.
+    ``extra``: ``section.key=value`` settings separated by ``;``.
+    """
+    import torch
+
+    gpu = has_gpu() if gpu is None else gpu
+    overrides = list(data) + [f"data.cache_dir={_yaml_str(Path(work) / 'fbank-cache')}"]
+    if epochs:
+        overrides.append(f"optim.epochs={int(epochs)}")
+    overrides += [x.strip() for x in str(extra).split(";") if x.strip()]
+    cfg = load_recipe(recipe, overrides)
+    heavy = cfg.model.init == "audioset" or cfg.model.size.startswith("base")
+    if gpu:
+        print(f"GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else '(none found)'}; recipe {recipe}")
+    elif heavy and cpu_recipe and cpu_recipe != "same":
+        print(f"No GPU here: fine-tuning the AudioSet AST ({recipe}) would take hours per epoch on this CPU, so this "
+              f"run uses the small CPU recipe {cpu_recipe!r} instead (a tiny AST trained from scratch: a quick "
+              "first model, much weaker than a fine-tuned AudioSet AST). For the real thing: Runtime > Change "
+              "runtime type > GPU, then run the notebook again (or set CPU_RECIPE = \"same\" to fine-tune on the "
+              "CPU anyway).")
+        recipe = cpu_recipe
+        cfg = load_recipe(recipe, overrides)
+    else:
+        print(f"No GPU: training on the CPU; recipe {recipe}")
+    m = cfg.model
+    print(f"model: {m.size}{f' depth {m.depth}' if m.depth else ''}, strides {m.fstride}/{m.tstride}, start: {m.init}"
+          f"{f' ({m.checkpoint})' if m.init == 'audioset' else ''}; {cfg.segment.window_s:g} s windows, "
+          f"{cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, lr {cfg.optim.lr:g}")
+    return cfg
+
+
+def pretrained_checkpoint(cfg) -> Path | None:
+    """Download (once, into the cache) the published checkpoint the recipe starts from; None when it
+    starts from scratch or from a local file. Same as ``monitor models pull NAME``."""
+    from monitor.model.checkpoints import PRETRAINED, checkpoint_path, pull
+
+    m = cfg.model
+    name = m.checkpoint or "audioset-10-10"
+    if m.init != "audioset" or Path(name).expanduser().is_file() or name not in PRETRAINED:
+        print("nothing to download: the recipe starts", "from scratch" if m.init == "scratch" else f"from {name}")
+        return None
+    cached = checkpoint_path(name).is_file()
+    path = pull(name)
+    print(f"AudioSet checkpoint {name}: {path}" + (" (cached)" if cached else " (downloaded)"))
+    return path
 
 
 def train(cfg, out_dir: str | Path, name: str) -> dict[str, Any]:
-    """Train, calibrate and export, with tqdm progress (live loss and LR)."""
-    from monitor.train.cli import train as _train
+    """Train, calibrate and export into ``out_dir``, resuming automatically.
 
-    return _train(cfg, Path(out_dir), name=name)
+    Run the cell again after a disconnect and it continues the run in ``out_dir`` from its last
+    checkpoint; a finished run (its bundle exported) is not trained again. A run folder that holds a
+    run of another recipe is refused (choose a new NAME).
+    """
+    from monitor.errors import MonitorError
+    from monitor.train.cli import train as _train
+    from monitor.train.config import config_yaml
+
+    out_dir = Path(out_dir)
+    saved = out_dir / "config.yaml"
+    if saved.is_file() and saved.read_text(encoding="utf-8") != config_yaml(cfg):
+        raise MonitorError(f"{out_dir} holds a run of other settings (see its config.yaml); choose a new NAME, or "
+                           "restore the settings to continue that run")
+    bundle = out_dir / "bundle" / "bundle.json"
+    if bundle.is_file():
+        import json
+
+        print(f"{out_dir} already holds a finished run: its bundle is {bundle.parent} (choose a new NAME to train "
+              "again)")
+        prov = json.loads(bundle.read_text()).get("provenance", {})
+        return {"bundle": bundle.parent, "metrics": (prov.get("metrics") or {}).get("summary"), "resumed": False}
+    from monitor.logs import add_log_file, remove_handler
+
+    resume = out_dir.is_dir() and any(out_dir.iterdir())
+    print(("resuming the run in " if resume else "new run in ") + str(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = add_log_file(out_dir / "train.log")  # as `monitor train` keeps it, beside the checkpoints
+    try:
+        res = _train(cfg, out_dir, name=name, resume=resume)
+    finally:
+        remove_handler(handler)
+    res["resumed"] = resume
+    print(f"bundle: {res['bundle']}")
+    return res
 
 
 def show_training_plots(out_dir: str | Path) -> list[Path]:
@@ -193,27 +459,28 @@ def bundle_path(out_dir: str | Path) -> Path:
     return p
 
 
-def copy_bundle(src: str | Path, dest: str | Path) -> Path:
-    """Copy a bundle folder (e.g. to Drive), replacing an older copy."""
-    import shutil
+def show_detection(out_dir: str | Path, row: int, pad_s: float = 1.0, clips_dir: str | Path | None = None) -> Clip:
+    """Spectrogram (a JPEG, ~40 kB) and a player for detection ``row`` (displayed); returns the clip.
 
-    dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(src, dest)
-    return dest
+    The player embeds a short compressed copy (:func:`listening_file`, written to ``clips_dir``, default
+    ``OUT_DIR/listen``), so a notebook that shows many detections stays small.
+    """
+    import io
 
-
-def show_detection(out_dir: str | Path, row: int, pad_s: float = 1.0) -> Clip:
-    """Spectrogram and audio player of detection ``row`` (displayed); returns the clip."""
     import matplotlib.pyplot as plt
-    from IPython.display import display
+    from IPython.display import Image, display
 
-    clip = detection_clip(Path(out_dir), row, pad_s)
-    ax = plot_spectrogram(clip)
+    out_dir = Path(out_dir)
+    clip = detection_clip(out_dir, row, pad_s)
+    fig, ax = plt.subplots(figsize=(9, 2.6), dpi=80)
+    plot_spectrogram(clip, ax=ax)
     ax.set_title(f"row {row}: " + ax.get_title())
-    plt.show()
-    display(audio_player(clip))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="jpeg", dpi=80, bbox_inches="tight", pil_kwargs={"quality": 80})
+    plt.close(fig)
+    display(Image(data=buf.getvalue(), format="jpeg"))
+    folder = Path(clips_dir) / out_dir.name if clips_dir is not None else out_dir / "listen"
+    display(audio_player(listening_file(clip, folder, f"row{row:04d}_{clip.label}")))
     return clip
 
 

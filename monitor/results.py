@@ -96,6 +96,28 @@ class RunInfo:
         kw["models"] = [_model_ref(m) for m in kw.get("models") or [] if isinstance(m, Mapping)]
         return cls(**kw)
 
+    def summary_lines(self) -> list[str]:
+        """The end-of-run summary: counts, detections per label, failed files (the first few and how many)."""
+        c = self.counts
+        lines = [f"{c['found']} files: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed"
+                 + (f", {c['missing']} missing from the card (results kept)" if c.get("missing") else "")
+                 + f"; {c['segments']} segments, {c['detections']} detections"]
+        per = c.get("detections_per_label") or {}
+        shown = [(k, v) for k, v in per.items() if v] if len(per) > 12 else list(per.items())
+        if per:
+            lines.append("detections per label: " + (", ".join(f"{k} {v}" for k, v in shown) or "none")
+                         + (f" ({len(per) - len(shown)} labels with none)" if len(shown) < len(per) else ""))
+        failed = c.get("failed_files") or []
+        if c.get("failed"):
+            more = c["failed"] - len(failed)
+            lines.append("failed: " + ", ".join(failed) + (f" and {more} more" if more > 0 else "")
+                         + " (reasons in recordings.csv and the workbook's Skipped files sheet)")
+        if c.get("reviews"):
+            lines.append(f"{c['reviews']} reviewer verdict(s) kept in the results store")
+        if not self.completed:
+            lines.append(self.status)
+        return lines
+
     def model_name(self) -> str:
         """``name : version``; ensembles join their members with `` + ``."""
         models = self.models or [self.model]

@@ -182,12 +182,13 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
 
 
 def bundle_search_path() -> list[Path]:
-    """Where bundle names are looked up, in order: ``$MONITOR_MODELS``, the repo's ``models/``, the cache."""
-    import monitor
+    """Where bundle names are looked up, in order: ``$MONITOR_MODELS``, the bundled models (inside the
+    installed package, or a checkout's ``models/``), the cache."""
     from monitor.model.checkpoints import monitor_cache
+    from monitor.resources import models_dir
 
     paths = [Path(p).expanduser() for p in os.environ.get("MONITOR_MODELS", "").split(os.pathsep) if p]
-    paths.append(Path(monitor.__file__).resolve().parents[1] / "models")
+    paths.append(models_dir())
     paths.append(monitor_cache() / "models")
     return paths
 
@@ -208,9 +209,10 @@ def resolve(name_or_path: str | Path) -> Path:
             if (base / name / "bundle.json").is_file():
                 return base / name
     if name == DEFAULT_MODEL:
-        raise BundleError(f"the bundled default model {DEFAULT_MODEL!r} is not installed here; pass --model "
-                          "NAME_OR_PATH, or train one (`monitor train configs/demo.yaml --out runs/demo`, then copy "
-                          f"runs/demo/bundle to models/{DEFAULT_MODEL})")
+        from monitor.resources import models_dir
+
+        raise BundleError(f"the bundled default model {DEFAULT_MODEL!r} is missing from this installation "
+                          f"({models_dir()}); reinstall monitor, or pass --model NAME_OR_PATH")
     from monitor.model.checkpoints import PRETRAINED
 
     if name in PRETRAINED:  # a published checkpoint whose bundle is not made yet

@@ -45,7 +45,7 @@ def write_reports(out_dir: Path, results: Any, *, workbook: Path | None = None) 
     try:
         from monitor.report.plots import write_plots
     except ImportError:
-        log.info("matplotlib is not installed: no PNG plots (pip install 'monitor[plots]')")
+        log.warning("matplotlib is not installed: no PNG plots in plots/ (pip install 'monitor[plots]')")
     else:
         paths.update(write_plots(out_dir, tables))
     return paths

@@ -158,9 +158,9 @@ def train_command(args) -> int:
     import math
 
     from monitor.logs import add_log_file
-    from monitor.train.config import load_config
+    from monitor.resources import load_recipe
 
-    cfg = load_config(args.config, list(getattr(args, "set", None) or []))
+    cfg = load_recipe(args.config, list(getattr(args, "set", None) or []))  # a file, or a packaged recipe's name
     name = cfg.export.name or Path(args.config).stem
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     out.mkdir(parents=True, exist_ok=True)

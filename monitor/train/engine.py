@@ -344,7 +344,7 @@ def fit(cfg: TrainConfig, out_dir: Path, *, table, labels: list[str], split, res
     steps_file = out_dir / "steps.csv"
     if not resume or not steps_file.is_file():
         steps_file.write_text("step,epoch,loss,lr\n")
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in Jupyter / Colab, text on a terminal
 
     epoch = start_epoch
     for epoch in range(start_epoch, o.epochs):
