@@ -145,32 +145,43 @@ def run(
     progress: bool | None = None,
     deployment: str | None = None,
     prune: bool = False,
+    deployments: Path | str | None = None,
+    labels: Sequence[str] | None = None,
 ) -> RunInfo:
     """Run detection over ``input_dir`` into ``out_dir``; returns the ``RunInfo`` written to ``run.json``.
 
     ``deployment`` names this card's deployment (default: each file's device ID, else its top folder);
-    ``resume=False`` re-scores this card's files (other cards' results and all reviews are kept);
-    ``prune`` removes the results of files no longer on the card and lets changed files be replaced.
+    ``deployments`` is a deployments table (CSV: which files belong where, time zones, places; kept in the
+    store for later runs and rebuilds until a new one is given); ``labels`` keeps only those labels in
+    every output (kept likewise; ``["all"]`` clears it); ``resume=False`` re-scores this card's files
+    (other cards' results and all reviews are kept); ``prune`` removes the results of files no longer on
+    the card and lets changed files be replaced.
     """
+    from monitor.deployments import read_deployments
+
     from monitor.detect import resolve_thresholds
 
     if batch_size < 1:
         raise MonitorError(f"--batch-size must be >= 1, got {batch_size}")
     src, dst = check_folders(input_dir, out_dir)
     bundles = load_models(models)
-    labels = list(bundles[0].labels)
-    resolve_thresholds(labels, bundles[0].thresholds, thresholds)  # a bad --threshold fails before any work
+    names = list(bundles[0].labels)
+    resolve_thresholds(names, bundles[0].thresholds, thresholds)  # a bad --threshold fails before any work
+    keep = label_filter(names, labels)
+    table = read_deployments(deployments) if deployments else None
     started = datetime.now(timezone.utc).astimezone()
     with open_out(dst, create=True) as store:
         model_hash = ensemble_hash(bundles)
-        store.bind_model(model_hash, labels, " + ".join(f"{b.name} {b.version}" for b in bundles))
+        store.bind_model(model_hash, names, " + ".join(f"{b.name} {b.version}" for b in bundles))
         store.set_meta("bundle_thresholds", dict(bundles[0].thresholds))
-        thr = current_thresholds(store, RunInfo(labels=labels), thresholds)
+        remember_choices(store, table, keep)
+        thr = current_thresholds(store, RunInfo(labels=names), thresholds)
         info = _run_info(src, dst, bundles, thr, command, started)
         run_id = store.begin_run(str(src), info.to_json())
         with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
             stats, interrupted = _process(src, store, bundles, model_hash, device, batch_size, workers, precision,
-                                          progress, stop.state, deployment, prune, resume)
+                                          progress, stop.state, deployment, prune, resume,
+                                          stored_deployments(store))
             interrupted = interrupted or stop.state["flag"]
             info = dataclasses.replace(
                 info, ended=_now(), completed=not interrupted, files_done=stats["done"] + stats["resumed"],
@@ -188,6 +199,41 @@ def run(
     return info
 
 
+def label_filter(names: Sequence[str], labels: Sequence[str] | None) -> list[str] | None:
+    """``--labels``: the model's own names of the labels to keep (case-insensitive, typos fail naming the
+    closest labels); ``None`` keeps the stored choice, ``["all"]`` keeps every label."""
+    from monitor.detect import match_label
+
+    if labels is None:
+        return None
+    wanted = [x.strip() for item in labels for x in str(item).split(",") if x.strip()]
+    if not wanted:
+        raise MonitorError("--labels needs at least one label name (or 'all')")
+    if [w.casefold() for w in wanted] == ["all"]:
+        return list(names)
+    out = []
+    for w in wanted:
+        lab = match_label(w, names, "--labels")
+        if lab not in out:
+            out.append(lab)
+    return out
+
+
+def remember_choices(store, table, keep: list[str] | None) -> None:
+    """A new deployments table or label choice replaces the stored one (kept for later runs and rebuilds)."""
+    if table is not None:
+        store.set_meta("deployments", table.to_json())
+    if keep is not None:
+        names = store.get_meta("labels") or []
+        store.set_meta("label_filter", None if keep == list(names) else keep)
+
+
+def stored_deployments(store):
+    from monitor.deployments import DeploymentTable
+
+    return DeploymentTable.from_json(store.get_meta("deployments"))
+
+
 def _named(labels: Sequence[str], overrides: Mapping[str, float]) -> dict[str, float]:
     """``--threshold`` values keyed by the model's own label names (``all`` kept as it is)."""
     from monitor.detect import match_label
@@ -201,13 +247,13 @@ def _now() -> str:
 
 def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size: int, workers: int | None,
              precision: str, progress: bool | None, stop: dict[str, bool], deployment: str | None, prune: bool,
-             resume: bool) -> tuple[dict[str, Any], bool]:
+             resume: bool, table=None) -> tuple[dict[str, Any], bool]:
     """Discover, skip finished files, decode/score the rest; commit each file as it completes."""
     from monitor.infer import LocalEngine
 
     # the engine starts now: its worker processes' imports overlap discovery, metadata and model loading
     with LocalEngine(bundles, device=device, precision=precision, batch_size=batch_size, workers=workers) as engine:
-        plan = plan_work(src, store, bundles, model_hash, stop, deployment, prune, resume)
+        plan = plan_work(src, store, bundles, model_hash, stop, deployment, prune, resume, table)
         return score_planned(engine, plan, store, bundles, progress, stop)
 
 
@@ -227,10 +273,11 @@ class WorkPlan:
 
 
 def plan_work(src: Path, store, bundles, model_hash: str, stop: Mapping[str, bool], deployment: str | None,
-              prune: bool, resume: bool) -> WorkPlan:
+              prune: bool, resume: bool, table=None) -> WorkPlan:
     """Discovery, metadata, deployments, resume decisions, missing and changed files: everything before scoring."""
     from monitor.audio import AudioError, plan_segments, probe
     from monitor.deployments import default_deployment
+    from monitor.detect import parse_iso
     from monitor.discover import discover, fingerprint
     from monitor.infer import FileJob
     from monitor.metadata import read_metadata
@@ -240,12 +287,17 @@ def plan_work(src: Path, store, bundles, model_hash: str, stop: Mapping[str, boo
     card = src.name
     found = discover(src)
     entries = []  # (found, key, meta or None)
+    table = table or None
     for f in found.recordings:
-        meta = None if deployment else read_metadata(f.path, f.rel).to_row()
-        dep = default_deployment(f.rel, (meta or {}).get("device_id"), card, deployment)
+        meta = None if deployment and not table else read_metadata(f.path, f.rel).to_row()
+        row = table.match(f.rel, meta.get("device_id"), card, parse_iso(meta.get("start_time"))) if table else None
+        dep = row.deployment if row else default_deployment(f.rel, (meta or {}).get("device_id"), card, deployment)
         entries.append((f, FileKey(dep, f.rel, f.size, f.mtime_ns, model_hash), meta))
-    skipped = [(s, FileKey(default_deployment(s.rel, None, card, deployment), s.rel, 0, 0, model_hash))
-               for s in found.skipped]
+    skipped = []
+    for s in found.skipped:
+        row = table.match(s.rel, None, card, None) if table else None
+        dep = row.deployment if row else default_deployment(s.rel, None, card, deployment)
+        skipped.append((s, FileKey(dep, s.rel, 0, 0, model_hash)))
     deployments = sorted({k.deployment for _, k, _ in entries} | {k.deployment for _, k in skipped})
     if not resume:
         store.clear_files(deployments)
@@ -500,8 +552,18 @@ def sync_reviews(store, out_dir: Path) -> int:
             if full or r.verified or r.notes:
                 rows.append(r)
         n = store.put_reviews(rows, source=name)
+        dates = []
+        for d, f, lab, v in wb.dates:
+            if not d:
+                deps = known.get(f, [])
+                if len(deps) != 1:
+                    continue
+                d = deps[0]
+            if full or v:
+                dates.append((d, f, lab, v))
+        n += store.put_review_dates(dates, source=name)
         if n:
-            log.info("read %d verdict(s) from %s into the results store", n, name)
+            log.info("read %d verdict(s) and review dates from %s into the results store", n, name)
         changed += n
         state[name] = {**seen, "harvested_sha256": sha}
         store.set_meta("workbooks", state)
@@ -585,16 +647,22 @@ def current_thresholds(store, info: RunInfo, new: Mapping[str, float] | None = N
     return thr
 
 
-def rebuild_reports(out_dir: Path, thresholds: Mapping[str, float] | None = None) -> RunInfo:
-    """``monitor report OUT_DIR``: rebuild all reports from the store; new thresholds are kept for later runs."""
+def rebuild_reports(out_dir: Path, thresholds: Mapping[str, float] | None = None,
+                    deployments: Path | str | None = None, labels: Sequence[str] | None = None) -> RunInfo:
+    """``monitor report OUT_DIR``: rebuild all reports from the store; new thresholds, a new deployments table
+    (time zones, places; deployment names stay as assigned when the files were analysed) and a new label
+    choice are kept for later runs."""
+    from monitor.deployments import read_deployments
     from monitor.store import STORE_NAME
 
     out_dir = Path(out_dir)
     if not (out_dir / STORE_NAME).is_file():
         raise MonitorError(f"no results store in {out_dir}; run `monitor run INPUT --out {out_dir}` first")
     check_writable(out_dir)
+    table = read_deployments(deployments) if deployments else None
     with open_out(out_dir) as store:
         info = RunInfo.from_json(store.get_meta("run_info"))
+        remember_choices(store, table, label_filter(store.get_meta("labels") or info.labels, labels))
         info = write_outputs(out_dir, store, current_thresholds(store, info, thresholds), info)
     return info
 

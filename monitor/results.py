@@ -21,12 +21,14 @@ log = logging.getLogger(__name__)
 RECORDINGS = ["deployment", "file", "status", "reason", "recorder", "device_id", "deployment_id", "firmware",
               "start_time", "utc_offset", "temperature_c", "battery_v", "gain", "sample_rate_hz", "channels",
               "duration_s", "segments"]
-RECORDING_EXTRAS = ["latitude", "longitude", "filter", "trigger", "stop_reason", "comment", "warnings", "input_dir"]
+RECORDING_EXTRAS = ["latitude", "longitude", "filter", "trigger", "stop_reason", "comment", "warnings", "input_dir",
+                    "time_zone", "recorder_start_time"]
 SEGMENTS = ["deployment", "file", "segment", "start_s", "end_s", "start_time"]
 DETECTIONS = ["deployment", "file", "label", "start_s", "end_s", "start_time", "end_time", "score_max",
               "score_mean", "segments", "device_id", "verified", "notes"]
 REVIEWS = ["deployment", "file", "label", "start_s", "end_s", "verified", "notes", "updated_at", "source"]
 VERIFIED_CHOICES = ("yes", "no", "unsure")
+MANY_LABELS = 10  # above this many labels reports show what was detected (Summary positives, Presence, plots)
 NUMERIC_RECORDING = ("temperature_c", "battery_v", "duration_s", "latitude", "longitude")
 INT_RECORDING = ("sample_rate_hz", "channels")
 
@@ -71,6 +73,7 @@ class RunInfo:
     wall_s: float = 0.0
     audio_s: float = 0.0
     counts: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     report_build: str = ""
 
     @property
@@ -114,6 +117,7 @@ class RunInfo:
                          + " (reasons in recordings.csv and the workbook's Skipped files sheet)")
         if c.get("reviews"):
             lines.append(f"{c['reviews']} reviewer verdict(s) kept in the results store")
+        lines += [f"warning: {w}" for w in self.warnings]
         if not self.completed:
             lines.append(self.status)
         return lines
@@ -147,6 +151,7 @@ class Results:
     detections: Any
     reviews: Any
     other_reviews: Any
+    review_dates: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[str]:
@@ -194,14 +199,14 @@ def segments_frame(deployments: Sequence[str], files: Sequence[str], index, star
 
     from monitor.detect import iso, wall_clock
 
-    seg = pd.DataFrame({"deployment": list(deployments), "file": list(files),
-                        "segment": np.asarray(index, np.int64), "start_s": np.asarray(start_s, float),
-                        "end_s": np.asarray(end_s, float)})
-    seg["start_time"] = [iso(wall_clock(starts.get((d, f)), a)) for d, f, a in
-                         zip(seg["deployment"], seg["file"], seg["start_s"])]
-    for j, lab in enumerate(labels):
-        seg[lab] = scores[:, j].astype(np.float64) if len(scores) else np.zeros(0)
-    return seg
+    cols: dict[str, Any] = {"deployment": list(deployments), "file": list(files),
+                            "segment": np.asarray(index, np.int64), "start_s": np.asarray(start_s, float),
+                            "end_s": np.asarray(end_s, float)}
+    cols["start_time"] = [iso(wall_clock(starts.get((d, f)), a)) for d, f, a in
+                          zip(cols["deployment"], cols["file"], cols["start_s"])]
+    scores = np.asarray(scores, dtype=np.float64).reshape(len(cols["file"]), len(labels))
+    cols.update({lab: scores[:, j] for j, lab in enumerate(labels)})
+    return pd.DataFrame(cols)
 
 
 def reviews_frame(reviews: Sequence[Any]):
@@ -214,7 +219,7 @@ def reviews_frame(reviews: Sequence[Any]):
 
 
 def build_results(recordings, segments, labels: Sequence[str], thresholds: Mapping[str, float], run: RunInfo,
-                  reviews=None) -> Results:
+                  reviews=None, review_dates: Mapping[tuple[str, str, str], str] | None = None) -> Results:
     """Positives, detection events and the reviews joined onto them, from recordings + segments."""
 
     from monitor.detect import detections_table
@@ -240,7 +245,8 @@ def build_results(recordings, segments, labels: Sequence[str], thresholds: Mappi
     other["why"] = [_why(r, det, segments, positives, labels, thr) for r in other.itertuples(index=False)]
     other = other.reset_index(drop=True)
     run = dataclasses.replace(run, labels=labels, thresholds=thr)
-    return Results(run, labels, thr, recordings, segments, positives, det.reset_index(drop=True), reviews, other)
+    return Results(run, labels, thr, recordings, segments, positives, det.reset_index(drop=True), reviews, other,
+                   dict(review_dates or {}))
 
 
 def _why(r, det, segments, positives, labels: Sequence[str], thr: Mapping[str, float]) -> str:
@@ -262,11 +268,45 @@ def _why(r, det, segments, positives, labels: Sequence[str], thr: Mapping[str, f
     return f"below the threshold now (max score {best:.3f} < {thr[r.label]:g})"
 
 
+def local_times(rows: list[dict[str, Any]], table) -> list[str]:
+    """Recorder clocks -> each deployment's local time, in place on recording rows (``start_time``,
+    ``utc_offset``, ``time_zone``; the recorder's own start kept in ``recorder_start_time``), and places from
+    the deployments table where the files give none. Returns warnings for recorders left on UTC."""
+    from monitor.deployments import offset_text, to_local
+    from monitor.detect import iso, parse_iso
+
+    utc: dict[str, int] = {}
+    for row in rows:
+        dep = table.by_name.get(row["deployment"]) if table else None
+        row["recorder_start_time"] = row.get("start_time") or ""
+        row["time_zone"] = dep.time_zone if dep is not None and dep.time_zone else ""
+        if dep is not None:
+            for k in ("latitude", "longitude"):
+                if row.get(k) in (None, "") and getattr(dep, k) is not None:
+                    row[k] = getattr(dep, k)
+        start = parse_iso(row.get("start_time"))
+        if start is None:
+            continue
+        if row["time_zone"]:
+            loc = to_local(start, dep.tz)
+            row["start_time"], row["utc_offset"] = iso(loc), offset_text(loc)
+        elif start.utcoffset() is not None and start.utcoffset().total_seconds() == 0 and row.get("status") == "ok":
+            utc[row["deployment"]] = utc.get(row["deployment"], 0) + 1
+    return [f"deployment {d}: the recorder's clock is UTC ({n} file{'s' if n > 1 else ''}), so its times and hours "
+            "are UTC, not the site's local time; give the site's time_zone in a deployments table "
+            "(--deployments; time_zone UTC if the site really is on UTC)" for d, n in sorted(utc.items())]
+
+
 def load_results(store, thresholds: Mapping[str, float], run: RunInfo) -> Results:
-    """Read the whole store once into a ``Results`` (the reports' only source)."""
+    """Read the whole store once into a ``Results`` (the reports' only source): times in each deployment's
+    local time, only the chosen labels (``--labels``), every review."""
+    from monitor.deployments import DeploymentTable
     from monitor.detect import parse_iso
 
-    labels = list(store.get_meta("labels") or run.labels)
+    names = list(store.get_meta("labels") or run.labels)
+    keep = store.get_meta("label_filter") or names
+    cols = [names.index(lab) for lab in keep if lab in names]
+    labels = [names[j] for j in cols]
     rows = []
     for f in store.files():
         row = dict(f["metadata"])
@@ -277,12 +317,16 @@ def load_results(store, thresholds: Mapping[str, float], run: RunInfo) -> Result
             row["reason"] = (f"not on the card in the run of {f['missing_since'][:10]}; its results are kept "
                              "(monitor run --prune removes them)")
         rows.append(row)
+    warnings = local_times(rows, DeploymentTable.from_json(store.get_meta("deployments")))
     recordings = recordings_frame(rows)
     starts = {(d, f): parse_iso(t) for d, f, t in
               zip(recordings["deployment"], recordings["file"], recordings["start_time"])}
     deps, files, idx, s0, s1, scores = store.segments()
-    segments = segments_frame(deps, files, idx, s0, s1, scores, labels, starts)
-    return build_results(recordings, segments, labels, thresholds, run, reviews_frame(store.reviews()))
+    segments = segments_frame(deps, files, idx, s0, s1, scores[:, cols] if len(scores) else scores[:, :0],
+                              labels, starts)
+    run = dataclasses.replace(run, warnings=warnings)
+    return build_results(recordings, segments, labels, {lab: thresholds[lab] for lab in labels}, run,
+                         reviews_frame(store.reviews()), store.review_dates())
 
 
 def load_reviews(out_dir: Path | str):

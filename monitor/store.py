@@ -61,6 +61,11 @@ CREATE TABLE IF NOT EXISTS reviews (
     updated_at TEXT NOT NULL, source TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (deployment, file, label, start_ms)
 );
+CREATE TABLE IF NOT EXISTS review_dates (
+    deployment TEXT NOT NULL, file TEXT NOT NULL, label TEXT NOT NULL,
+    review_date TEXT NOT NULL, updated_at TEXT NOT NULL, source TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (deployment, file, label)
+);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     started TEXT NOT NULL, ended TEXT, input_dir TEXT NOT NULL DEFAULT '',
@@ -389,6 +394,28 @@ class ResultsStore:
                 self.db.execute("INSERT OR REPLACE INTO reviews VALUES (?,?,?,?,?,?,?,?,?,?)",
                                 (d, f, lab, ms, float(r.start_s), float(r.end_s), r.verified, r.notes,
                                  r.updated_at or when, r.source or source))
+                n += 1
+        return n
+
+    def review_dates(self) -> dict[tuple[str, str, str], str]:
+        """The Summary sheet's Review Date per (deployment, file, label), as typed by a reviewer (ISO date)."""
+        cur = self.db.execute("SELECT deployment, file, label, review_date FROM review_dates")
+        return {(d, f, lab): v for d, f, lab, v in cur}
+
+    def put_review_dates(self, dates: Iterable[tuple[str, str, str, str]], source: str) -> int:
+        """Upsert (deployment, file, label, ISO date); an empty date deletes. Returns rows changed."""
+        when, n = now_iso(), 0
+        with self.transaction():
+            for d, f, lab, v in dates:
+                if not v:
+                    n += self.db.execute("DELETE FROM review_dates WHERE deployment=? AND file=? AND label=?",
+                                         (d, f, lab)).rowcount or 0
+                    continue
+                old = self.db.execute("SELECT review_date FROM review_dates WHERE deployment=? AND file=? AND "
+                                      "label=?", (d, f, lab)).fetchone()
+                if old is not None and old[0] == v:
+                    continue
+                self.db.execute("INSERT OR REPLACE INTO review_dates VALUES (?,?,?,?,?,?)", (d, f, lab, v, when, source))
                 n += 1
         return n
 

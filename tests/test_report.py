@@ -124,7 +124,7 @@ def test_sheets_headers_frozen_filtered_printable(wb):
     assert [c.value for c in wb["Summary"][1]] == SUMMARY_COLUMNS
     assert [c.value for c in wb["Detections"][1]] == DETECTION_COLUMNS
     # the original fork's columns, in its order, with the deployment and the label added
-    assert [c for c in SUMMARY_COLUMNS if c not in ("Deployment", "Label")][:8] == [
+    assert [c for c in SUMMARY_COLUMNS if c not in ("Deployment", "Label", "UTC Offset")][:8] == [
         "Model Name : Version", "File Name", "Prediction", "Times Heard", "Device ID", "Timestamp", "Temperature",
         "Review Date"]
     assert SUMMARY_COLUMNS[-3:] == ["Max Score", "Segments Positive", "Duration"]
@@ -149,17 +149,19 @@ def test_summary_rows_times_heard_and_types(out, wb):
     assert row["Model Name : Version"] == "demo : 1.0" and row["Segments Positive"] == 2
     assert row["Deployment"] == "24E144055E080032"
     assert row["Timestamp"] == pd.Timestamp("2023-04-05 19:02:00") and row["Temperature"] == -3.5
-    assert row["Review Date"] == pd.Timestamp("2023-04-06")
+    assert pd.isna(row["Review Date"])  # empty until a reviewer fills it
+    assert row["UTC Offset"] == "-07:00"
     assert row["Max Score"] == pytest.approx(0.9) and row["Duration"] == pd.Timedelta(seconds=60)
     neg = df[(df["File Name"] == KNOWN) & (df["Label"] == "bird")].iloc[0]
     assert neg["Prediction"] == "Negative" and pd.isna(neg["Times Heard"]) and neg["Segments Positive"] == 0
     evil = df[(df["File Name"] == EVIL) & (df["Label"] == "bird")].iloc[0]
-    assert evil["Times Heard"] == "0:00:00-0:00:10"  # no start time: offsets into the file
-    assert pd.isna(evil["Timestamp"]) and pd.isna(evil["Temperature"])
+    # no start time: offsets that cannot be read as a clock time (not "0:00:00-0:00:10", midnight)
+    assert evil["Times Heard"] == "offsets into the file: +0:00:00 to +0:00:10"
+    assert pd.isna(evil["Timestamp"]) and pd.isna(evil["Temperature"]) and pd.isna(evil["UTC Offset"])
     ws = wb["Summary"]
     assert isinstance(ws["H2"].value, datetime) and ws["H2"].number_format == "yyyy-mm-dd hh:mm:ss"
-    assert ws["I2"].number_format == "0.0" and ws["K2"].number_format == "0.000"
-    assert ws["M2"].value == timedelta(seconds=60)
+    assert ws["J2"].number_format == "0.0" and ws["L2"].number_format == "0.000" and ws["I2"].value == "-07:00"
+    assert ws["N2"].value == timedelta(seconds=60)
 
 
 def test_detections_sheet_datetimes_link_validation(out, wb):
@@ -170,8 +172,9 @@ def test_detections_sheet_datetimes_link_validation(out, wb):
     assert r["Start Time"].value == datetime(2023, 4, 5, 19, 2, 10) and r["Start Time"].is_date
     assert r["End Time"].value == datetime(2023, 4, 5, 19, 2, 30) and r["End Time"].is_date
     assert r["UTC Offset"].value == "-07:00" and r["Temperature (°C)"].value == -3.5
-    assert r["Link"].value == "20230405_190200.WAV"
-    assert r["Link"].hyperlink.target == "file:///card/A/20230405_190200.WAV"
+    # the link follows the card folder cell in Run info: one cell to change when the card is mounted elsewhere
+    assert r["Link"].value == """=HYPERLINK('Run info'!$B$3&"/A/20230405_190200.WAV","20230405_190200.WAV")"""
+    assert wb["Run info"]["A3"].value.startswith("card folder") and wb["Run info"]["B3"].value == "/card"
     assert r["Max Score"].number_format == "0.000" and r["Mean Score"].value == pytest.approx(0.85)
     assert r["Verified"].value is None and r["Notes"].value is None
     unknown = {h: c.value for h, c in zip(DETECTION_COLUMNS, ws[2])}
@@ -188,18 +191,19 @@ def test_presence_counts_and_native_charts(out, wb):
     charts = ws._charts
     assert len(charts) == 2 and all(c.tagname == "barChart" for c in charts)
     rows = [[c.value for c in r] for r in ws.iter_rows()]
-    assert rows[0][:6] == ["Deployment", "Count of", "Label", "2023-04-05", "2023-04-06", "Total"]
+    # survey nights, noon to noon: 19:02 on the 5th and 05:00 on the 6th are the same night (of the 5th)
+    assert rows[0][:5] == ["Deployment", "Count of", "Label", "2023-04-05", "Total"]
     hour_head = next(i for i, r in enumerate(rows) if r[:4] == ["Deployment", "Count of", "Label", "00"])
-    by_key = {tuple(r[:3]): r[3:6] for r in rows[1:hour_head] if r[0] and r[1]}
-    assert by_key[("All deployments", "detections", "frog")] == [1, 1, 2]
-    assert by_key[("All deployments", "positive segments", "frog")] == [2, 1, 3]
-    assert by_key[("24E144055E080032", "detections", "frog")] == [1, 1, 2]
-    assert by_key[("+1", "detections", "bird")] == [0, 0, 0]  # unknown start time: not on a day
+    by_key = {tuple(r[:3]): r[3:5] for r in rows[1:hour_head] if r[0] and r[1]}
+    assert by_key[("All deployments", "detections", "frog")] == [2, 2]
+    assert by_key[("All deployments", "positive segments", "frog")] == [3, 3]
+    assert by_key[("24E144055E080032", "detections", "frog")] == [2, 2]
+    assert by_key[("+1", "detections", "bird")] == [0, 0]  # unknown start time: not on a night
     hour = {tuple(r[:3]): r[3:27] for r in rows[hour_head + 1:] if r[1] in ("detections", "positive segments")}
     frog = hour[("All deployments", "detections", "frog")]
     assert frog[19] == 1 and frog[5] == 1 and sum(frog) == 2
     assert any("1 detection(s) in recordings with an unknown start time" in str(r[0]) for r in rows)
-    assert (out / "plots" / "detections_per_day.png").stat().st_size > 1000
+    assert (out / "plots" / "detections_per_night.png").stat().st_size > 1000
     assert (out / "plots" / "detections_by_hour.png").stat().st_size > 1000
 
 
@@ -208,6 +212,7 @@ def test_devices_skipped_runinfo(out):
     assert dev["Device ID"].tolist() == ["(unknown device)", "+1", "24E144055E080032"]
     assert dev.set_index("Device ID").loc["24E144055E080032", "Deployments"] == "24E144055E080032"
     d = dev.set_index("Device ID").loc["24E144055E080032"]
+    assert d["UTC Offsets"] == "-07:00"
     assert d["Files"] == 2 and d["Failed"] == 0 and d["Hours Recorded"] == pytest.approx(80 / 3600, abs=1e-3)
     assert d["First Recording"] == pd.Timestamp("2023-04-05 19:02:00")
     assert d["Last Recording Ends"] == pd.Timestamp("2023-04-06 05:00:20")
@@ -227,9 +232,12 @@ def test_devices_skipped_runinfo(out):
 
 def test_injection_never_becomes_a_formula(out, wb):
     for ws in wb.worksheets:
+        head = [c.value for c in ws[1]]
         for row in ws.iter_rows():
             for c in row:
-                assert c.data_type != "f", (ws.title, c.coordinate, c.value)
+                if c.data_type == "f":  # only monitor's own link formulas, the card's text only in string literals
+                    assert head[c.column - 1] == "Link" and c.value.startswith("=HYPERLINK('Run info'!$B$"), (
+                        ws.title, c.coordinate, c.value)
     det = wb["Detections"]
     evil, plus = det["B2"], det["L2"]
     assert (evil.value, evil.data_type, evil.quotePrefix) == (EVIL, "s", True)  # shown verbatim, stays text
@@ -364,7 +372,8 @@ def test_nothing_found_and_hostile_text(tmp_path):
 
 
 def test_times_heard_and_helpers():
-    assert times_heard([(10, 30), (3600, 3610)], None) == "0:00:10-0:00:30, 1:00:00-1:00:10"
+    assert times_heard([(10, 30), (3600, 3610)], None) == "offsets into the file: +0:00:10 to +0:00:30, +1:00:00 to +1:00:10"
+    assert times_heard([], None) == ""
     assert times_heard([(10, 30)], datetime(2023, 1, 1, 23, 59, 50)) == "00:00:00-00:00:20"
     many = times_heard([(10.0 * i, 10.0 * i + 10) for i in range(5000)], None)
     assert len(many) < 32767 and many.endswith("more in the Detections sheet)")
@@ -442,17 +451,22 @@ def test_spliced_rows_equal_openpyxl_cells(tmp_path):
     assert d.max_row == len(det) + 1
     r = 2 + int(np.nonzero((det["file"] == KNOWN).to_numpy())[0][-1])  # a spliced row with a wall-clock time
     assert r > 2 and d[f"F{r}"].is_date and isinstance(d[f"F{r}"].value, datetime)
-    assert d[f"B{r}"].value == KNOWN and d[f"N{r}"].hyperlink.target == (Path("/card") / KNOWN).absolute().as_uri()
+    assert d[f"B{r}"].value == KNOWN
+    assert d[f"N{r}"].value == f"""=HYPERLINK('Run info'!$B$3&"/{KNOWN}","{Path(KNOWN).name}")"""
     o = 2 + int(np.nonzero((det["file"] == odd).to_numpy())[0][0])
     assert o > 3 and [d[f"B{i}"].value for i in range(o, o + 3)] == [odd] * 3  # escapes and the leading space survive
     # reviewers' verdicts and notes come back on their rows, text never a formula
     got = pd.read_excel(fast, sheet_name="Detections", keep_default_na=False)
     assert got["Verified"].tolist() == det["verified"].tolist() and got["Notes"].tolist() == det["notes"].tolist()
-    # one hyperlink per run of rows of one file, not one per row
+    # links are formulas of the card folder cell, with the name shown as their cached value; the hostile
+    # name is inside a string literal (quotes doubled), never formula code
     with zipfile.ZipFile(fast) as z:
         xml = z.read("xl/worksheets/sheet2.xml").decode()
-        rels = z.read("xl/worksheets/_rels/sheet2.xml.rels").decode()
-    assert xml.count("<hyperlink ") == det["file"].nunique() == rels.count("TargetMode")
-    assert "=HYPERLINK" in xml and "<f>" not in xml  # the hostile name is text, never a formula
-    pd.testing.assert_frame_equal(pd.read_excel(fast, sheet_name=None)["Detections"],
-                                  pd.read_excel(slow, sheet_name=None)["Detections"])
+    assert "<hyperlink " not in xml and xml.count("<f>") == len(det)
+    assert '&amp;"/=HYPERLINK(""http://x"",""y"").wav","x"",""y"").wav")</f>' in xml
+    assert "<v>20230405_190200.WAV</v>" in xml
+    shown = pd.read_excel(fast, sheet_name="Detections", keep_default_na=False)["Link"]  # cached values
+    assert shown.tolist()[-1] == "20230406_050000.WAV"
+    # (openpyxl cannot store a formula's cached value, so only the spliced rows show link names unrecalculated)
+    pd.testing.assert_frame_equal(pd.read_excel(fast, sheet_name=None)["Detections"].drop(columns="Link"),
+                                  pd.read_excel(slow, sheet_name=None)["Detections"].drop(columns="Link"))

@@ -1,70 +1,80 @@
 """PNG versions of the Presence charts (needs matplotlib: the ``plots`` extra).
 
-Importing this module raises ImportError when matplotlib is missing; ``write_reports`` then skips it.
+One panel per deployment (its own local time), survey nights on a categorical axis (only nights with
+recordings, so bars never shrink to hairlines over a long gap between cards), side-by-side bars per
+detected label. Importing this module raises ImportError when matplotlib is missing; ``write_reports``
+then says so.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import date
 from pathlib import Path
 
 import matplotlib
 
-from monitor.report.presence import ALL_DEVICES, MEASURES, Presence
+from monitor.report.presence import ALL, HOURS, MEASURES, Presence
 
 matplotlib.use("Agg")
 log = logging.getLogger(__name__)
 
+MAX_PANELS = 12  # deployments drawn; the rest are counted in the title
+
 
 def write_plots(out_dir: Path, p: Presence) -> dict[str, Path]:
-    """``plots/detections_per_day.png`` and ``plots/detections_by_hour.png`` (all deployments, per label).
+    """``plots/detections_per_night.png`` and ``plots/detections_by_hour.png`` (one panel per deployment).
 
     Nothing is drawn (and ``{}`` returned) when no detection could be placed in time.
     """
-    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
     import numpy as np
 
-    if not p.labels or not p.days:
+    if not p.labels or not p.nights:
         return {}
+    night = p.by_night.xs(MEASURES[0], level="measure")
+    hour = p.by_hour.xs(MEASURES[0], level="measure")
+    deps = [d for d in p.deployments if night.loc[d].to_numpy().sum() > 0] or [ALL]
+    deps = sorted(deps, key=lambda d: -int(night.loc[d].to_numpy().sum()))[:MAX_PANELS]
+    deps.sort()
+    more = len(p.deployments) - len(deps) if deps != [ALL] else 0
     folder = Path(out_dir) / "plots"
     folder.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
-    day = p.by_day.loc[ALL_DEVICES].loc[MEASURES[0]]
-    hour = p.by_hour.loc[ALL_DEVICES].loc[MEASURES[0]]
-    days = [date.fromisoformat(d) for d in p.days]
-    x = mdates.date2num(days)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     width = 0.8 / len(p.labels)
+    out: dict[str, Path] = {}
 
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    for i, lab in enumerate(p.labels):
-        ax.bar(x - 0.4 + width * (i + 0.5), day.loc[lab].to_numpy(), width=width, label=lab)
-    ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=12))
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
-    out["plots/detections_per_day.png"] = _finish(fig, ax, "Detections per day (local date, all deployments)",
-                                                  folder / "detections_per_day.png")
+    def panels(table, columns, xlabels, title, path, xlabel, rotate):
+        fig, axes = plt.subplots(len(deps), 1, figsize=(min(16, 3 + 0.35 * len(columns) * max(1, len(p.labels))),
+                                                        1.0 + 2.2 * len(deps)), squeeze=False, sharex=True)
+        x = np.arange(len(columns))
+        for ax, dep in zip(axes[:, 0], deps):
+            rows = table.loc[dep]
+            for i, lab in enumerate(p.labels):
+                ax.bar(x - 0.4 + width * (i + 0.5), rows.loc[lab, columns].to_numpy(), width=width, label=lab,
+                       color=colors[i % len(colors)])
+            ax.set_ylabel("detections")
+            ax.set_title(dep, fontsize=10, loc="left")
+            ax.grid(axis="y", alpha=0.3)
+        ax = axes[-1, 0]
+        step = max(1, len(columns) // 40)
+        ax.set_xticks(x[::step], [xlabels[j] for j in range(0, len(columns), step)], rotation=rotate,
+                      ha="right" if rotate else "center")
+        ax.set_xlabel(xlabel)
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="upper right", frameon=False, ncol=min(4, len(names)))
+        fig.suptitle(title + (f" ({more} more deployments in the workbook)" if more else ""), x=0.01, ha="left")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
 
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    hours = np.arange(24)
-    for i, lab in enumerate(p.labels):
-        ax.bar(hours - 0.4 + width * (i + 0.5), hour.loc[lab].to_numpy(), width=width, label=lab)
-    ax.set_xticks(range(0, 24, 2), [f"{h:02d}:00" for h in range(0, 24, 2)])
-    ax.set_xlabel("hour of day (local time at the recorder)")
-    out["plots/detections_by_hour.png"] = _finish(fig, ax, "Detections by hour of day (all deployments)",
-                                                  folder / "detections_by_hour.png")
+    out["plots/detections_per_night.png"] = panels(
+        night, p.nights, p.nights, "Detections per survey night (noon to noon, local time)",
+        folder / "detections_per_night.png", "survey night (dated by its evening)", 45)
+    out["plots/detections_by_hour.png"] = panels(
+        hour, HOURS, [f"{h}:00" for h in HOURS], "Detections by hour of day (local time)",
+        folder / "detections_by_hour.png", "hour of day", 0)
+    for stale in ("detections_per_day.png",):  # written by earlier versions: it would show stale numbers
+        if (folder / stale).exists():
+            (folder / stale).unlink()
     return out
-
-
-def _finish(fig, ax, title: str, path: Path) -> Path:
-    """Shared look of both charts (y label, title, legend, grid), saved to ``path`` and closed."""
-    import matplotlib.pyplot as plt
-
-    ax.set_ylabel("detections")
-    ax.set_title(title)
-    ax.legend(frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -28,11 +28,12 @@ class WorkbookUnreadable(Exception):
 
 @dataclass
 class WorkbookReviews:
-    """The reviews a workbook holds (every row with its Verified/Notes, empty ones included) and the build
-    id monitor wrote into it (empty if none)."""
+    """The reviews a workbook holds (every row with its Verified/Notes, empty ones included), the Summary's
+    Review Dates ((deployment, file, label, ISO date or '') per row) and the build id monitor wrote into it."""
 
     build: str
     reviews: list[Review]
+    dates: list[tuple[str, str, str, str]]
 
 
 def lock_files(path: Path) -> list[Path]:
@@ -73,11 +74,12 @@ def read_workbook_reviews(path: Path) -> WorkbookReviews:
         for name in SHEETS:
             if name in wb.sheetnames:
                 reviews += _sheet_reviews(wb[name])
+        dates = _review_dates(wb["Summary"]) if "Summary" in wb.sheetnames else []
     except Exception as exc:  # noqa: BLE001
         raise WorkbookUnreadable(f"{type(exc).__name__}: {str(exc)[:120]}") from None
     finally:
         wb.close()
-    return WorkbookReviews(build, reviews)
+    return WorkbookReviews(build, reviews, dates)
 
 
 def _sheet_reviews(ws) -> list[Review]:
@@ -103,4 +105,35 @@ def _sheet_reviews(ws) -> list[Review]:
         out.append(Review(_text(r[dep]) if dep is not None and dep < len(r) else "", _text(r[fj]), _text(r[lj]),
                           a, b, normalize_verdict(r[vj] if vj < len(r) else None),
                           _text(r[nj]) if nj is not None and nj < len(r) else ""))
+    return out
+
+
+def _date_text(v) -> str:
+    """A Review Date cell -> ISO date ('' when empty); text that is not a date is kept as typed."""
+    from datetime import date, datetime
+
+    if v is None:
+        return ""
+    if isinstance(v, datetime):
+        return v.date().isoformat()
+    if isinstance(v, date):
+        return v.isoformat()
+    return str(v).strip()
+
+
+def _review_dates(ws) -> list[tuple[str, str, str, str]]:
+    rows = ws.iter_rows(values_only=True)
+    header = next(rows, None)
+    if not header:
+        return []
+    col = {str(h).strip().lower(): j for j, h in enumerate(header) if h is not None}
+    if not {"file name", "label", "review date"} <= set(col):
+        return []
+    dj, fj, lj, rj = col.get("deployment"), col["file name"], col["label"], col["review date"]
+    out = []
+    for r in rows:
+        if r is None or fj >= len(r) or r[fj] is None:
+            continue
+        out.append((_text(r[dj]) if dj is not None and dj < len(r) else "", _text(r[fj]), _text(r[lj]),
+                    _date_text(r[rj] if rj < len(r) else None)))
     return out

@@ -9,6 +9,8 @@ One rule, ``is_formula_like``, decides for both outputs:
 
 Only text is touched: numbers (a temperature of -3.5) stay numbers. A bare UTC offset such as
 ``-08:00`` (the ``utc_offset`` column) cannot carry a formula and is left as it is.
+The one exception is monitor's own link formulas (``Formula``, ``link_formula``): untrusted text goes into
+them only as string literals, quotes doubled, so it can never become formula code.
 Also here: ``atomic_path``, so an interrupted write never leaves a half-written report behind.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +29,29 @@ _UTC_OFFSET = re.compile(r"[+-]\d{2}:\d{2}")
 _ILLEGAL_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _ERROR_CODES = frozenset(("#NULL!", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "#NUM!", "#N/A"))
 MAX_CELL_CHARS = 32767
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A formula monitor wrote itself (``text`` without the leading ``=``) and the value it shows
+    (``cached``, for viewers that do not recalculate)."""
+
+    text: str
+    cached: str = ""
+
+
+def string_literal(text: str) -> str:
+    """Untrusted text as an Excel string expression: quotes doubled, in pieces of at most 250 characters
+    (Excel's limit for one literal is 255) joined with ``&``."""
+    text = clean_text(text).replace("\n", " ")
+    pieces = [text[i:i + 250] for i in range(0, len(text), 250)] or [""]
+    return "&".join('"' + p.replace('"', '""') + '"' for p in pieces)
+
+
+def link_formula(base_cell: str, rel: str, name: str) -> Formula:
+    """``HYPERLINK(<base folder cell> & "/" & rel, name)``: a link that follows the base-folder cell, so a
+    card mounted elsewhere needs one cell changed, not every link."""
+    return Formula(f"HYPERLINK({base_cell}&{string_literal('/' + rel)},{string_literal(name)})", name)
 
 
 def is_formula_like(value: Any) -> bool:

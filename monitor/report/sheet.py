@@ -36,7 +36,7 @@ class Col:
     name: str
     fmt: str | None = None
     width: float | None = None
-    link: bool = False  # values are (text, uri) pairs shown as hyperlinks
+    link: bool = False  # values are ``safe.Formula`` links (HYPERLINK of a base-folder cell), shown as links
     raw: bool = False  # values are already Excel-ready (int/float/None, no NaN): written as they are
     wrap: bool = False  # long text wraps inside the column (rows get taller) instead of being cut off
     indent: bool = False  # a one-character left indent, for text right after a column of numbers
@@ -57,8 +57,8 @@ def is_missing(v: Any) -> bool:
 
 
 def _display_len(v: Any, fmt: str | None) -> int:
-    if isinstance(v, tuple):
-        v = v[0]
+    if hasattr(v, "cached"):  # a link Formula: as wide as the text it shows
+        v = v.cached
     if isinstance(v, datetime):
         return 19 if fmt is None else len(fmt.replace("yyyy", "0000"))
     if isinstance(v, (date, timedelta)):
@@ -179,15 +179,8 @@ def converters(ws: Any, cols: Sequence[Col]) -> list[Callable[[Any], Any] | None
         def conv(v: Any) -> Any:
             if v is None:
                 return None
-            text, uri = v
-            c = text_cell(ws, text)
-            if c.__class__ is str:
-                tmpl.value = c
-                c = tmpl
-            else:  # a quote-prefixed text cell (rare): keep its flag, add the link look
-                c.font, c.alignment = copy(tmpl.font), copy(tmpl.alignment)
-            c.hyperlink = uri  # a new Hyperlink object per row: openpyxl keeps each one
-            return c
+            tmpl.value = "=" + v.text  # monitor's own formula; untrusted text is only in its string literals
+            return tmpl
 
         return conv
 
@@ -246,9 +239,8 @@ def write_table(ws: Any, cols: Sequence[Col], rows: Iterable[Sequence[Any]], *, 
         heights = {}
         if wrapped:
             heights = {i + 3: h for i, r in enumerate(rest) if (h := height(r))}
-        links = [(2, j, rows[0][j][1]) for j, c in enumerate(cols) if c.link and rows[0][j] is not None]
         pending.append(Pending(ws=ws, cols=list(cols), styles=column_styles(ws, [template(ws, c) for c in cols]),
-                               rows=rest, first_row=3, heights=heights, links=links))
+                               rows=rest, first_row=3, heights=heights))
         n += len(rest)
     if autofilter:
         ws.auto_filter.ref = f"A1:{get_column_letter(len(cols))}{n + 1}"

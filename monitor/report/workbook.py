@@ -16,32 +16,34 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from monitor.detect import hms, parse_iso
 from monitor.report.fastrows import splice
 from monitor.report.presence import UNKNOWN_DEVICE, Presence, presence, write_presence_sheet
-from monitor.report.safe import atomic_path
+from monitor.report.safe import atomic_path, link_formula
 from monitor.report.sheet import (DATE, DATETIME, DURATION, SCORE, TEMPERATURE, Col, is_missing, start_sheet,
                                   write_table)
-from monitor.results import VERIFIED_CHOICES
+from monitor.results import MANY_LABELS, VERIFIED_CHOICES
 
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ["Model Name : Version", "Deployment", "File Name", "Label", "Prediction", "Times Heard",
-                   "Device ID", "Timestamp", "Temperature", "Review Date", "Max Score", "Segments Positive",
-                   "Duration"]
+                   "Device ID", "Timestamp", "UTC Offset", "Temperature", "Review Date", "Max Score",
+                   "Segments Positive", "Duration"]
 DETECTION_COLUMNS = ["Deployment", "File", "Label", "Start (s)", "End (s)", "Start Time", "End Time", "UTC Offset",
                      "Max Score", "Mean Score", "Segments", "Device ID", "Temperature (°C)", "Link", "Verified",
                      "Notes"]
 OTHER_REVIEW_COLUMNS = ["Deployment", "File", "Label", "Start (s)", "End (s)", "Why Not In Detections", "Link",
                         "Verified", "Notes", "Reviewed (UTC)"]
 DEVICE_COLUMNS = ["Device ID", "Deployments", "Recorder", "Files", "Failed", "Hours Recorded", "First Recording",
-                  "Last Recording Ends", "Temperature Min (°C)", "Temperature Max (°C)", "Lowest Battery (V)",
-                  "Firmware", "Stop Reasons", "Detections"]
+                  "Last Recording Ends", "UTC Offsets", "Temperature Min (°C)", "Temperature Max (°C)",
+                  "Lowest Battery (V)", "Firmware", "Stop Reasons", "Detections"]
 SKIPPED_COLUMNS = ["Deployment", "File", "Status", "Reason"]
 REVIEWED_SHEET = "Reviewed below threshold"
 TIMES_HEARD_MAX_CHARS = 32000
+FOLDER_ROW = 3  # Run info: row 2 is the status, then one row per card folder (the links' base cells)
+OFFSETS = "offsets into the file: "
 
 
 def local(dt: datetime | None) -> datetime | None:
@@ -50,14 +52,17 @@ def local(dt: datetime | None) -> datetime | None:
 
 
 def times_heard(events: Sequence[tuple[float, float]], start: datetime | None) -> str:
-    """``19:02:10-19:02:30, ...`` in wall-clock time when the start is known, else offsets ``0:02:10-0:02:30``."""
+    """``19:02:10-19:02:30, ...`` in wall-clock time when the start is known; else offsets that cannot be
+    read as clock times: ``offsets into the file: +0:02:10 to +0:02:30, ...``."""
     parts = []
     for a, b in events:
         if start is not None:
             parts.append(f"{start + timedelta(seconds=float(a)):%H:%M:%S}-{start + timedelta(seconds=float(b)):%H:%M:%S}")
         else:
-            parts.append(f"{hms(a)}-{hms(b)}")
+            parts.append(f"+{hms(a)} to +{hms(b)}")
     text = ", ".join(parts)
+    if parts and start is None:
+        text = OFFSETS + text
     if len(text) > TIMES_HEARD_MAX_CHARS:  # an Excel cell holds 32,767 characters
         cut = text.rfind(", ", 0, TIMES_HEARD_MAX_CHARS)
         shown = text[:cut].count(", ") + 1
@@ -85,21 +90,32 @@ class Files:
     offset: dict[tuple[str, str], str]
     temperature: dict[tuple[str, str], float | None]
     device: dict[tuple[str, str], str]
-    uri: dict[tuple[str, str], str]
+    folder: dict[tuple[str, str], str]  # the card folder the file was read from
+    folders: list[tuple[str, str]]  # (card folder, its deployments) in Run info order, one base cell each
 
     @classmethod
     def from_recordings(cls, rec: Any) -> "Files":
         keys = list(zip(rec["deployment"].tolist(), rec["file"].tolist()))
-        base = rec["input_dir"].tolist() if "input_dir" in rec else [""] * len(keys)
+        base = [_text(b) for b in rec["input_dir"].tolist()] if "input_dir" in rec else [""] * len(keys)
+        deps: dict[str, set[str]] = defaultdict(set)
+        for (d, _), b in zip(keys, base):
+            if b:
+                deps[b].add(d)
         return cls(start={k: parse_iso(t) for k, t in zip(keys, rec["start_time"].tolist())},
                    offset={k: _text(o) for k, o in zip(keys, rec["utc_offset"].tolist())},
                    temperature={k: _num(t) for k, t in zip(keys, rec["temperature_c"].tolist())},
                    device={k: _text(d) for k, d in zip(keys, rec["device_id"].tolist())},
-                   uri={k: (Path(b) / k[1]).absolute().as_uri() if b else "" for k, b in zip(keys, base)})
+                   folder=dict(zip(keys, base)),
+                   folders=[(b, ", ".join(sorted(deps[b]))) for b in sorted(deps)])
 
-    def link(self, key: tuple[str, str]) -> tuple[str, str] | None:
-        uri = self.uri.get(key, "")
-        return (PurePosixPath(key[1]).name, uri) if uri else None
+    def base_cells(self) -> dict[str, str]:
+        """Card folder -> its cell in Run info (rows after the status and warnings, see ``run_info_rows``)."""
+        return {b: f"'Run info'!$B${FOLDER_ROW + i}" for i, (b, _) in enumerate(self.folders)}
+
+    def link(self, key: tuple[str, str], cells: Mapping[str, str]) -> Any:
+        """A HYPERLINK formula to the file through its card folder's Run info cell (None when unknown)."""
+        cell = cells.get(self.folder.get(key, ""))
+        return link_formula(cell, key[1], PurePosixPath(key[1]).name) if cell else None
 
 
 def model_name(run: Any) -> str:
@@ -108,11 +124,11 @@ def model_name(run: Any) -> str:
 
 
 def summary_rows(results: Any, files: Files) -> list[list[Any]]:
-    """One row per analysed recording per label, in SUMMARY_COLUMNS order; positives from ``results.positives``."""
+    """One row per analysed recording per label, in SUMMARY_COLUMNS order; positives from ``results.positives``.
+    With more than ``MANY_LABELS`` labels only positive rows are listed. Review Date is the reviewer's."""
     labels, segments, detections, recordings = results.labels, results.segments, results.detections, results.recordings
     name = results.run.model_name()
-    review = local(parse_iso(results.run.ended or results.run.started))
-    review = review.replace(hour=0, minute=0, second=0, microsecond=0) if review else None
+    positives_only = len(labels) > MANY_LABELS
     events: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
     for d, f, lab, a, b in zip(detections["deployment"].tolist(), detections["file"].tolist(),
                                detections["label"].tolist(), detections["start_s"].tolist(),
@@ -124,6 +140,8 @@ def summary_rows(results: Any, files: Files) -> list[list[Any]]:
         keyed = segments.assign(_k=list(zip(segments["deployment"], segments["file"])))
         by = keyed.groupby("_k", sort=False)
         for j, lab in enumerate(labels):
+            if positives_only and not results.positives[:, j].any():
+                continue
             max_score[lab] = by[lab].max().to_dict()
             n_pos[lab] = keyed["_k"][results.positives[:, j]].value_counts().to_dict()
     rows = []
@@ -134,18 +152,31 @@ def summary_rows(results: Any, files: Files) -> list[list[Any]]:
         dd = _num(dur)
         for lab in labels:
             ev = sorted(events.get((d, f, lab), []))
+            if positives_only and not ev:
+                continue
             rows.append([name, d, f, lab, "Positive" if ev else "Negative", times_heard(ev, local(start)),
-                         files.device.get(k, ""), local(start), files.temperature.get(k), review,
+                         files.device.get(k, ""), local(start), files.offset.get(k, "") if start else "",
+                         files.temperature.get(k), _date(results.review_dates.get((d, f, lab))),
                          _num(max_score.get(lab, {}).get(k)), int(n_pos.get(lab, {}).get(k, 0)),
                          timedelta(seconds=round(dd, 3)) if dd is not None else None])
     return rows
+
+
+def _date(text: str | None) -> Any:
+    """A stored Review Date: a date when it is one, else the text as the reviewer typed it."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return text
 
 
 def _verdict(v: Any) -> str | None:
     return v if isinstance(v, str) and v else None
 
 
-def detection_rows(detections: Any, files: Files) -> list[list[Any]]:
+def detection_rows(detections: Any, files: Files, cells: Mapping[str, str]) -> list[list[Any]]:
     """One row per event, in DETECTION_COLUMNS order, with the reviewers' Verified and Notes."""
     rows = []
     cols = [detections[c].tolist() for c in ("deployment", "file", "label", "start_s", "end_s", "start_time",
@@ -160,15 +191,16 @@ def detection_rows(detections: Any, files: Files) -> list[list[Any]]:
         else:  # a file missing from recordings: fall back on the detection's own times
             t0, t1 = local(parse_iso(st_text)), local(parse_iso(en_text))
         if k not in links:
-            links[k] = files.link(k)
-        rows.append([d, f, lab, float(a), float(b), t0, t1, files.offset.get(k, ""), _num(smax), _num(smean),
-                     int(nseg), _text(dev), files.temperature.get(k), links[k], _verdict(ver), _verdict(note)])
+            links[k] = files.link(k, cells)
+        rows.append([d, f, lab, float(a), float(b), t0, t1, files.offset.get(k, "") if t0 else "", _num(smax),
+                     _num(smean), int(nseg), _text(dev), files.temperature.get(k), links[k], _verdict(ver),
+                     _verdict(note)])
     return rows
 
 
-def other_review_rows(other: Any, files: Files) -> list[list[Any]]:
+def other_review_rows(other: Any, files: Files, cells: Mapping[str, str]) -> list[list[Any]]:
     """Reviews that are on no detection row now (below the threshold, merged, pruned): never dropped."""
-    return [[d, f, lab, float(a), float(b), why, files.link((d, f)), _verdict(v), _verdict(n),
+    return [[d, f, lab, float(a), float(b), why, files.link((d, f), cells), _verdict(v), _verdict(n),
              local(parse_iso(u))]
             for d, f, lab, a, b, why, v, n, u in zip(other["deployment"], other["file"], other["label"],
                                                      other["start_s"], other["end_s"], other["why"],
@@ -196,13 +228,14 @@ def device_rows(recordings: Any, detections: Any, files: Files) -> list[list[Any
         temps = [t for t in (_num(r["temperature_c"]) for r in g) if t is not None]
         volts = [v for v in (_num(r["battery_v"]) for r in g) if v is not None]
         stops = Counter(_text(r["stop_reason"]) for r in g if _text(r["stop_reason"]))
+        offsets = sorted({files.offset.get((r["deployment"], r["file"]), "") for r in g} - {""})
         rows.append([
             dev, ", ".join(sorted({_text(r["deployment"]) for r in g} - {""})),
             ", ".join(sorted({_text(r["recorder"]) for r in g} - {""})), len(g),
             sum(r["status"] == "failed" for r in g),
             round(sum(_num(r["duration_s"]) or 0.0 for r in ok) / 3600, 3),
             min(t for t, _ in starts) if starts else None,
-            max(t + timedelta(seconds=d) for t, d in starts) if starts else None,
+            max(t + timedelta(seconds=d) for t, d in starts) if starts else None, ", ".join(offsets),
             min(temps) if temps else None, max(temps) if temps else None, min(volts) if volts else None,
             ", ".join(sorted({_text(r["firmware"]) for r in g} - {""})),
             "; ".join(f"{s} ({n} file{'s' if n > 1 else ''})" for s, n in sorted(stops.items())),
@@ -230,11 +263,16 @@ def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, json.dumps(d, default=str))]
 
 
-def run_info_rows(run: Any) -> list[list[Any]]:
-    """Run info: the status first (an interrupted run says so), then every run.json field."""
+def run_info_rows(run: Any, files: Files) -> list[list[Any]]:
+    """Run info: the status first (an interrupted run says so), one row per card folder (every link in the
+    workbook is built from these cells: change one when the card is mounted elsewhere), warnings, then
+    every run.json field."""
     d = run.to_json()
     status = d.pop("status")
-    return [["status", status]] + [list(kv) for kv in flatten(d)]
+    rows = [["status", status]]
+    rows += [[f"card folder ({deps})" if deps else "card folder", folder] for folder, deps in files.folders]
+    rows += [["warning", w] for w in d.pop("warnings", [])]
+    return rows + [list(kv) for kv in flatten(d)]
 
 
 def _verified_validation(ws: Any, col: str, n: int) -> None:
@@ -264,15 +302,19 @@ def write_workbook(path: Path, results: Any, presence_tables: Presence | None = 
     wb.properties.identifier = run.report_build or None
 
     pending: list | None = [] if fast_rows else None  # big tables' rows, spliced in as plain XML after saving (fastrows)
+    cells = files.base_cells()
     rows = summary_rows(results, files)
+    many = len(results.labels) > MANY_LABELS
     ws = start_sheet(wb, "Summary")
     write_table(ws, [Col("Model Name : Version"), Col("Deployment"), Col("File Name"), Col("Label"),
-                     Col("Prediction", width=11), Col("Times Heard", width=44, wrap=True), Col("Device ID"),
-                     Col("Timestamp", DATETIME), Col("Temperature", TEMPERATURE), Col("Review Date", DATE),
+                     Col(f"Prediction (positives only: {len(results.labels)} labels)" if many else "Prediction",
+                         width=24 if many else 11),
+                     Col("Times Heard", width=44, wrap=True), Col("Device ID"), Col("Timestamp", DATETIME),
+                     Col("UTC Offset", width=11), Col("Temperature", TEMPERATURE), Col("Review Date", DATE),
                      Col("Max Score", SCORE), Col("Segments Positive", raw=True), Col("Duration", DURATION)], rows,
                 freeze="D2", pending=pending)
 
-    rows = detection_rows(results.detections, files)
+    rows = detection_rows(results.detections, files, cells)
     ws = start_sheet(wb, "Detections")
     n = write_table(ws, [Col("Deployment"), Col("File"), Col("Label"), Col("Start (s)", "0.0"), Col("End (s)", "0.0"),
                          Col("Start Time", DATETIME), Col("End Time", DATETIME), Col("UTC Offset", width=11),
@@ -286,7 +328,7 @@ def write_workbook(path: Path, results: Any, presence_tables: Presence | None = 
         ws.conditional_formatting.add(f"{score}2:{score}{n + 1}", ColorScaleRule(
             start_type="num", start_value=0, start_color="FFFFFF", end_type="num", end_value=1, end_color="63BE7B"))
 
-    rows = other_review_rows(results.other_reviews, files)
+    rows = other_review_rows(results.other_reviews, files, cells)
     if rows:
         ws = start_sheet(wb, REVIEWED_SHEET)
         n = write_table(ws, [Col("Deployment"), Col("File"), Col("Label"), Col("Start (s)", "0.0"),
@@ -302,7 +344,8 @@ def write_workbook(path: Path, results: Any, presence_tables: Presence | None = 
     ws = start_sheet(wb, "Devices")
     write_table(ws, [Col("Device ID"), Col("Deployments"), Col("Recorder"), Col("Files"), Col("Failed"),
                      Col("Hours Recorded", "0.00"), Col("First Recording", DATETIME),
-                     Col("Last Recording Ends", DATETIME), Col("Temperature Min (°C)", TEMPERATURE),
+                     Col("Last Recording Ends", DATETIME), Col("UTC Offsets", width=11),
+                     Col("Temperature Min (°C)", TEMPERATURE),
                      Col("Temperature Max (°C)", TEMPERATURE), Col("Lowest Battery (V)", "0.0"), Col("Firmware"),
                      Col("Stop Reasons"), Col("Detections")],
                 device_rows(results.recordings, results.detections, files), freeze="B2")
@@ -315,7 +358,7 @@ def write_workbook(path: Path, results: Any, presence_tables: Presence | None = 
                                                            skipped["reason"])])
 
     ws = start_sheet(wb, "Run info", landscape=False)
-    write_table(ws, [Col("Key", width=32), Col("Value", width=90)], run_info_rows(run), autofilter=False)
+    write_table(ws, [Col("Key", width=32), Col("Value", width=90)], run_info_rows(run, files), autofilter=False)
 
     with atomic_path(path) as tmp:
         wb.save(tmp)
