@@ -30,6 +30,18 @@ def _threshold(text: str) -> tuple[str, float]:
     return label, x
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="monitor",
@@ -45,13 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", action="append", default=None, metavar="NAME_OR_PATH",
                    help="model bundle; repeat to average an ensemble (default: the bundled demo model)")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--batch-size", type=_batch_size, default="auto",
+                   help="segments per model call: a number, or auto (16 on a CPU; on a GPU from its free memory, "
+                        "halved if it runs out)")
     r.add_argument("--workers", type=int, default=None,
                    help="decoding/front-end worker processes (default: with a GPU up to 4; on a CPU, whose cores the "
                         "model already uses, 1 from 4 cores up, else 0 = in process)")
     r.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                    help="auto: fp32 on a CPU; on a GPU bf16 from compute capability 8.0, else fp16. "
                         "fp32 (exact), int8 (CPU)")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (GPU runs: slower start, maybe faster scoring; fp32/bf16/fp16)")
     r.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="LABEL=X",
                    help="override a label's detection threshold")
     r.add_argument("--no-resume", action="store_true", help="start over instead of skipping finished files")

@@ -83,19 +83,20 @@ def run(
     *,
     models: Sequence[str] | None = None,
     device: str = "auto",
-    batch_size: int = 16,
+    batch_size: int | str = "auto",
     workers: int | None = None,
     thresholds: Mapping[str, float] | None = None,
     resume: bool = True,
     precision: str = "auto",
     command: str | None = None,
     progress: bool | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Run detection over ``input_dir`` into ``out_dir``; returns the run info written to ``run.json``."""
     from monitor.store import STORE_NAME, DirLock, ResultsStore
 
-    if batch_size < 1:
-        raise MonitorError(f"--batch-size must be >= 1, got {batch_size}")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise MonitorError(f"--batch-size must be a whole number >= 1 or auto, got {batch_size!r}")
     src, dst = check_folders(input_dir, out_dir)
     bundles = load_models(models)
     labels = list(bundles[0].labels)
@@ -112,7 +113,7 @@ def run(
             store.bind_model(model_hash, labels, " + ".join(f"{b.name} {b.version}" for b in bundles))
             with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
                 stats, interrupted = _process(src, store, bundles, model_hash, device, batch_size, workers,
-                                              precision, progress, stop.state)
+                                              precision, progress, stop.state, compile)
                 info = _run_info(src, dst, bundles, thr, command, started, stats)
                 store.set_meta("run_info", info)
                 info = write_outputs(dst, store, thr, info)
@@ -126,13 +127,15 @@ def run(
     return info
 
 
-def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size: int, workers: int | None,
-             precision: str, progress: bool | None, stop: dict[str, bool]) -> tuple[dict[str, Any], bool]:
+def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size: int | str, workers: int | None,
+             precision: str, progress: bool | None, stop: dict[str, bool],
+             compile: bool = False) -> tuple[dict[str, Any], bool]:
     """Discover, skip finished files, decode/score the rest; commit each file as it completes."""
     from monitor.infer import LocalEngine
 
     # the engine starts now: its worker processes' imports overlap discovery, metadata and model loading
-    with LocalEngine(bundles, device=device, precision=precision, batch_size=batch_size, workers=workers) as engine:
+    with LocalEngine(bundles, device=device, precision=precision, batch_size=batch_size, workers=workers,
+                     compile=compile) as engine:
         return _process_in(engine, src, store, bundles, model_hash, progress, stop)
 
 
@@ -372,7 +375,7 @@ def run_cli(args) -> int:
     try:
         info = run(src, dst, models=args.model, device=args.device, batch_size=args.batch_size,
                    workers=args.workers, thresholds=dict(args.threshold), resume=not args.no_resume,
-                   precision=args.precision, command=command)
+                   precision=args.precision, command=command, compile=args.compile)
     except MonitorError:
         raise
     except Exception as exc:  # unexpected: full detail to the log file, one line to the user

@@ -65,31 +65,37 @@ def test_int8_quantises_and_stays_close(scorers):
 
 def test_worker_pool_equals_in_process(tmp_path):
     from monitor.config import BandConfig, Preprocess
-    from monitor.infer import WorkerPool, plan_chunks
+    from monitor.infer import WorkerPool
+    from monitor.plan import job_from_path, plan_batches
 
     pre = Preprocess(band=BandConfig(low_hz=200.0, high_hz=6000.0))
     files = [write_wav(tmp_path / f"f{i}.wav", d, sr, freq_hz=700 + 300 * i, noise=0.05, seed=i)
              for i, (d, sr) in enumerate([(25.0, 48000), (12.0, 16000), (31.0, 22050)])]
-
-    def tasks():
-        import soundfile as sf
-
-        for p in files:
-            info = sf.info(str(p))
-            yield from plan_chunks(p, p.name, info.frames, info.channels, info.samplerate, pre, 2)
-
-    with WorkerPool(pre, 0) as pool:
-        ref = list(pool.results(tasks()))
-    with WorkerPool(pre, 2) as pool:
-        got = list(pool.results(tasks()))
-    assert [(r.file, r.index.tolist()) for r in got] == [(r.file, r.index.tolist()) for r in ref]
-    assert sum(len(r.index) for r in got) == 3 + 2 + 4
-    for a, b in zip(ref, got):
-        np.testing.assert_array_equal(a.features, b.features)
+    plan = plan_batches([job_from_path(p) for p in files], pre, 2, task_samples=500_000)
+    assert len(plan.tasks) > 3
+    for output in ("features", "waves"):
+        with WorkerPool(pre, 0, output) as pool:
+            ref = list(pool.results(plan.tasks))
+        with WorkerPool(pre, 2, output) as pool:
+            got = list(pool.results(plan.tasks))
+        assert [r.first for r in got] == [r.first for r in ref] == [t.first for t in plan.tasks]
+        assert sum(r.n for r in got) == 3 + 2 + 4
+        for a, b in zip(ref, got):
+            np.testing.assert_array_equal(a.data, b.data)
+            assert a.errors == b.errors
 
 
 def test_default_workers():
     from monitor.infer import default_workers
 
     assert [default_workers("cpu", c) for c in (1, 2, 3, 4, 16)] == [0, 0, 0, 1, 1]  # the model uses the cores
-    assert [default_workers("cuda", c) for c in (1, 2, 8)] == [0, 1, 4]
+    assert [default_workers("cuda", c) for c in (1, 2, 8, 16)] == [0, 1, 7, 15]  # the GPU waits for decoding
+
+
+def test_attention_is_fused_sdpa():
+    """timm's Attention calls F.scaled_dot_product_attention (flash / memory-efficient kernels on a GPU)."""
+    from monitor.model.ast import AST
+
+    m = AST(label_dim=2, fstride=16, tstride=16, input_tdim=1024, model_size="tiny224", depth=2)
+    flags = [a.fused_attn for a in m.modules() if type(a).__name__ == "Attention"]
+    assert flags == [True, True]
