@@ -176,6 +176,7 @@ def prepare_models(bundles: Sequence, device: str, precision: str, compile: bool
     """Build each bundle's model for ``device``; returns (models, resolved precision).
 
     ``compile``: ``torch.compile`` each model (one static shape: batches are padded to one size).
+    ``int8``: ``monitor.int8.prepare_int8`` (ONNX Runtime when installed, else torch's own).
     """
     import torch
 
@@ -188,14 +189,10 @@ def prepare_models(bundles: Sequence, device: str, precision: str, compile: bool
     models = []
     for b in bundles:
         m = b.build_model(device="cpu")
-        if precision == "int8":
-            import warnings
+        if precision == "int8":  # ONNX Runtime with monitor[int8], else torch's dynamic quantisation
+            from monitor.int8 import prepare_int8
 
-            with warnings.catch_warnings():  # torch marks its eager dynamic quantisation deprecated; it works
-                warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
-                from torch.ao.quantization import quantize_dynamic
-
-                m = quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
+            m, _ = prepare_int8(b, m, torch.get_num_threads())
         m = m.to(device).eval()
         if compile:
             m = torch.compile(m, dynamic=False)
@@ -588,9 +585,14 @@ class LocalEngine:
         self.pool = WorkerPool(self.pre, self.workers, "waves" if self.frontend == "device" else "features")
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "device": self.device, "precision": self.precision, "workers": self.workers,
-                "batch_size": self.batch_size, "devices": list(self.devices), "frontend": self.frontend,
-                "compile": self.compile}
+        out = {"engine": self.name, "device": self.device, "precision": self.precision, "workers": self.workers,
+               "batch_size": self.batch_size, "devices": list(self.devices), "frontend": self.frontend,
+               "compile": self.compile}
+        if self.precision == "int8":
+            from monitor.int8 import available
+
+            out["int8_runtime"] = "onnxruntime" if available() else "torch"
+        return out
 
     def scorers(self) -> list[Scorer]:
         """A model replica and a scorer per device; resolves ``batch_size`` auto on the first."""
