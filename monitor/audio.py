@@ -250,10 +250,17 @@ def _decimate(x: np.ndarray, down: int) -> np.ndarray:
     step = down * b * 4  # bytes between row starts
     out = np.empty(rows * b, np.float32)
     res = torch.from_numpy(out).view(rows, b)
-    for r0 in range(0, rows, _DECIMATE_ROWS):
-        r1 = min(rows, r0 + _DECIMATE_ROWS)
-        win = np.lib.stride_tricks.as_strided(xp[r0 * down * b:], (r1 - r0, width), (step, 4), writeable=False)
-        torch.matmul(torch.from_numpy(np.ascontiguousarray(win)), mat, out=res[r0:r1])
+    threads = torch.get_num_threads()
+    if threads > 1:  # one thread: a threaded sgemm this small stalls on a busy machine (1.4 ms -> 300 ms measured)
+        torch.set_num_threads(1)
+    try:
+        for r0 in range(0, rows, _DECIMATE_ROWS):
+            r1 = min(rows, r0 + _DECIMATE_ROWS)
+            win = np.lib.stride_tricks.as_strided(xp[r0 * down * b:], (r1 - r0, width), (step, 4), writeable=False)
+            torch.matmul(torch.from_numpy(np.ascontiguousarray(win)), mat, out=res[r0:r1])
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
     return out[:n_out]
 
 

@@ -16,6 +16,7 @@ host waits once per batch, for its scores. Every GPU of the machine gets a model
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -50,6 +51,31 @@ def decode_task(task: DecodeTask, pre: Preprocess, output: str = "features") -> 
 
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    with one_torch_thread():
+        return _decode_task(task, pre, output)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch at one intra-op thread inside, restored after: the front end is per-core work, and in process
+    (``--workers 0``) torch has every core for the model; its small threaded matmuls and element-wise ops
+    then stall behind other processes on a busy machine (the decimation's matmul: 1.4 ms -> 300 ms)."""
+    import torch
+
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+
+
+def _decode_task(task: DecodeTask, pre: Preprocess, output: str) -> Rows:
+    from monitor.audio import read_frames
+    from monitor.frontend import features, prepare_wave
+
     n = task.n
     waves: list[np.ndarray | None] = [None] * n
     nonfinite = np.zeros(n, np.int64)
@@ -283,17 +309,16 @@ class Scorer:
 
     # host -> device
     def _buffer(self, kind: str, shape: tuple[int, ...]):
-        """The next of two pinned host buffers of ``kind`` (grown when too small): a buffer is reused two
-        batches later, after ``collect`` of its batch, so its copy has finished."""
+        """A contiguous ``shape`` view of the next of two pinned host buffers of ``kind`` (grown when too
+        small). A buffer is reused two batches later, after ``collect`` of its batch: its copy has finished."""
         import torch
 
         bufs = self._pinned.setdefault(kind, [None, None])
         k = self._turn % 2
-        b = bufs[k]
-        if b is None or any(s > t for s, t in zip(shape, b.shape)) or len(shape) != b.dim():
-            big = tuple(max(s, t) for s, t in zip(shape, b.shape)) if b is not None and len(shape) == b.dim() else shape
-            b = bufs[k] = torch.empty(big, dtype=torch.float32, pin_memory=True)
-        return b[tuple(slice(0, s) for s in shape)]
+        need = int(np.prod(shape))
+        if bufs[k] is None or bufs[k].numel() < need:
+            bufs[k] = torch.empty(need, dtype=torch.float32, pin_memory=True)
+        return bufs[k][:need].view(shape)
 
     def _to_device(self, host):
         """A pinned host tensor -> the device, copied on the side stream; the compute stream waits for it."""
