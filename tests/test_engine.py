@@ -199,3 +199,18 @@ def test_gpu_bf16_close_to_fp32_and_resume_equal(bundle, files):
     again = go("bf16", files[2:])  # a "resumed" run: only the later files, other batch-mates
     for f in again:
         np.testing.assert_array_equal(again[f].scores, bf16[f].scores)
+
+
+def test_cli_batch_size_and_compile_flags(tmp_path):
+    """``--batch-size auto`` is the default and a bad value fails at once, in the argument check."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "monitor", "run", *a], capture_output=True, text=True,  # noqa: E731
+                                    env=env, timeout=120)
+    res = run("--help")
+    assert res.returncode == 0 and "--compile" in res.stdout and "auto" in res.stdout
+    res = run(str(tmp_path), "--out", str(tmp_path / "o"), "--batch-size", "0")
+    assert res.returncode == 2 and "--batch-size" in res.stderr and "Traceback" not in res.stderr
