@@ -12,8 +12,8 @@ One prepared script for a machine with a GPU (it also runs on a CPU with small s
 5. decoding + resampling (what a worker does with a GPU) segments/s on one CPU core, and the CPU-only
    front end per core for comparison;
 6. the batched GPU front end (band, fbank, normalise) segments/s;
-7. the HF pipeline on the same GPU over ``--hf-hours`` of the card: ``librosa.load`` + ``ASTFeatureExtractor``
-   on the CPU, ``ASTForAudioClassification`` (sdpa, same dtype) on the GPU.
+7. the HF pipeline on the same GPU over ``--hf-hours`` of the card: load + soxr HQ (``librosa.load``'s
+   resampler) + ``ASTFeatureExtractor`` on the CPU, ``ASTForAudioClassification`` (sdpa, same dtype) on the GPU.
 
     python benchmarks/gpu.py                              # 20 h card, base384; ~5 min on an H100/H200
     python benchmarks/gpu.py --device cpu --quick         # tiny sizes on a CPU: checks the script (~2 min)
@@ -230,8 +230,10 @@ def gpu_frontend_rate(files: list[Path], device: str, batch: int, seconds: float
 
 def hf_pipeline(files: list[Path], hours: float, size: str, stride: int, depth: int | None, device: str,
                 precision: str, batch: int) -> tuple[float, int]:
-    """The HF peer on the same device: librosa.load -> ASTFeatureExtractor (CPU) -> ASTForAudioClassification."""
-    import librosa
+    """The HF peer on the same device: load + soxr HQ to 16 kHz (what ``librosa.load(sr=16000)`` does) ->
+    ``ASTFeatureExtractor`` (CPU) -> ``ASTForAudioClassification`` (sdpa)."""
+    import soundfile as sf
+    import soxr
     import torch
     from transformers import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
 
@@ -250,7 +252,9 @@ def hf_pipeline(files: list[Path], hours: float, size: str, stride: int, depth: 
     budget_s, n = hours * 3600, 0
     t0 = time.perf_counter()
     for p in files:
-        y, _ = librosa.load(str(p), sr=16000, mono=True, duration=min(budget_s, 3600 * 24))
+        info = sf.info(str(p))
+        y, sr = sf.read(str(p), dtype="float32", frames=int(min(budget_s, info.duration) * info.samplerate))
+        y = soxr.resample(y if y.ndim == 1 else y.mean(axis=1), sr, 16000, quality="HQ")
         chunks = [y[i:i + 160000] for i in range(0, len(y), 160000)]
         chunks = [c for c in chunks if len(c) >= 16000]
         for k in range(0, len(chunks), batch):

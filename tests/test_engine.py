@@ -182,21 +182,25 @@ def test_gpu_front_end_matches_cpu_on_real_recordings():
 
 
 @cuda
-def test_gpu_bf16_close_to_fp32_and_resume_equal(bundle, files):
-    """bf16 vs fp32 scores within 0.02; the same plan twice on one GPU gives identical scores."""
+def test_gpu_bf16_close_to_fp32_and_resume_equal(bundle):
+    """On real recordings: bf16 vs fp32 scores within 0.02 (a stated bound, not yet measured on a GPU); the
+    later files scored again with other batch-mates (a resumed run) give identical scores on the same GPU."""
     from monitor.infer import LocalEngine
+    from monitor.plan import job_from_path
 
-    def go(precision, jobs):
+    jobs = [job_from_path(p) for p in sorted((SHARED / "data" / "recordings").rglob("*.wav"))]
+
+    def go(precision, todo):
         out = {}
         with LocalEngine([bundle], device="cuda", precision=precision, batch_size=4, workers=2) as eng:
-            eng.run(jobs, lambda j, s: out.__setitem__(j.rel, s))
+            eng.run(todo, lambda j, s: out.__setitem__(j.rel, s))
         return out
 
-    fp32, bf16 = go("fp32", files), go("bf16", files)
-    for f in fp32:
-        if not fp32[f].error:
-            assert np.abs(fp32[f].scores - bf16[f].scores).max() <= 0.02
-    again = go("bf16", files[2:])  # a "resumed" run: only the later files, other batch-mates
+    fp32, bf16 = go("fp32", jobs), go("bf16", jobs)
+    assert all(not r.error for r in fp32.values())
+    worst = max(float(np.abs(fp32[f].scores - bf16[f].scores).max()) for f in fp32)
+    assert 0 < worst <= 0.02
+    again = go("bf16", jobs[3:])
     for f in again:
         np.testing.assert_array_equal(again[f].scores, bf16[f].scores)
 
