@@ -130,7 +130,6 @@ def main() -> None:
 
     rows.append(("HF ASTForAudioClassification fp32 (sdpa)", *timed(run_torch(hf), xs), "transformers"))
     rows.append(("monitor fp32 (torch eager, SDPA)", *timed(run_torch(ours), xs), "-"))
-    from monitor.infer import prepare_models
     from monitor.int8 import export_int8
 
     with warnings.catch_warnings():
@@ -165,7 +164,6 @@ def main() -> None:
                 rows.append((name, *timed(lambda x, c=c: c(x)[0], xs), "openvino"))
         except ImportError:
             print("openvino not installed: pip install openvino")
-        monitor_int8 = prepare_models  # noqa: F841 - the run's own path is timed by benchmarks/inference.py
 
     hf_s, hf_logits = rows[0][1], rows[0][2]
     ref = rows[1][2]

@@ -46,9 +46,6 @@ def decode_task(task: DecodeTask, pre: Preprocess, output: str = "features") -> 
     not band-limited, ``(n, samples)`` zero-padded, for ``devfront`` on the GPU). A span that cannot be
     decoded gives zero rows carrying the reason; the other spans are unaffected.
     """
-    from monitor.audio import read_frames
-    from monitor.frontend import features, prepare_wave
-
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     with one_torch_thread():
