@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segments per model call: a number, or auto (16 on a CPU; on a GPU from its free memory, "
                         "halved if it runs out)")
     r.add_argument("--workers", type=int, default=None,
-                   help="decoding/front-end worker processes (default: with a GPU up to 4; on a CPU, whose cores the "
-                        "model already uses, 1 from 4 cores up, else 0 = in process)")
+                   help="decoding/front-end worker processes (default: with a GPU every core but one; on a CPU, whose "
+                        "cores the model already uses, 1 from 4 cores up, else 0 = in process)")
     r.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                    help="auto: fp32 on a CPU; on a GPU bf16 from compute capability 8.0, else fp16. "
                         "fp32 (exact), int8 (CPU)")
