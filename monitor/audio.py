@@ -69,7 +69,7 @@ def probe(path: Path | str) -> AudioInfo:
 def read_frames(path: Path | str, start_frame: int, stop_frame: int) -> np.ndarray:
     """Decode frames ``[start_frame, stop_frame)`` by seeking (never the whole file): ``(frames, channels)``
     float32. Fewer frames come back when the file is shorter than its header says. The one reader
-    of ``monitor run`` (``infer.compute_chunk``) and ``monitor train`` (``train.dataset``)."""
+    of ``monitor run`` (``infer.decode_task``) and ``monitor train`` (``train.dataset``)."""
     import soundfile as sf
 
     with sf.SoundFile(str(path)) as f:
