@@ -1,21 +1,23 @@
-"""Front-end throughput and memory on one thread: the streaming chain vs the naive whole-file path.
+"""Front-end throughput and memory on one thread: what ``monitor run`` runs vs the naive whole-file path.
 
 Writes a 1 h and a 4 h 48 kHz mono 16-bit WAV and a 20 min 384 kHz one into a temp folder, then, each
-in its own subprocess, the faster of two (peak RSS is that process's own, threads pinned to 1 before torch loads):
+in its own subprocess, the faster of two (CPU seconds of that process; peak RSS is its own; threads
+pinned to 1 before torch loads):
 
-* streaming: ``audio.stream_segments`` (soundfile blocks) -> ``frontend.prepare_wave`` (mono,
-  sanitise, resample to 16 kHz, band-limit) -> ``frontend.features`` (mean removal, Kaldi fbank,
-  pad/crop to 1024 frames, normalise), batches of 16 segments;
-* naive: ``librosa.load(path, sr=16000)`` of the whole file (warmed up first), then the same
-  per-segment features.
+* production: exactly ``monitor run``'s CPU front end: ``plan.plan_batches`` (batches of 16, decode
+  tasks within the decoded-sample budget) and ``infer.decode_task`` on every task (seeking
+  ``audio.read_frames`` -> ``frontend.prepare_wave``: mono, sanitise, resample, band-limit ->
+  ``frontend.features``: mean removal, Kaldi fbank, pad/crop, normalise), with the time per stage;
+* naive: ``librosa.load(path, sr=16000)`` of the whole file (soxr HQ; warmed up first), the same band
+  limit when the preprocessing has one, then the same per-segment features.
 
-It also times the alternatives for each stage on 60 s of 48 kHz audio (resamplers, FFT precision,
-band-limiting before / after resampling / inside the mel matrix) so the default can be argued.
+Both with the bundled demo model's preprocessing (no band limit; ``poly`` resampling) and with a
+200-6000 Hz band. It also times the alternatives for each stage on 60 s of 48 kHz audio.
 
     python benchmarks/frontend.py            # 1 h, 4 h, 20 min @ 384 kHz (a few minutes, ~2.7 GB temp)
     python benchmarks/frontend.py --quick    # 10 min, 40 min, 2 min @ 384 kHz
 
-Last line: ``frontend: <X>x realtime, <Y>x naive, peak <A> MB (1 h) / <B> MB (4 h)``
+Last line: ``frontend: <X>x realtime, <Y>x naive, peak <A> MB (1 h) / <B> MB (4 h)`` (demo preprocessing)
 """
 
 from __future__ import annotations
@@ -80,57 +82,63 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # elsewhere: KiB on Linux, bytes on macOS
 
 
-def child_stream(path: str, band, method: str) -> dict:
-    """Streaming chain over one file; per-stage seconds, audio seconds and this process's peak RSS."""
+STAGES = (("monitor.audio", "read_frames", "read"), ("monitor.audio", "resample", "resample"),
+          ("monitor.audio", "bandpass", "band"), ("monitor.frontend", "features", "fbank"))
+
+
+def _time_stages() -> dict[str, float]:
+    """Wrap the production stages to add up their CPU seconds (the benchmark's own instrumentation)."""
+    import importlib
+
+    acc: dict[str, float] = {}
+    for mod_name, fn_name, label in STAGES:
+        mod = importlib.import_module(mod_name)
+        fn = getattr(mod, fn_name)
+
+        def timed(*a, _fn=fn, _label=label, **k):
+            t = _now()
+            try:
+                return _fn(*a, **k)
+            finally:
+                acc[_label] = acc.get(_label, 0.0) + _now() - t
+
+        setattr(mod, fn_name, timed)
+    return acc
+
+
+def child_production(path: str, band, method: str) -> dict:
+    """``monitor run``'s CPU front end over one file; per-stage seconds, audio seconds, peak RSS."""
     import torch
 
     torch.set_num_threads(1)
-    from monitor.audio import stream_segments
-    from monitor.frontend import features, prepare_wave
+    from monitor.infer import decode_task
+    from monitor.plan import job_from_path, plan_batches
 
     pre = _pre(band, method)
-    # warm-up: first calls build filters, mel banks and FFT plans
-    warm = np.random.default_rng(0).standard_normal(48000 * 10).astype(np.float32)
-    features([prepare_wave(warm, 48000, pre)[0]] * 2, pre)
-    t_read = t_prep = t_feat = 0.0
-    n_seg, audio_s, waves = 0, 0.0, []
+    plan = plan_batches([job_from_path(path)], pre, BATCH)
+    decode_task(plan.tasks[0], pre)  # warm-up: filters, mel banks, FFT plans
+    acc = _time_stages()
     t0, w0 = _now(), time.perf_counter()
-    it = stream_segments(path, pre.segment)
-    while True:
-        a = _now()
-        seg = next(it, None)
-        b = _now()
-        t_read += b - a
-        if seg is None:
-            break
-        wave, _ = prepare_wave(seg.samples, seg.sample_rate_hz, pre)
-        c = _now()
-        t_prep += c - b
-        waves.append(wave)
-        n_seg += 1
-        audio_s += seg.end_s - seg.start_s
-        if len(waves) == BATCH:
-            features(waves, pre)
-            waves = []
-            t_feat += _now() - c
-    if waves:
-        c = _now()
-        features(waves, pre)
-        t_feat += _now() - c
+    n_seg, audio_s = 0, 0.0
+    for task in plan.tasks:
+        rows = decode_task(task, pre)
+        n_seg += rows.n
+        audio_s += sum((b - a) / sp.sample_rate_hz for sp in task.spans for _, a, b in sp.bounds)
     wall = _now() - t0
-    return {"wall_s": wall, "real_s": time.perf_counter() - w0, "audio_s": audio_s, "segments": n_seg, "read_s": t_read, "prepare_s": t_prep,
-            "features_s": t_feat, "peak_mb": _peak_rss_mb()}
+    return {"wall_s": wall, "real_s": time.perf_counter() - w0, "audio_s": audio_s, "segments": n_seg,
+            "stages": acc, "peak_mb": _peak_rss_mb()}
 
 
-def child_naive(path: str, warm_path: str) -> dict:
-    """librosa.load of the whole file at 16 kHz (after a warm-up load), then per-segment features."""
+def child_naive(path: str, warm_path: str, band) -> dict:
+    """librosa.load of the whole file at 16 kHz (after a warm-up load), the same band limit, per-segment features."""
     import librosa
     import torch
 
     torch.set_num_threads(1)
+    from monitor.audio import bandpass
     from monitor.frontend import features
 
-    pre = _pre(None, "poly")
+    pre = _pre(band, "poly")
     y, _ = librosa.load(warm_path, sr=16000)  # warm-up: imports, resampler
     features([y[:160000]] * 2, pre)
     t0, w0 = _now(), time.perf_counter()
@@ -138,11 +146,13 @@ def child_naive(path: str, warm_path: str) -> dict:
     t_load = _now() - t0
     chunks = [y[i:i + 160000] for i in range(0, len(y), 160000)]
     chunks = [c for c in chunks if len(c) >= 16000]
+    if band:
+        chunks = [bandpass(c, 16000, band[0], band[1]) for c in chunks]
     for k in range(0, len(chunks), BATCH):
         features(chunks[k:k + BATCH], pre)
     wall = _now() - t0
-    return {"wall_s": wall, "real_s": time.perf_counter() - w0, "audio_s": len(y) / 16000, "segments": len(chunks), "load_s": t_load,
-            "peak_mb": _peak_rss_mb()}
+    return {"wall_s": wall, "real_s": time.perf_counter() - w0, "audio_s": len(y) / 16000, "segments": len(chunks),
+            "load_s": t_load, "peak_mb": _peak_rss_mb()}
 
 
 def _best_ms(fn, repeat: int = 5) -> float:
@@ -168,7 +178,21 @@ def child_alternatives() -> dict:
     rng = np.random.default_rng(1)
     segs48 = [(0.1 * rng.standard_normal(480000)).astype(np.float32) for _ in range(6)]
     out: dict[str, float] = {}
-    out["resample poly (scipy resample_poly)"] = _best_ms(lambda: [resample(s, 48000, 16000, "poly") for s in segs48])
+    out["resample poly (production: banded matrix product)"] = _best_ms(
+        lambda: [resample(s, 48000, 16000, "poly") for s in segs48])
+    from scipy.signal import resample_poly
+
+    out["resample poly (scipy resample_poly)"] = _best_ms(lambda: [resample_poly(s, 1, 3) for s in segs48])
+
+    def conv1d_decimate(x: np.ndarray) -> np.ndarray:  # the strided conv1d used before (oneDNN)
+        from monitor.audio import _poly_filter
+
+        h = _poly_filter(1, 3)
+        half = (len(h) - 1) // 2
+        xt = torch.nn.functional.pad(torch.from_numpy(x)[None, None], (half, half))
+        return torch.nn.functional.conv1d(xt, torch.from_numpy(h[::-1].copy())[None, None], stride=3)[0, 0].numpy()
+
+    out["resample poly (strided torch conv1d, before)"] = _best_ms(lambda: [conv1d_decimate(s) for s in segs48])
     try:
         import soxr  # noqa: F401
 
@@ -221,29 +245,32 @@ def _best(args: list[str], runs: int = 2) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="10 min / 40 min / 2 min files instead of 1 h / 4 h / 20 min")
-    ap.add_argument("--method", default="poly", choices=["poly", "soxr"], help="resampler of the streaming chain")
+    ap.add_argument("--method", default="poly", choices=["poly", "soxr"], help="resampler of the production chain")
     ap.add_argument("--band", type=float, nargs=2, default=[200.0, 6000.0], metavar=("LOW_HZ", "HIGH_HZ"),
-                    help="band limit applied in the streaming chain (default 200 6000)")
-    ap.add_argument("--no-band", action="store_true", help="no band limit")
+                    help="the band-limited case (default 200 6000)")
     ap.add_argument("--tmp", type=Path, default=None, help="where to write the test files (default: system temp)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child:
         kind, *rest = args.child
-        if kind == "stream":
+        if kind == "prod":
             band = None if rest[1] == "none" else tuple(float(v) for v in rest[1].split(","))
-            res = child_stream(rest[0], band, rest[2])
+            res = child_production(rest[0], band, rest[2])
         elif kind == "naive":
-            res = child_naive(rest[0], rest[1])
+            band = None if rest[2] == "none" else tuple(float(v) for v in rest[2].split(","))
+            res = child_naive(rest[0], rest[1], band)
         else:
             res = child_alternatives()
         print(json.dumps(res))
         return
 
+    import platform
+
     short, long_, hi = (600, 2400, 120) if args.quick else (3600, 14400, 1200)
-    band_arg = "none" if args.no_band else f"{args.band[0]},{args.band[1]}"
+    band_arg = f"{args.band[0]},{args.band[1]}"
     label = lambda s: f"{s / 3600:g} h" if s >= 3600 else f"{s / 60:g} min"  # noqa: E731
+    print(f"CPU: {_cpu_name()} ({os.cpu_count()} cores; one thread used); {platform.python_version()}")
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="monitor-frontend-bench-") as tmp:
         tmp_path = Path(tmp)
         t0 = time.perf_counter()
@@ -261,22 +288,37 @@ def main() -> None:
             print(f"  {k:<62} {v:9.3f}" if k.startswith("  ") else f"  {k:<62} {v:7.1f} ms")
 
         rows = {}
-        for name, path in ((label(short), f1), (label(long_), f4), (f"{label(hi)} @ 384 kHz", f384)):
-            rows[name] = _best(["stream", str(path), band_arg, args.method])
-        naive = _best(["naive", str(f1), str(warm)])
+        for name, path, band in ((label(short), f1, "none"), (label(long_), f4, "none"),
+                                 (f"{label(hi)} @ 384 kHz", f384, "none"), (f"{label(short)}, band", f1, band_arg)):
+            rows[name] = _best(["prod", str(path), band, args.method])
+        naive = _best(["naive", str(f1), str(warm), "none"])
+        naive_band = _best(["naive", str(f1), str(warm), band_arg])
 
-    print(f"\nstreaming chain (resample={args.method}, band={band_arg.replace(',', '-')} Hz), one thread:")
+    print(f"\nproduction front end (infer.decode_task over plan.plan_batches, resample={args.method}), one thread:")
     for name, r in rows.items():
-        print(f"  {name:<16} {r['audio_s'] / r['wall_s']:7.0f}x realtime  {r['wall_s']:7.1f} s  "
-              f"(read {r['read_s']:.1f} s, resample+band {r['prepare_s']:.1f} s, fbank {r['features_s']:.1f} s)  "
+        st = r["stages"]
+        print(f"  {name:<18} {r['audio_s'] / r['wall_s']:6.0f}x realtime  {r['wall_s']:6.1f} s  (read {st.get('read', 0):.1f} s, "
+              f"resample {st.get('resample', 0):.1f} s, band {st.get('band', 0):.1f} s, features {st.get('fbank', 0):.1f} s)  "
               f"{r['segments']} segments  peak RSS {r['peak_mb']:.0f} MB")
-    print(f"naive librosa.load + per-segment fbank, {label(short)}: {naive['audio_s'] / naive['wall_s']:.0f}x realtime "
-          f"({naive['wall_s']:.1f} s, load {naive['load_s']:.1f} s), peak RSS {naive['peak_mb']:.0f} MB")
-    r1, r4 = rows[label(short)], rows[label(long_)]
-    rt = r1["audio_s"] / r1["wall_s"]
-    ratio = naive["wall_s"] / r1["wall_s"]
-    print(f"frontend: {rt:.0f}x realtime, {ratio:.2f}x naive, peak {r1['peak_mb']:.0f} MB ({label(short)}) / "
-          f"{r4['peak_mb']:.0f} MB ({label(long_)})")
+    for nm, nv in (("no band", naive), (f"band {band_arg.replace(',', '-')} Hz", naive_band)):
+        print(f"naive librosa.load + per-segment features, {label(short)}, {nm}: {nv['audio_s'] / nv['wall_s']:.0f}x "
+              f"realtime ({nv['wall_s']:.1f} s, load {nv['load_s']:.1f} s), peak RSS {nv['peak_mb']:.0f} MB")
+    r1, r4, rb = rows[label(short)], rows[label(long_)], rows[f"{label(short)}, band"]
+    print(f"with the band: {rb['audio_s'] / rb['wall_s']:.0f}x realtime, {naive_band['wall_s'] / rb['wall_s']:.2f}x naive")
+    print(f"frontend: {r1['audio_s'] / r1['wall_s']:.0f}x realtime, {naive['wall_s'] / r1['wall_s']:.2f}x naive, "
+          f"peak {r1['peak_mb']:.0f} MB ({label(short)}) / {r4['peak_mb']:.0f} MB ({label(long_)})")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def probe(path: Path | str) -> AudioInfo:
 def read_frames(path: Path | str, start_frame: int, stop_frame: int) -> np.ndarray:
     """Decode frames ``[start_frame, stop_frame)`` by seeking (never the whole file): ``(frames, channels)``
     float32. Fewer frames come back when the file is shorter than its header says. The one reader
-    of ``monitor run`` (``infer.compute_chunk``) and ``monitor train`` (``train.dataset``)."""
+    of ``monitor run`` (``infer.decode_task``) and ``monitor train`` (``train.dataset``)."""
     import soundfile as sf
 
     with sf.SoundFile(str(path)) as f:
@@ -186,8 +186,8 @@ def resample(x: np.ndarray, sr_in_hz: int, sr_out_hz: int = 16000, method: str =
 
     ``poly``: ``scipy.signal.resample_poly`` (Kaiser-windowed FIR, up/down reduced by their gcd), so
     any integer rates work (8 kHz to 384 kHz, 22 050, 312 500 ...). A 1-D integer decimation
-    (48 kHz, 96 kHz, 384 kHz -> 16 kHz) runs the very same filter as a strided torch ``conv1d``,
-    about twice as fast; outputs agree to float32 rounding. ``soxr``: libsoxr HQ (optional package).
+    (32, 48, 96, 384 kHz -> 16 kHz) runs the very same filter as a banded matrix product (``_decimate``),
+    5x faster than scipy; outputs agree to float32 rounding. ``soxr``: libsoxr HQ (optional package).
     """
     if sr_in_hz == sr_out_hz:
         return np.asarray(x, dtype=np.float32)
@@ -214,16 +214,54 @@ def _poly_filter(up: int, down: int):
     return (firwin(2 * half_len + 1, 1.0 / max(up, down), window=("kaiser", 5.0)) * up).astype(np.float32)
 
 
-def _decimate(x: np.ndarray, down: int) -> np.ndarray:
-    """resample_poly(x, 1, down) as a strided convolution: y[m] = sum_k h[k] x[m*down + k - half_len]."""
+_DECIMATE_BLOCK = 32  # outputs per row of the banded matrix
+_DECIMATE_ROWS = 512  # rows per matmul: the windows stay in cache (~2.5 MB at 384 kHz)
+
+
+@functools.lru_cache(maxsize=32)
+def _decimate_matrix(down: int):
+    """``(width, B)`` float32: column ``j`` holds the reversed filter at rows ``down*j .. down*j + taps``."""
     import torch
 
-    h = _poly_filter(1, down)
-    half = (len(h) - 1) // 2
-    # explicit pad: conv1d(padding=half) with a stride picks a kernel ~8x slower here (measured)
-    xt = torch.nn.functional.pad(torch.from_numpy(x)[None, None], (half, half))
-    y = torch.nn.functional.conv1d(xt, torch.from_numpy(h[::-1].copy())[None, None], stride=down)
-    return y[0, 0].numpy()
+    h = _poly_filter(1, down)[::-1]
+    b, taps = _DECIMATE_BLOCK, len(h)
+    m = np.zeros((down * (b - 1) + taps, b), np.float32)
+    for j in range(b):
+        m[down * j:down * j + taps, j] = h
+    return torch.from_numpy(m)
+
+
+def _decimate(x: np.ndarray, down: int) -> np.ndarray:
+    """resample_poly(x, 1, down), i.e. y[m] = sum_k h[k] x[m*down + k - half_len], as one banded matrix
+    product per block of 32 outputs: every window of ``down * 31 + taps`` input samples times a fixed
+    ``(width, 32)`` matrix of shifted filter copies. An sgemm, the best-tuned kernel on every CPU (3-4x
+    faster here than the strided ``conv1d`` it replaces, whose speed hung on oneDNN's kernel choice: 8x
+    slower without it); outputs agree with scipy to float32 rounding (tested)."""
+    import torch
+
+    h_len = len(_poly_filter(1, down))
+    half = (h_len - 1) // 2
+    mat = _decimate_matrix(down)
+    b, width = _DECIMATE_BLOCK, mat.shape[0]
+    n_out = -(-len(x) // down)
+    rows = -(-n_out // b)
+    xp = np.zeros(down * b * (rows - 1) + width, np.float32)
+    xp[half:half + len(x)] = x
+    step = down * b * 4  # bytes between row starts
+    out = np.empty(rows * b, np.float32)
+    res = torch.from_numpy(out).view(rows, b)
+    threads = torch.get_num_threads()
+    if threads > 1:  # one thread: a threaded sgemm this small stalls on a busy machine (1.4 ms -> 300 ms measured)
+        torch.set_num_threads(1)
+    try:
+        for r0 in range(0, rows, _DECIMATE_ROWS):
+            r1 = min(rows, r0 + _DECIMATE_ROWS)
+            win = np.lib.stride_tricks.as_strided(xp[r0 * down * b:], (r1 - r0, width), (step, 4), writeable=False)
+            torch.matmul(torch.from_numpy(np.ascontiguousarray(win)), mat, out=res[r0:r1])
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+    return out[:n_out]
 
 
 @functools.lru_cache(maxsize=64)

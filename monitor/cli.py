@@ -30,6 +30,18 @@ def _threshold(text: str) -> tuple[str, float]:
     return label, x
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="monitor",
@@ -45,15 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", action="append", default=None, metavar="NAME_OR_PATH",
                    help="model bundle; repeat to average an ensemble (default: the bundled demo model)")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--batch-size", type=_batch_size, default="auto",
+                   help="segments per model call: a number, or auto (16 on a CPU; on a GPU from its free memory, "
+                        "halved if it runs out)")
     r.add_argument("--workers", type=int, default=None,
-                   help="decoding/front-end worker processes (default: with a GPU up to 4; on a CPU, whose cores the "
-                        "model already uses, 1 from 4 cores up, else 0 = in process)")
+                   help="decoding/front-end worker processes (default: with a GPU every core but one; on a CPU, whose "
+                        "cores the model already uses, 1 from 4 cores up, else 0 = in process)")
     r.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                    help="auto: fp32 on a CPU; on a GPU bf16 from compute capability 8.0, else fp16. "
                         "fp32 (exact), int8 (CPU)")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (GPU runs: slower start, maybe faster scoring; fp32/bf16/fp16)")
     r.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="LABEL=X",
-                   help="override a label's detection threshold")
+                   help="set a label's detection threshold (all=X sets every label); kept for later runs and "
+                        "rebuilds into OUT_DIR until new ones are given")
+    r.add_argument("--labels", default=None, metavar="L1,L2",
+                   help="keep only these labels in every output (exact names, any case; 'all' for every label); "
+                        "kept like thresholds")
+    r.add_argument("--deployments", type=Path, default=None, metavar="CSV",
+                   help="deployments table: deployment, device_id/folder, time_zone, latitude, longitude, start, "
+                        "end (see README); kept for later runs and rebuilds")
     r.add_argument("--no-resume", action="store_true",
                    help="re-score this card's files instead of skipping finished ones (other cards' results and "
                         "reviews are kept)")
@@ -77,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="rebuild reports from OUT_DIR's results store (no model run)")
     rp.add_argument("out_dir", type=Path)
-    rp.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="LABEL=X")
+    rp.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="LABEL=X",
+                    help="set a label's threshold (all=X: every label); kept for later runs until new ones are given")
+    rp.add_argument("--labels", default=None, metavar="L1,L2",
+                    help="keep only these labels in every output ('all' for every label)")
+    rp.add_argument("--deployments", type=Path, default=None, metavar="CSV",
+                    help="a new deployments table: time zones and places (deployment names stay as assigned)")
 
     rc = sub.add_parser("recipes", help="list, show or copy the packaged training recipes")
     rsub = rc.add_subparsers(dest="recipes_command", metavar="ACTION")
@@ -147,7 +175,9 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         info = run(src, dst, models=args.model, device=args.device, batch_size=args.batch_size,
                    workers=args.workers, thresholds=dict(args.threshold), resume=not args.no_resume,
-                   precision=args.precision, command=command, deployment=args.deployment, prune=args.prune)
+                   precision=args.precision, command=command, deployment=args.deployment, prune=args.prune,
+                   compile=args.compile, deployments=args.deployments,
+                   labels=None if args.labels is None else [args.labels])
     except MonitorError:
         raise
     except Exception as exc:  # unexpected: full detail to the log file, one line to the user
@@ -159,7 +189,8 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_command(out_dir: Path, thresholds: dict[str, float]) -> int:
+def report_command(out_dir: Path, thresholds: dict[str, float], deployments: Path | None = None,
+                   labels: list[str] | None = None) -> int:
     """``monitor report OUT_DIR``: rebuild every report from the results store with (new) thresholds."""
     from monitor.logs import add_log_file
     from monitor.pipeline import rebuild_reports
@@ -167,7 +198,7 @@ def report_command(out_dir: Path, thresholds: dict[str, float]) -> int:
 
     if (Path(out_dir) / STORE_NAME).is_file():
         add_log_file(Path(out_dir) / "monitor.log")
-    info = rebuild_reports(Path(out_dir), dict(thresholds))
+    info = rebuild_reports(Path(out_dir), dict(thresholds), deployments, labels)
     thr = info.thresholds
     shown = ", ".join(f"{k}={v:g}" for k, v in list(thr.items())[:12]) + (" ..." if len(thr) > 12 else "")
     print(f"monitor: reports rebuilt in {out_dir}: {info.counts.get('detections', '?')} detections"
@@ -189,7 +220,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         return train_command(args)
     if args.command == "report":
-        return report_command(args.out_dir, dict(args.threshold))
+        return report_command(args.out_dir, dict(args.threshold), args.deployments,
+                              None if args.labels is None else [args.labels])
     if args.command == "recipes":
         from monitor.resources import recipes_command
 

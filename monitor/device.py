@@ -8,8 +8,10 @@ Precision rule (both engines):
   ``torch.cuda.is_bf16_supported()`` still reports as supported, so they get ``fp16`` (training adds
   a gradient scaler);
 - ``fp32`` is always available on request;
-- TF32 matmuls stay off (PyTorch's default) so ``fp32`` means fp32: it is the reference the other
-  precisions are compared with.
+- TF32 stays off for matmuls *and* cuDNN convolutions (``set_matmul_policy``; PyTorch leaves cuDNN's
+  TF32 on by default, which would round the patch projection): ``fp32`` means fp32, the reference the
+  other precisions are compared with, and the GPU front end's mel matmuls must match the CPU's
+  (TF32 would move log-mel values by ~1e-3). bf16/fp16 runs get their speed from autocast, not TF32.
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ def resolve_precision(requested: str, device: str, capability: tuple[int, int] |
         raise MonitorError(f"--precision {requested} needs a CUDA GPU; on {dev} use fp32" +
                            (" or int8" if dev == "cpu" else ""))
     return requested
+
+
+def set_matmul_policy() -> None:
+    """TF32 off for CUDA matmuls and cuDNN convolutions (the policy above); harmless without a GPU."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def autocast_dtype(precision: str):

@@ -56,8 +56,9 @@ def mel_banks(num_mel_bins: int, n_fft: int, sample_rate_hz: float, low_hz: floa
 
 
 @functools.lru_cache(maxsize=16)
-def _hann(length: int) -> torch.Tensor:
-    return torch.hann_window(length, periodic=False, dtype=torch.float32)
+def _hann(length: int, device: str = "cpu") -> torch.Tensor:
+    """Symmetric Hann window, float32, cached per device (no host-to-device copy per call)."""
+    return torch.hann_window(length, periodic=False, dtype=torch.float32).to(device)
 
 
 _GROUP = 16  # mel bins per matmul: each group touches only the FFT bins under its triangles
@@ -82,13 +83,17 @@ def _mel_groups(num_mel_bins: int, n_fft: int, sample_rate_hz: float, device: st
 
 
 def fbank(wave, sample_rate_hz: int = 16000, num_mel_bins: int = 128, frame_length_ms: float = 25.0,
-          frame_shift_ms: float = 10.0) -> torch.Tensor:
+          frame_shift_ms: float = 10.0, backend: str = "auto") -> torch.Tensor:
     """Log-mel fbank. ``wave`` (samples,) or (batch, samples) -> (frames, mel) or (batch, frames, mel).
 
     Frames = ``1 + (samples - frame_length) // frame_shift`` (0 when the wave is shorter than a frame).
-    Runs on ``wave``'s device; float32 out. Frames are processed in chunks of ``_CHUNK_FRAMES`` (a loop
-    over chunks, not frames): on CPU one huge batched FFT is memory-bound and ~3x slower per frame.
+    Runs on ``wave``'s device; float32 out. On the CPU, frames are processed in chunks of
+    ``_CHUNK_FRAMES`` (a loop over chunks, not frames): one huge batched FFT is memory-bound and ~3x
+    slower per frame; elsewhere the whole batch is one call. ``backend``: ``auto`` (scipy's pocketfft
+    on the CPU, torch elsewhere) or ``torch`` (the GPU's code, also on the CPU: tests run it there).
     """
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
     x = torch.as_tensor(np.asarray(wave) if not isinstance(wave, torch.Tensor) else wave)
     x = x.to(torch.float32)
     single = x.dim() == 1
@@ -103,26 +108,28 @@ def fbank(wave, sample_rate_hz: int = 16000, num_mel_bins: int = 128, frame_leng
     n_frames = 0 if n < win else 1 + (n - win) // hop
     out = x.new_empty((batch, n_frames, num_mel_bins))
     if n_frames:
-        window = _hann(win).to(x.device)
+        window = _hann(win, str(x.device))
         groups = _mel_groups(num_mel_bins, n_fft, float(sample_rate_hz), str(x.device))
         frames_all = x.unfold(-1, win, hop)  # (B, F, win), a view
+        use_np = backend == "auto" and x.device.type == "cpu"
         if x.device.type != "cpu":
-            out = _log_mel(frames_all, window, n_fft, groups)
+            out = _log_mel(frames_all, window, n_fft, groups, use_np)
         elif n_frames >= _CHUNK_FRAMES:  # long waves: one row at a time, in chunks of frames
             for b in range(batch):
                 for c in range(0, n_frames, _CHUNK_FRAMES):
-                    out[b, c:c + _CHUNK_FRAMES] = _log_mel(frames_all[b, c:c + _CHUNK_FRAMES], window, n_fft, groups)
+                    out[b, c:c + _CHUNK_FRAMES] = _log_mel(frames_all[b, c:c + _CHUNK_FRAMES], window, n_fft, groups,
+                                                           use_np)
         else:  # short waves: several rows per call
             rows = max(1, _CHUNK_FRAMES // n_frames)
             for b in range(0, batch, rows):
-                out[b:b + rows] = _log_mel(frames_all[b:b + rows], window, n_fft, groups)
+                out[b:b + rows] = _log_mel(frames_all[b:b + rows], window, n_fft, groups, use_np)
     return out[0] if single else out
 
 
-def _log_mel(frames: torch.Tensor, window: torch.Tensor, n_fft: int, groups: tuple) -> torch.Tensor:
+def _log_mel(frames: torch.Tensor, window: torch.Tensor, n_fft: int, groups: tuple, use_np: bool) -> torch.Tensor:
     """(..., frames, win) float32 -> (..., frames, mel): DC removal, pre-emphasis, window, |rfft|^2, mel, log."""
     frames = frames - frames.mean(-1, keepdim=True)
-    if frames.device.type == "cpu":  # pocketfft, single-threaded: torch's threaded CPU FFT stalls on busy machines
+    if use_np:  # pocketfft, single-threaded: torch's threaded CPU FFT stalls on busy machines
         import scipy.fft
 
         f = frames.numpy()

@@ -24,13 +24,17 @@ import numpy as np
 from monitor.config import Preprocess
 
 
-def prepare_wave(samples: np.ndarray, sample_rate_hz: int, pre: Preprocess) -> tuple[np.ndarray, int]:
-    """(n,) or (n, channels) audio at its native rate -> ((m,) float32 16 kHz band-limited, n_nonfinite)."""
+def prepare_wave(samples: np.ndarray, sample_rate_hz: int, pre: Preprocess, band: bool = True) -> tuple[np.ndarray, int]:
+    """(n,) or (n, channels) audio at its native rate -> ((m,) float32 16 kHz band-limited, n_nonfinite).
+
+    ``band=False`` stops before the band limit (steps 1-3), which ``devfront`` then runs on the GPU.
+    """
     from monitor.audio import bandpass, resample, sanitize, to_mono
 
     x, bad = sanitize(to_mono(samples))
     x = resample(x, int(sample_rate_hz), pre.resample.sample_rate_hz, pre.resample.method)
-    x = bandpass(x, pre.resample.sample_rate_hz, pre.band.low_hz, pre.band.high_hz, pre.band.order)
+    if band:
+        x = bandpass(x, pre.resample.sample_rate_hz, pre.band.low_hz, pre.band.high_hz, pre.band.order)
     return x, bad
 
 

@@ -1,95 +1,116 @@
-"""Batched inference with worker-process prefetch.
+"""Batched inference: the planned batches (``monitor.plan``) decoded in worker processes and scored here.
 
-Decoding and the front end run in worker processes (``workers > 0``) on chunks of a file's
-segments; the main process batches their features through the model(s). Results come back in
-task order whatever the worker count, and the last batch is zero-padded to ``batch_size`` so a
-segment's score never depends on which other segments shared its batch: runs with 0 or N
-workers, or resumed after an interruption, give bit-identical scores on CPU.
+The driver plans every batch before any work starts (``plan.plan_batches``); decode tasks run in
+worker processes (``workers > 0``) or in process and return one row per segment; the scorer pads
+each batch to ``batch_size`` rows so a segment's score never depends on its batch-mates (one shape,
+one kernel choice; int8 runs one segment per call). A segment whose file failed keeps its slot,
+zero-filled. Runs with 0 or N workers, resumed runs, and any engine that follows the same plan give
+bit-identical scores on CPU.
+
+On a GPU the split is: workers decode, mix, sanitise and resample to 16 kHz; the band limit, fbank and
+normalisation run batched on the GPU (``devfront``). Host batches go through pinned buffers, are
+copied on a side stream without blocking, and the next batch is prepared while the model runs: the
+host waits once per batch, for its scores. Every GPU of the machine gets a model replica and a thread.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+import queue
+import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from monitor.config import Preprocess
+from monitor.plan import (Assembler, BatchPlan, BatchScores, DecodeTask, FileJob, FileScores, Rows,  # noqa: F401
+                          iter_batches, plan_batches)
 
 log = logging.getLogger(__name__)
 
-CHUNK_SAMPLES = 8_000_000  # decoded samples (frames x channels) a worker holds at once, ~32 MB float32
+AUTO_BATCH_CPU = 16  # --batch-size auto on a CPU: the speed is flat from 2 to 16 (base384, 2 cores)
+AUTO_BATCH_CAP = 256  # --batch-size auto on a GPU: at most this many segments per batch
+OUTPUTS = ("features", "waves")
 
 
-@dataclass(frozen=True)
-class ChunkTask:
-    """Segments ``[first, first + len(bounds))`` of one file, as frame ranges at the native rate."""
+# --- decoding and the CPU part of the front end ------------------------------------------------------
 
-    path: str
-    file: str
-    bounds: tuple[tuple[int, int, int], ...]  # (segment index, start_frame, end_frame)
-    sample_rate_hz: int
-    last: bool  # the file's final chunk
+def decode_task(task: DecodeTask, pre: Preprocess, output: str = "features") -> Rows:
+    """Decode a task's spans (seeking, never a whole file) and run the front end's CPU part.
 
-
-@dataclass
-class ChunkResult:
-    file: str
-    index: np.ndarray  # (n,) segment indices
-    start_s: np.ndarray  # (n,)
-    end_s: np.ndarray  # (n,)
-    features: np.ndarray | None  # (n, target_frames, mel) float32; None on error
-    nonfinite: int = 0
-    error: str = ""
-    last: bool = False
+    ``output``: ``features`` (the whole front end: ``(n, target_frames, mel)``) or ``waves`` (16 kHz,
+    not band-limited, ``(n, samples)`` zero-padded, for ``devfront`` on the GPU). A span that cannot be
+    decoded gives zero rows carrying the reason; the other spans are unaffected.
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    with one_torch_thread():
+        return _decode_task(task, pre, output)
 
 
-def plan_chunks(path: Path, file: str, n_frames: int, channels: int, sample_rate_hz: int,
-                pre: Preprocess, batch_size: int) -> list[ChunkTask]:
-    """Split one file's segment plan into chunks that bound worker memory."""
-    from monitor.audio import plan_segments
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch at one intra-op thread inside, restored after: the front end is per-core work, and in process
+    (``--workers 0``) torch has every core for the model; its small threaded matmuls and element-wise ops
+    then stall behind other processes on a busy machine (the decimation's matmul: 1.4 ms -> 300 ms)."""
+    import torch
 
-    plan = plan_segments(n_frames, sample_rate_hz, pre.segment)
-    window_frames = max(1, int(round(pre.segment.window_s * sample_rate_hz)))
-    per_chunk = max(1, min(4 * batch_size, CHUNK_SAMPLES // (window_frames * max(1, channels))))
-    tasks = []
-    for k in range(0, len(plan), per_chunk):
-        part = tuple(tuple(int(v) for v in b) for b in plan[k:k + per_chunk])
-        tasks.append(ChunkTask(str(path), file, part, sample_rate_hz, last=k + per_chunk >= len(plan)))
-    return tasks
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
 
 
-def compute_chunk(task: ChunkTask, pre: Preprocess) -> ChunkResult:
-    """Decode a chunk's frames (seeking, never the whole file) and run the shared front end."""
+def _decode_task(task: DecodeTask, pre: Preprocess, output: str) -> Rows:
     from monitor.audio import read_frames
     from monitor.frontend import features, prepare_wave
 
-    sr = task.sample_rate_hz
-    idx = np.array([b[0] for b in task.bounds], dtype=np.int64)
-    start_s = np.array([b[1] / sr for b in task.bounds])
-    end_s = np.array([b[2] / sr for b in task.bounds])
-    try:
-        waves, nonfinite = [], 0
-        lo, hi = task.bounds[0][1], max(b[2] for b in task.bounds)
-        block = read_frames(task.path, lo, hi)
-        if block.shape[0] < hi - lo:
-            log.debug("%s: expected %d frames, read %d", task.file, hi - lo, block.shape[0])
-        for _, a, b in task.bounds:
-            part = block[a - lo:b - lo]
-            if part.shape[0] == 0:
-                raise ValueError(f"no audio data at {a / sr:.1f} s (file shorter than its header says)")
-            wave, bad = prepare_wave(part, sr, pre)
-            nonfinite += bad
-            waves.append(wave)
-        feats = features(waves, pre).numpy().astype(np.float32, copy=False)
-        return ChunkResult(task.file, idx, start_s, end_s, feats, nonfinite, last=task.last)
-    except Exception as exc:  # one bad file never stops the run
-        log.debug("chunk of %s failed", task.file, exc_info=True)
-        return ChunkResult(task.file, idx, start_s, end_s, None, error=_human(exc), last=task.last)
+    n = task.n
+    waves: list[np.ndarray | None] = [None] * n
+    nonfinite = np.zeros(n, np.int64)
+    errors = [""] * n
+    for sp in task.spans:
+        r0 = sp.first - task.first
+        try:
+            lo, hi = sp.bounds[0][1], max(b[2] for b in sp.bounds)
+            block = read_frames(sp.path, lo, hi)
+            if block.shape[0] < hi - lo:
+                log.debug("%s: expected %d frames, read %d", sp.rel, hi - lo, block.shape[0])
+            out = []
+            for _, a, b in sp.bounds:
+                part = block[a - lo:b - lo]
+                if part.shape[0] == 0:
+                    raise ValueError(f"no audio data at {a / sp.sample_rate_hz:.1f} s "
+                                     "(file shorter than its header says)")
+                out.append(prepare_wave(part, sp.sample_rate_hz, pre, band=output == "features"))
+            for k, (w, bad) in enumerate(out):
+                waves[r0 + k], nonfinite[r0 + k] = w, bad
+        except Exception as exc:  # one bad file never stops the run
+            log.debug("decoding %s failed", sp.rel, exc_info=True)
+            for k in range(sp.n):
+                waves[r0 + k], nonfinite[r0 + k], errors[r0 + k] = None, 0, _human(exc)
+    ok = [i for i in range(n) if waves[i] is not None]
+    fb = pre.fbank
+    if output == "features":
+        data = np.zeros((n, fb.target_frames, fb.num_mel_bins), np.float32)
+        if ok:
+            data[ok] = features([waves[i] for i in ok], pre).numpy()
+        return Rows(task.first, data, nonfinite, tuple(errors))
+    lengths = np.array([0 if w is None else len(w) for w in waves], np.int64)
+    width = int(lengths.max(initial=0)) or 1
+    data = np.zeros((n, width), np.float32)
+    for i in ok:
+        data[i, :lengths[i]] = waves[i]
+    lengths[[i for i in range(n) if waves[i] is None]] = width  # failed rows: zeros of the common width
+    return Rows(task.first, data, nonfinite, tuple(errors), lengths)
 
 
 def _human(exc: BaseException) -> str:
@@ -97,11 +118,11 @@ def _human(exc: BaseException) -> str:
     return f"could not decode audio: {text}"
 
 
-_WORKER_PRE: Preprocess | None = None
+_WORKER: tuple[Preprocess, str] | None = None
 
 
-def _worker_init(pre: Preprocess) -> None:
-    global _WORKER_PRE
+def _worker_init(pre: Preprocess, output: str) -> None:
+    global _WORKER
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides how to stop
@@ -109,25 +130,25 @@ def _worker_init(pre: Preprocess) -> None:
     import torch
 
     torch.set_num_threads(1)
-    _WORKER_PRE = pre
+    _WORKER = (pre, output)
 
 
-def _worker_run(task: ChunkTask) -> ChunkResult:
-    assert _WORKER_PRE is not None
-    return compute_chunk(task, _WORKER_PRE)
+def _worker_run(task: DecodeTask) -> Rows:
+    assert _WORKER is not None
+    return decode_task(task, *_WORKER)
 
 
 class WorkerPool:
     """Decode/front-end worker processes, spawned on construction so their start-up (importing torch,
     ~2.5 s on 2 cores) overlaps the caller's discovery and model loading; ``workers <= 0``: in-process."""
 
-    def __init__(self, pre: Preprocess, workers: int):
-        self.pre, self.workers, self.pool = pre, int(workers), None
+    def __init__(self, pre: Preprocess, workers: int, output: str = "features"):
+        self.pre, self.workers, self.output, self.pool = pre, int(workers), output, None
         if self.workers > 0:
             import multiprocessing as mp
 
             ctx = mp.get_context("spawn")  # never fork a process that holds torch/OpenMP threads
-            self.pool = ctx.Pool(self.workers, initializer=_worker_init, initargs=(pre,))
+            self.pool = ctx.Pool(self.workers, initializer=_worker_init, initargs=(pre, output))
 
     def __enter__(self) -> "WorkerPool":
         return self
@@ -138,11 +159,11 @@ class WorkerPool:
             self.pool.join()
             self.pool = None
 
-    def results(self, tasks: Iterable[ChunkTask]) -> Iterator[ChunkResult]:
-        """Chunk results in task order; at most ``2 * workers`` chunks in flight (bounded memory)."""
+    def results(self, tasks: Iterable[DecodeTask]) -> Iterator[Rows]:
+        """Task results in task order; at most ``2 * workers`` tasks in flight (bounded memory)."""
         if self.pool is None:
             for t in tasks:
-                yield compute_chunk(t, self.pre)
+                yield decode_task(t, self.pre, self.output)
             return
         pending: collections.deque = collections.deque()
         it = iter(tasks)
@@ -161,79 +182,116 @@ class WorkerPool:
 def default_workers(device: str, cores: int | None = None) -> int:
     """Decode/front-end processes for ``--workers`` auto.
 
-    A GPU waits for decoding, so up to 4 workers (leaving the main process a core). On a CPU the
-    model's threads already use every core: a worker only competes with them (measured on 2 cores,
-    base384 fp32: 0.91-0.99x of in-process decoding), so one worker from 4 cores up, else none.
+    With a GPU the CPU only decodes and resamples (the GPU runs the rest), and the GPU waits for it:
+    every core but one (the main process feeds the GPU). On a CPU the model's threads already use every
+    core: a worker only competes with them (measured on 2 cores, base384 fp32: 0.91-0.99x of in-process
+    decoding), so one worker from 4 cores up, else none.
     """
     cores = cores or os.cpu_count() or 1
     if device == "cpu":
         return 1 if cores >= 4 else 0
-    return max(0, min(4, cores - 1))
+    return max(0, cores - 1)
 
 
-def prepare_models(bundles: Sequence, device: str, precision: str) -> tuple[list, str]:
-    """Build each bundle's model for ``device``; returns (models, resolved precision)."""
+# --- models and the scorer ----------------------------------------------------------------------------
+
+def prepare_models(bundles: Sequence, device: str, precision: str, compile: bool = False) -> tuple[list, str]:
+    """Build each bundle's model for ``device``; returns (models, resolved precision).
+
+    ``compile``: ``torch.compile`` each model (one static shape: batches are padded to one size).
+    ``int8``: ``monitor.int8.prepare_int8`` (ONNX Runtime when installed, else torch's own).
+    """
     import torch
 
     from monitor.device import resolve_precision
+    from monitor.errors import MonitorError
 
     precision = resolve_precision(precision, device)
+    if compile and precision == "int8":
+        raise MonitorError("--compile does not apply to --precision int8; drop one of them")
     models = []
     for b in bundles:
         m = b.build_model(device="cpu")
-        if precision == "int8":
-            import warnings
+        if precision == "int8":  # ONNX Runtime with monitor[int8], else torch's dynamic quantisation
+            from monitor.int8 import prepare_int8
 
-            with warnings.catch_warnings():  # torch marks its eager dynamic quantisation deprecated; it works
-                warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
-                from torch.ao.quantization import quantize_dynamic
-
-                m = quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
-        models.append(m.to(device).eval())
+            m, _ = prepare_int8(b, m, torch.get_num_threads())
+        m = m.to(device).eval()
+        if compile:
+            m = torch.compile(m, dynamic=False)
+        models.append(m)
     return models, precision
 
 
+@dataclass
+class _Pending:
+    """A submitted batch: its scores are ready (``done``) or will be in ``out[:n]`` once ``event`` fires."""
+
+    n: int
+    done: np.ndarray | None = None
+    out: Any = None
+    event: Any = None
+
+
 class Scorer:
-    """Batches features through an ensemble; scores are the mean of the members' probabilities.
+    """Batches through an ensemble on one device; scores are the mean of the members' probabilities.
 
     ``tasks``: per model, ``multilabel`` (sigmoid) or ``multiclass`` (softmax over labels). The one
-    scorer of ``monitor run`` and of training's validation (``Scorer.for_model``).
+    scorer of ``monitor run`` and of training's validation (``Scorer.for_model``). ``pre``: the front
+    end for batches of 16 kHz waves (``devfront`` on this device); features need none.
+
+    ``scorer(feats)`` scores synchronously. ``submit(rows)`` / ``collect(pending)`` is the pipelined
+    form: on CUDA, ``submit`` fills a pinned host buffer, copies it on a side stream without blocking
+    and queues the front end and the model; ``collect`` waits for that batch's scores (the one host
+    sync per batch), so the caller prepares the next batch while the GPU works.
     """
 
     def __init__(self, bundles: Sequence, models: Sequence, device: str, precision: str, batch_size: int,
-                 tasks: Sequence[str] | None = None):
+                 tasks: Sequence[str] | None = None, pre: Preprocess | None = None):
+        import torch
+
         self.models = list(models)
         self.tasks = list(tasks) if tasks is not None else [b.task for b in bundles]
-        self.device, self.precision, self.batch_size = device, precision, int(batch_size)
+        self.device, self.precision, self.batch_size = str(device), precision, int(batch_size)
+        self.pre = pre if pre is not None else (bundles[0].preprocessing if len(bundles) else None)
+        self._dev = torch.device(self.device)
+        self._cuda = self._dev.type == "cuda"
+        self._copy_stream = torch.cuda.Stream(self._dev) if self._cuda else None
+        self._pinned: dict[str, list] = {}
+        self._turn = 0
 
     @classmethod
     def for_model(cls, model, task: str, device: str, precision: str, batch_size: int) -> "Scorer":
         """A scorer for one bare model (training's validation), scoring exactly as ``monitor run`` does."""
         return cls((), [model], device, precision, batch_size, tasks=[task])
 
-    def logits(self, feats: np.ndarray):
-        """``feats`` (n <= batch_size, T, F) -> per model, float32 logits ``(n, labels)`` on the CPU."""
+    # the forward pass, shared by every entry point
+    def _forward(self, x) -> list:
+        """``x`` (batch_size, T, F) on the device -> per model, float32 logits (batch_size or n rows)."""
         import torch
 
         from monitor.device import autocast_dtype
 
-        n = feats.shape[0]
-        if self.precision == "int8":
-            rows = [torch.from_numpy(feats[i:i + 1]) for i in range(n)]
-        else:
-            x = torch.zeros((self.batch_size, *feats.shape[1:]), dtype=torch.float32)
-            x[:n] = torch.from_numpy(feats)
-            rows = [x.to(self.device)]
         out = []
-        with torch.inference_mode():
-            for m in self.models:
-                if autocast_dtype(self.precision) is not None:
-                    with torch.autocast("cuda", dtype=autocast_dtype(self.precision)):
-                        logits = torch.cat([m(x) for x in rows])
-                else:
-                    logits = torch.cat([m(x) for x in rows])
-                out.append(logits.float()[:n].cpu())
+        for m in self.models:
+            if self.precision == "int8":  # one segment per call: dynamic quantisation's range is per input
+                logits = torch.cat([m(x[i:i + 1]) for i in range(x.shape[0])])
+            elif autocast_dtype(self.precision) is not None:
+                with torch.autocast(self._dev.type, dtype=autocast_dtype(self.precision)):
+                    logits = m(x)
+            else:
+                logits = m(x)
+            out.append(logits.float())
         return out
+
+    def logits(self, feats: np.ndarray):
+        """``feats`` (n <= batch_size, T, F) -> per model, float32 logits ``(n, labels)`` on the CPU."""
+        import torch
+
+        n = feats.shape[0]
+        with torch.inference_mode():
+            x = self._features_on_device(Rows(0, feats, np.zeros(n, np.int64), ("",) * n))
+            return [lg[:n].cpu() for lg in self._forward(x)]
 
     def __call__(self, feats: np.ndarray) -> np.ndarray:
         """``feats`` (n <= batch_size, T, F) -> scores (n, labels).
@@ -243,11 +301,144 @@ class Scorer:
         int8 runs one segment per call, because dynamic quantisation takes its activation range from
         the whole input (batch-mates moved logits by up to 0.07); on a CPU it is also the fastest.
         """
-        out = None
-        for task, logits in zip(self.tasks, self.logits(feats)):
-            p = to_scores(logits, task).numpy().astype(np.float64)
-            out = p if out is None else out + p
-        return (out / len(self.models)).astype(np.float32)
+        n = feats.shape[0]
+        return self.collect(self.submit(Rows(0, feats, np.zeros(n, np.int64), ("",) * n)))
+
+    # host -> device
+    def _buffer(self, kind: str, shape: tuple[int, ...]):
+        """A contiguous ``shape`` view of the next of two pinned host buffers of ``kind`` (grown when too
+        small). A buffer is reused two batches later, after ``collect`` of its batch: its copy has finished."""
+        import torch
+
+        bufs = self._pinned.setdefault(kind, [None, None])
+        k = self._turn % 2
+        need = int(np.prod(shape))
+        if bufs[k] is None or bufs[k].numel() < need:
+            bufs[k] = torch.empty(need, dtype=torch.float32, pin_memory=True)
+        return bufs[k][:need].view(shape)
+
+    def _to_device(self, host):
+        """A pinned host tensor -> the device, copied on the side stream; the compute stream waits for it."""
+        import torch
+
+        with torch.cuda.stream(self._copy_stream):
+            dev = host.to(self._dev, non_blocking=True)
+        cur = torch.cuda.current_stream(self._dev)
+        cur.wait_stream(self._copy_stream)
+        dev.record_stream(cur)
+        return dev
+
+    def _features_on_device(self, rows: Rows):
+        """Rows (features, or 16 kHz waves) -> ``(batch_size, T, F)`` features on the device, rows past
+        ``n`` zero; int8 gets exactly ``n`` rows."""
+        import torch
+
+        n = rows.n
+        pad = n if self.precision == "int8" else max(n, self.batch_size)
+        data = torch.from_numpy(np.ascontiguousarray(rows.data, dtype=np.float32))
+        if rows.data.ndim == 2:  # waves: the front end runs here, on the real rows only
+            from monitor.devfront import device_features
+
+            if self.pre is None:
+                raise ValueError("a scorer given waves needs the front end's settings (pre)")
+            fb = self.pre.fbank
+            if self._cuda:
+                host = self._buffer("waves", tuple(data.shape))
+                host.copy_(data)
+                data = self._to_device(host)
+            out = torch.zeros((pad, fb.target_frames, fb.num_mel_bins), dtype=torch.float32, device=self._dev)
+            lengths = rows.lengths if rows.lengths is not None else [data.shape[1]] * n
+            return device_features(data, lengths, self.pre, out=out)
+        if not self._cuda:
+            if pad == n:
+                return data
+            x = torch.zeros((pad, *data.shape[1:]), dtype=torch.float32)
+            x[:n] = data
+            return x
+        host = self._buffer("features", (pad, *data.shape[1:]))
+        host[:n].copy_(data)
+        if pad > n:
+            host[n:].zero_()
+        return self._to_device(host)
+
+    def _probabilities(self, logits: list):
+        """Per-model logits -> the ensemble's mean probability, float32 (accumulated in float64)."""
+        acc = None
+        for task, lg in zip(self.tasks, logits):
+            p = to_scores(lg, task).double()
+            acc = p if acc is None else acc + p
+        return (acc / len(logits)).float()
+
+    def submit(self, rows: Rows) -> _Pending:
+        """Queue one batch (``rows.n`` may exceed ``batch_size``: it is cut); see the class docstring."""
+        import torch
+
+        n = rows.n
+        if n > self.batch_size:
+            from monitor.plan import _slice
+
+            parts = [self.collect(self.submit(_slice(rows, i, min(n, i + self.batch_size))))
+                     for i in range(0, n, self.batch_size)]
+            return _Pending(n, done=np.concatenate(parts))
+        try:
+            with torch.inference_mode():
+                probs = self._probabilities(self._forward(self._features_on_device(rows)))
+                if not self._cuda:
+                    return _Pending(n, done=probs[:n].numpy().copy())
+                out = self._buffer("scores", tuple(probs.shape))
+                out.copy_(probs, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(self._dev))
+                self._turn += 1
+                return _Pending(n, out=out, event=event)
+        except torch.OutOfMemoryError:
+            if self.batch_size == 1:
+                raise
+            self.batch_size //= 2
+            log.warning("%s ran out of memory; batch size halved to %d", self.device, self.batch_size)
+            torch.cuda.empty_cache()
+            return self.submit(rows)
+
+    def collect(self, p: _Pending) -> np.ndarray:
+        """The scores ``(n, labels)`` of a submitted batch (waits for them on a GPU)."""
+        if p.done is not None:
+            return p.done
+        p.event.synchronize()
+        return p.out[:p.n].numpy().copy()
+
+    def probe_batch_size(self, kind: str = "features", cap: int = AUTO_BATCH_CAP, fraction: float = 0.5) -> int:
+        """``--batch-size auto``: 16 on a CPU; on a GPU the largest power of two whose measured memory
+        (a trial batch of 4 through the front end and the model) fits ``fraction`` of the free memory,
+        at most ``cap``. Out of memory later still halves it (``submit``)."""
+        import torch
+
+        if not self._cuda:
+            return AUTO_BATCH_CPU
+        fb = self.pre.fbank if self.pre is not None else None
+        trial = 4
+        if kind == "waves":
+            if self.pre is None:
+                raise ValueError("probing waves needs the front end's settings (pre)")
+            width = int(round(self.pre.segment.window_s * self.pre.resample.sample_rate_hz))
+            data = np.zeros((trial, width), np.float32)
+            rows = Rows(0, data, np.zeros(trial, np.int64), ("",) * trial, np.full(trial, width))
+        else:
+            t, f = (fb.target_frames, fb.num_mel_bins) if fb is not None else (1024, 128)
+            rows = Rows(0, np.zeros((trial, t, f), np.float32), np.zeros(trial, np.int64), ("",) * trial)
+        keep = self.batch_size
+        self.batch_size = trial
+        torch.cuda.synchronize(self._dev)
+        base = torch.cuda.memory_allocated(self._dev)
+        torch.cuda.reset_peak_memory_stats(self._dev)
+        self.collect(self.submit(rows))
+        per = max(1, torch.cuda.max_memory_allocated(self._dev) - base) / trial
+        free, _ = torch.cuda.mem_get_info(self._dev)
+        self.batch_size = keep
+        fit = int(fraction * free / per)
+        size = 1 << max(0, min(cap, max(1, fit)).bit_length() - 1)
+        log.info("batch size auto on %s: %d (%.0f MB per segment, %.0f GB free)", self.device, size, per / 2**20,
+                 free / 2**30)
+        return size
 
 
 def to_scores(logits, task: str):
@@ -257,150 +448,205 @@ def to_scores(logits, task: str):
     return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=-1)
 
 
-@dataclass
-class _FileAcc:
-    index: list = field(default_factory=list)
-    start_s: list = field(default_factory=list)
-    end_s: list = field(default_factory=list)
-    scores: list = field(default_factory=list)
-    nonfinite: int = 0
-    error: str = ""
+# --- scoring planned batches on one or more devices ---------------------------------------------------
+
+def score_batches(batches: Iterable[tuple[int, Rows]], scorers: Sequence[Scorer],
+                  plan: BatchPlan) -> Iterator[BatchScores]:
+    """Score planned batches; yields ``BatchScores`` (in batch order with one scorer; in finishing order
+    with several, one thread per scorer). Each scorer keeps one batch in flight while the next is prepared."""
+    if len(scorers) == 1:
+        s = scorers[0]
+        pending = None
+        for b, rows in batches:
+            p = (b, rows, s.submit(rows))
+            if pending is not None:
+                yield _scored(pending, s)
+            pending = p
+        if pending is not None:
+            yield _scored(pending, s)
+        return
+    yield from _score_threaded(batches, scorers)
 
 
-def score_chunks(results: Iterable[ChunkResult], scorer: Scorer,
-                 on_file_done: Callable[[str, _FileAcc], None],
-                 on_segments: Callable[[int], None] | None = None) -> None:
-    """Batch chunk features through ``scorer``; call ``on_file_done(file, acc)`` in file order."""
-    accs: dict[str, _FileAcc] = {}
-    order: collections.deque = collections.deque()  # files in arrival order
-    finished: set[str] = set()
-    buf_feats: list[np.ndarray] = []
-    buf_owner: list[tuple[str, int]] = []  # (file, row in chunk-concatenated acc)
-    buf_n = 0
+def _scored(p, s: Scorer) -> BatchScores:
+    b, rows, pend = p
+    return BatchScores(b, rows.first, s.collect(pend), rows.nonfinite, rows.errors)
 
-    def flush(force: bool = False) -> None:
-        nonlocal buf_feats, buf_owner, buf_n
-        while buf_n >= scorer.batch_size or (force and buf_n):
-            allf = np.concatenate(buf_feats, axis=0)
-            take = min(scorer.batch_size, buf_n)
-            scores = scorer(allf[:take])
-            for (file, _), s in zip(buf_owner[:take], scores):
-                if file in accs:  # a file that failed part-way was already reported
-                    accs[file].scores.append(s)
-            rest = allf[take:]
-            buf_feats, buf_owner, buf_n = ([rest] if len(rest) else []), buf_owner[take:], buf_n - take
-            if on_segments:
-                on_segments(take)
-        emit()
 
-    def emit() -> None:
-        while order and order[0] in finished:
-            f = order[0]
-            acc = accs[f]
-            if acc.error or len(acc.scores) == len(acc.index):
-                order.popleft()
-                on_file_done(f, accs.pop(f))
+_DONE = object()
+
+
+def _score_threaded(batches: Iterable[tuple[int, Rows]], scorers: Sequence[Scorer]) -> Iterator[BatchScores]:
+    """One thread per scorer (device) pulling batches from a shared bounded queue."""
+    inq: queue.Queue = queue.Queue(maxsize=2 * len(scorers))
+    outq: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def work(s: Scorer) -> None:
+        import torch
+
+        try:
+            if s._cuda:
+                torch.cuda.set_device(s._dev)
+            pending = None
+            while not stop.is_set():
+                item = inq.get()
+                if item is _DONE:
+                    break
+                b, rows = item
+                p = (b, rows, s.submit(rows))
+                if pending is not None:
+                    outq.put(_scored(pending, s))
+                pending = p
+            if pending is not None and not stop.is_set():
+                outq.put(_scored(pending, s))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outq.put(exc)
+        finally:
+            outq.put(_DONE)
+
+    threads = [threading.Thread(target=work, args=(s,), daemon=True, name=f"scorer-{s.device}") for s in scorers]
+    for t in threads:
+        t.start()
+    alive = len(threads)
+
+    def drain(block: bool) -> Iterator[BatchScores]:
+        nonlocal alive
+        while alive:
+            try:
+                item = outq.get(block=block, timeout=None if block else 0)
+            except queue.Empty:
+                return
+            if item is _DONE:
+                alive -= 1
+            elif isinstance(item, BaseException):
+                raise item
             else:
-                break
+                yield item
 
-    for r in results:
-        if r.file not in accs:
-            accs[r.file] = _FileAcc()
-            order.append(r.file)
-        acc = accs[r.file]
-        if r.error or acc.error:
-            acc.error = acc.error or r.error
-        else:
-            acc.index.extend(r.index.tolist())
-            acc.start_s.extend(r.start_s.tolist())
-            acc.end_s.extend(r.end_s.tolist())
-            acc.nonfinite += r.nonfinite
-            buf_feats.append(r.features)
-            buf_owner.extend((r.file, i) for i in range(len(r.index)))
-            buf_n += len(r.index)
-        if r.last:
-            finished.add(r.file)
-        flush()
-    flush(force=True)
-    emit()
+    try:
+        for item in batches:
+            while True:
+                try:
+                    inq.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    yield from drain(block=False)
+                    if not alive:
+                        raise RuntimeError("every scoring thread stopped")
+            yield from drain(block=False)
+        for _ in threads:
+            inq.put(_DONE)
+        yield from drain(block=True)
+    finally:
+        stop.set()
+        for _ in threads:  # unblock any thread waiting for work
+            try:
+                inq.put_nowait(_DONE)
+            except queue.Full:
+                pass
+        for t in threads:
+            t.join(timeout=30)
 
 
 # --- the engine seam: what ``monitor run`` calls, whatever runs the work ------------------------------
 
-@dataclass(frozen=True)
-class FileJob:
-    """One recording to score. ``key`` is the caller's own (opaque here) and comes back with the scores."""
+def all_devices(device: str) -> list[str]:
+    """The devices a run scores on: every GPU for ``cuda``; a named one (``cuda:1``, ``cpu``) alone."""
+    if device == "cuda":
+        import torch
 
-    key: Any
-    path: str
-    rel: str
-    frames: int
-    channels: int
-    sample_rate_hz: int
-
-
-@dataclass
-class FileScores:
-    """Everything scored for one file: ``index``/``start_s``/``end_s`` (n,), ``scores`` (n, labels)
-    float32, non-finite input samples replaced, and ``error`` (non-empty: the file failed, in words)."""
-
-    index: np.ndarray
-    start_s: np.ndarray
-    end_s: np.ndarray
-    scores: np.ndarray
-    nonfinite: int = 0
-    error: str = ""
+        n = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(n)] if n > 1 else ["cuda"]
+    return [device]
 
 
 class LocalEngine:
     """Decode and front end in worker processes (or in process), scoring in this process.
 
     Worker processes start on construction, so their imports overlap the caller's discovery and
-    model loading. ``run`` calls ``on_file_done(job, FileScores)`` in job order as each file
-    completes and ``on_segments(n)`` as segments are scored; an exception raised by either stops
-    the run (the caller's Ctrl-C handling raises ``KeyboardInterrupt`` from ``on_segments``).
+    model loading. ``run`` plans the batches (``plan.plan_batches``), calls ``on_file_done(job,
+    FileScores)`` in job order as each file completes and ``on_segments(n)`` as segments are scored; an
+    exception raised by either stops the run (the caller's Ctrl-C handling raises ``KeyboardInterrupt``
+    from ``on_segments``).
+
+    ``batch_size``: an int, or ``auto`` (16 on a CPU; from free GPU memory, see
+    ``Scorer.probe_batch_size``). ``devices``: where to score (default: every GPU for ``cuda``).
+    ``frontend``: where fbank runs: ``cpu`` (in the workers), ``device`` (batched on the scoring
+    device, ``devfront``), ``auto`` (device on a GPU). ``compile``: ``torch.compile`` the models.
     """
 
     name = "local"
 
-    def __init__(self, bundles: Sequence, *, device: str = "auto", precision: str = "auto", batch_size: int = 16,
-                 workers: int | None = None):
+    def __init__(self, bundles: Sequence, *, device: str = "auto", precision: str = "auto",
+                 batch_size: int | str = "auto", workers: int | None = None, compile: bool = False,
+                 devices: Sequence[str] | None = None, frontend: str = "auto"):
         from monitor.device import pick_device, resolve_precision
+        from monitor.errors import MonitorError
 
         self.bundles = list(bundles)
         self.pre = self.bundles[0].preprocessing
         self.device = pick_device(device)
-        self.precision = resolve_precision(precision, self.device)
-        self.batch_size = int(batch_size)
+        self.devices = list(devices) if devices else all_devices(self.device)
+        self.precision = resolve_precision(precision, self.devices[0])
+        if frontend not in ("auto", "cpu", "device"):
+            raise MonitorError(f"frontend must be auto, cpu or device, got {frontend!r}")
+        on_gpu = self.devices[0].startswith("cuda")
+        self.frontend = ("device" if on_gpu else "cpu") if frontend == "auto" else frontend
+        if batch_size == "auto":
+            self.batch_size: int | str = "auto" if on_gpu else AUTO_BATCH_CPU
+        else:
+            try:
+                self.batch_size = int(batch_size)
+            except (TypeError, ValueError):
+                raise MonitorError(f"--batch-size must be a whole number or auto, got {batch_size!r}") from None
+            if self.batch_size < 1:
+                raise MonitorError(f"--batch-size must be >= 1, got {batch_size}")
+        self.compile = bool(compile)
         self.workers = default_workers(self.device) if workers is None else int(workers)
-        self.pool = WorkerPool(self.pre, self.workers)
+        self.pool = WorkerPool(self.pre, self.workers, "waves" if self.frontend == "device" else "features")
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "device": self.device, "precision": self.precision, "workers": self.workers,
-                "batch_size": self.batch_size}
+        out = {"engine": self.name, "device": self.device, "precision": self.precision, "workers": self.workers,
+               "batch_size": self.batch_size, "devices": list(self.devices), "frontend": self.frontend,
+               "compile": self.compile}
+        if self.precision == "int8":
+            from monitor.int8 import available
+
+            out["int8_runtime"] = "onnxruntime" if available() else "torch"
+        return out
+
+    def scorers(self) -> list[Scorer]:
+        """A model replica and a scorer per device; resolves ``batch_size`` auto on the first."""
+        from monitor.device import set_matmul_policy
+
+        set_matmul_policy()
+        out = []
+        for dev in self.devices:
+            nets, _ = prepare_models(self.bundles, dev, self.precision, compile=self.compile)
+            out.append(Scorer(self.bundles, nets, dev, self.precision,
+                              self.batch_size if isinstance(self.batch_size, int) else 1, pre=self.pre))
+        if self.batch_size == "auto":
+            kind = "waves" if self.frontend == "device" else "features"
+            self.batch_size = min(s.probe_batch_size(kind) for s in out)
+        for s in out:
+            s.batch_size = int(self.batch_size)
+        return out
 
     def run(self, jobs: Sequence[FileJob], on_file_done: Callable[[FileJob, FileScores], None],
             on_segments: Callable[[int], None] | None = None) -> None:
         jobs = list(jobs)
         if not jobs:
             return
-        nets, _ = prepare_models(self.bundles, self.device, self.precision)
-        scorer = Scorer(self.bundles, nets, self.device, self.precision, self.batch_size)
-        by_rel = {j.rel: j for j in jobs}
-
-        def tasks():
-            for j in jobs:
-                yield from plan_chunks(Path(j.path), j.rel, j.frames, j.channels, j.sample_rate_hz, self.pre,
-                                       self.batch_size)
-
-        n_labels = len(self.bundles[0].labels)
-
-        def done(rel: str, acc: _FileAcc) -> None:
-            scores = np.asarray(acc.scores, dtype=np.float32).reshape(-1, n_labels)
-            on_file_done(by_rel[rel], FileScores(np.asarray(acc.index, np.int64), np.asarray(acc.start_s),
-                                                 np.asarray(acc.end_s), scores, acc.nonfinite, acc.error))
-
-        score_chunks(self.pool.results(tasks()), scorer, done, on_segments)
+        scorers = self.scorers()
+        plan = plan_batches(jobs, self.pre, int(self.batch_size))
+        asm = Assembler(plan, len(self.bundles[0].labels))
+        batches = iter_batches(plan, self.pool.results(plan.tasks))
+        for res in score_batches(batches, scorers, plan):
+            for job, scores in asm.add(res):
+                on_file_done(job, scores)
+            if on_segments:
+                on_segments(len(res.nonfinite))
 
     def close(self) -> None:
         self.pool.__exit__()

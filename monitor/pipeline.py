@@ -136,7 +136,7 @@ def run(
     *,
     models: Sequence[str] | None = None,
     device: str = "auto",
-    batch_size: int = 16,
+    batch_size: int | str = "auto",
     workers: int | None = None,
     thresholds: Mapping[str, float] | None = None,
     resume: bool = True,
@@ -147,6 +147,7 @@ def run(
     prune: bool = False,
     deployments: Path | str | None = None,
     labels: Sequence[str] | None = None,
+    compile: bool = False,
 ) -> RunInfo:
     """Run detection over ``input_dir`` into ``out_dir``; returns the ``RunInfo`` written to ``run.json``.
 
@@ -155,14 +156,14 @@ def run(
     store for later runs and rebuilds until a new one is given); ``labels`` keeps only those labels in
     every output (kept likewise; ``["all"]`` clears it); ``resume=False`` re-scores this card's files
     (other cards' results and all reviews are kept); ``prune`` removes the results of files no longer on
-    the card and lets changed files be replaced.
+    the card and lets changed files be replaced. ``compile``: torch.compile the model (GPU; measured
+    before it is made a default).
     """
     from monitor.deployments import read_deployments
-
     from monitor.detect import resolve_thresholds
 
-    if batch_size < 1:
-        raise MonitorError(f"--batch-size must be >= 1, got {batch_size}")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise MonitorError(f"--batch-size must be a whole number >= 1 or auto, got {batch_size!r}")
     src, dst = check_folders(input_dir, out_dir)
     bundles = load_models(models)
     names = list(bundles[0].labels)
@@ -181,7 +182,7 @@ def run(
         with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
             stats, interrupted = _process(src, store, bundles, model_hash, device, batch_size, workers, precision,
                                           progress, stop.state, deployment, prune, resume,
-                                          stored_deployments(store))
+                                          stored_deployments(store), compile)
             interrupted = interrupted or stop.state["flag"]
             info = dataclasses.replace(
                 info, ended=_now(), completed=not interrupted, files_done=stats["done"] + stats["resumed"],
@@ -245,14 +246,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size: int, workers: int | None,
+def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size: int | str, workers: int | None,
              precision: str, progress: bool | None, stop: dict[str, bool], deployment: str | None, prune: bool,
-             resume: bool, table=None) -> tuple[dict[str, Any], bool]:
+             resume: bool, table=None, compile: bool = False) -> tuple[dict[str, Any], bool]:
     """Discover, skip finished files, decode/score the rest; commit each file as it completes."""
     from monitor.infer import LocalEngine
 
     # the engine starts now: its worker processes' imports overlap discovery, metadata and model loading
-    with LocalEngine(bundles, device=device, precision=precision, batch_size=batch_size, workers=workers) as engine:
+    with LocalEngine(bundles, device=device, precision=precision, batch_size=batch_size, workers=workers,
+                     compile=compile) as engine:
         plan = plan_work(src, store, bundles, model_hash, stop, deployment, prune, resume, table)
         return score_planned(engine, plan, store, bundles, progress, stop)
 

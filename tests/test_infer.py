@@ -11,8 +11,13 @@ from conftest import write_wav
 
 
 @pytest.fixture(scope="module")
-def scorers(one_torch_thread):
+def scorers(one_torch_thread, tmp_path_factory):
+    import os
+
     import torch
+
+    old_cache = os.environ.get("MONITOR_CACHE")
+    os.environ["MONITOR_CACHE"] = str(tmp_path_factory.mktemp("cache"))  # the int8 export is cached there
 
     from monitor.config import Preprocess
     from monitor.infer import Scorer, prepare_models
@@ -21,25 +26,39 @@ def scorers(one_torch_thread):
 
     torch.manual_seed(0)
     model = AST(label_dim=2, fstride=16, tstride=16, input_fdim=128, input_tdim=1024, model_size="tiny224", depth=2)
-    import tempfile
-    from pathlib import Path
-
-    tmp = Path(tempfile.mkdtemp(prefix="monitor-test-infer-"))
-    b = save_bundle(tmp / "b", model, name="t", version="0", labels=["a", "b"], task="multilabel",
+    b = save_bundle(tmp_path_factory.mktemp("bundle") / "b", model, name="t", version="0", labels=["a", "b"], task="multilabel",
                     preprocessing=Preprocess(), thresholds={"a": 0.5, "b": 0.5})
     assert isinstance(b, Bundle)
     out = {}
     for prec in ("fp32", "int8"):
         nets, p = prepare_models([b], "cpu", prec)
         out[prec] = Scorer([b], nets, "cpu", p, batch_size=4)
-    return out
+    out["int8-torch"] = Scorer([b], [_torch_int8(b)], "cpu", "int8", batch_size=4)
+    out["bundle"] = b
+    yield out
+    if old_cache is None:
+        os.environ.pop("MONITOR_CACHE", None)
+    else:
+        os.environ["MONITOR_CACHE"] = old_cache
+
+
+def _torch_int8(bundle):
+    """torch's dynamic quantisation: what --precision int8 uses without monitor[int8]."""
+    import monitor.int8 as int8
+
+    keep = int8.available
+    int8.available = lambda: False
+    try:
+        return int8.prepare_int8(bundle, bundle.build_model(), 1)[0]
+    finally:
+        int8.available = keep
 
 
 def _feats(seed: int, n: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 1024, 128)).astype(np.float32)
 
 
-@pytest.mark.parametrize("prec", ["fp32", "int8"])
+@pytest.mark.parametrize("prec", ["fp32", "int8", "int8-torch"])
 def test_score_independent_of_batch_mates(scorers, prec):
     s = scorers[prec]
     x = _feats(0, 1)
@@ -54,42 +73,60 @@ def test_score_independent_of_batch_mates(scorers, prec):
 def test_int8_quantises_and_stays_close(scorers):
     import torch
 
-    net = scorers["int8"].models[0]
+    from monitor.int8 import OrtModel, available
+
+    net = scorers["int8-torch"].models[0]
     kinds = {type(m).__module__ for m in net.modules() if "Linear" in type(m).__name__}
     assert any("quantized" in k for k in kinds), kinds  # the Linear layers really are int8
     assert not any(isinstance(m, torch.nn.Linear) and type(m) is torch.nn.Linear for m in net.modules())
     x = _feats(3, 4)
-    d = np.abs(scorers["int8"](x) - scorers["fp32"](x))
-    assert d.max() < 0.05 and d.max() > 0  # quantised (not identical) yet close
+    ref = scorers["fp32"](x)
+    for name in ("int8", "int8-torch"):
+        d = np.abs(scorers[name](x) - ref)
+        assert d.max() < 0.05 and d.max() > 0, name  # quantised (not identical) yet close
+    if available():  # monitor[int8]: an ONNX Runtime session on a dynamically quantised graph
+        import onnx
+
+        ort_net = scorers["int8"].models[0]
+        assert isinstance(ort_net, OrtModel)
+        ops = {n.op_type for n in onnx.load(str(ort_net.path)).graph.node}
+        assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops, ops
+        assert ort_net.path.is_relative_to(__import__("os").environ["MONITOR_CACHE"])
 
 
 def test_worker_pool_equals_in_process(tmp_path):
     from monitor.config import BandConfig, Preprocess
-    from monitor.infer import WorkerPool, plan_chunks
+    from monitor.infer import WorkerPool
+    from monitor.plan import job_from_path, plan_batches
 
     pre = Preprocess(band=BandConfig(low_hz=200.0, high_hz=6000.0))
     files = [write_wav(tmp_path / f"f{i}.wav", d, sr, freq_hz=700 + 300 * i, noise=0.05, seed=i)
              for i, (d, sr) in enumerate([(25.0, 48000), (12.0, 16000), (31.0, 22050)])]
-
-    def tasks():
-        import soundfile as sf
-
-        for p in files:
-            info = sf.info(str(p))
-            yield from plan_chunks(p, p.name, info.frames, info.channels, info.samplerate, pre, 2)
-
-    with WorkerPool(pre, 0) as pool:
-        ref = list(pool.results(tasks()))
-    with WorkerPool(pre, 2) as pool:
-        got = list(pool.results(tasks()))
-    assert [(r.file, r.index.tolist()) for r in got] == [(r.file, r.index.tolist()) for r in ref]
-    assert sum(len(r.index) for r in got) == 3 + 2 + 4
-    for a, b in zip(ref, got):
-        np.testing.assert_array_equal(a.features, b.features)
+    plan = plan_batches([job_from_path(p) for p in files], pre, 2, task_samples=500_000)
+    assert len(plan.tasks) > 3
+    for output in ("features", "waves"):
+        with WorkerPool(pre, 0, output) as pool:
+            ref = list(pool.results(plan.tasks))
+        with WorkerPool(pre, 2, output) as pool:
+            got = list(pool.results(plan.tasks))
+        assert [r.first for r in got] == [r.first for r in ref] == [t.first for t in plan.tasks]
+        assert sum(r.n for r in got) == 3 + 2 + 4
+        for a, b in zip(ref, got):
+            np.testing.assert_array_equal(a.data, b.data)
+            assert a.errors == b.errors
 
 
 def test_default_workers():
     from monitor.infer import default_workers
 
     assert [default_workers("cpu", c) for c in (1, 2, 3, 4, 16)] == [0, 0, 0, 1, 1]  # the model uses the cores
-    assert [default_workers("cuda", c) for c in (1, 2, 8)] == [0, 1, 4]
+    assert [default_workers("cuda", c) for c in (1, 2, 8, 16)] == [0, 1, 7, 15]  # the GPU waits for decoding
+
+
+def test_attention_is_fused_sdpa():
+    """timm's Attention calls F.scaled_dot_product_attention (flash / memory-efficient kernels on a GPU)."""
+    from monitor.model.ast import AST
+
+    m = AST(label_dim=2, fstride=16, tstride=16, input_tdim=1024, model_size="tiny224", depth=2)
+    flags = [a.fused_attn for a in m.modules() if type(a).__name__ == "Attention"]
+    assert flags == [True, True]
