@@ -231,12 +231,43 @@ def test_mixup_soft_labels_beta10():
     assert torch.allclose(ym.sum(1), torch.ones(64))  # a convex mix of one-hot labels
     lam = ym.max(1).values[(ym[:, 0] > 0) & (ym[:, 1] > 0)]
     assert len(lam) > 20 and 0.5 <= lam.min() and lam.max() < 0.85  # Beta(10,10): near 0.5
-    # power-domain mix: mixing a feature map with itself leaves it unchanged
+    # as the waveform mix lam*w1 + (1-lam)*w2 of uncorrelated sounds: powers lam^2 P1 + (1-lam)^2 P2
     same = x[:1].repeat(2, 1, 1)
-    xs, _, _ = augment.mixup(same, torch.eye(2), torch.tensor([100, 100]), np.random.default_rng(1), 1.0)
-    assert torch.allclose(xs, same, atol=1e-5)
+    xs, ys, _ = augment.mixup(same, torch.eye(2), torch.tensor([100, 100]), np.random.default_rng(1), 1.0)
+    for i in range(2):
+        lam = float(ys[i, i])
+        assert torch.allclose(xs[i], same[i] + math.log(lam ** 2 + (1 - lam) ** 2), atol=1e-5)
     xr, yr, _ = augment.mixup(x, y, n.repeat(16), rng, rate=0.0)
     assert xr is x and yr is y
+
+
+def test_mixup_never_mixes_in_padding():
+    """A short clip's padding (log-mel 0, i.e. loud) never overwrites its partner's real frames (issue 16.4)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 100, 8, generator=g) - 8.0  # real log-mel, well below 0
+    x[1, 30:] = 0.0  # clip 1 has 30 real frames, then padding
+    n = torch.tensor([100, 30])
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    xm, ym, nm = augment.mixup(x, y, n, np.random.default_rng(3), rate=1.0)  # 0 mixes with 1 and 1 with 0
+    lam0, lam1 = float(ym[0, 0]), float(ym[1, 1])
+    # clip 0 over its partner's padding: its own frames at lam^2 power, never near the padding's 0
+    assert torch.allclose(xm[0, 30:], x[0, 30:] + 2 * math.log(lam0), atol=1e-5)
+    assert float(xm[0, 30:].max()) < -2.0
+    # both real: a power mix
+    both = torch.logaddexp(x[0, :30] + 2 * math.log(lam0), x[1, :30] + 2 * math.log(1 - lam0))
+    assert torch.allclose(xm[0, :30], both, atol=1e-5)
+    # clip 1 gets its partner's real audio where it had padding, and the mix is as long as the longer clip
+    assert torch.allclose(xm[1, 30:], x[0, 30:] + 2 * math.log(1 - lam1), atol=1e-5)
+    assert nm.tolist() == [100, 100]
+    # frames that are padding in both stay padding
+    short = torch.zeros(2, 50, 4)
+    short[:, :10] = -5.0
+    xs, _, _ = augment.mixup(short, y, torch.tensor([10, 10]), np.random.default_rng(0), rate=1.0)
+    assert torch.equal(xs[:, 10:], torch.zeros(2, 40, 4))
+    # unknown targets stay unknown through a mix
+    yu = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
+    _, ymu, _ = augment.mixup(x, yu, n, np.random.default_rng(3), rate=1.0)
+    assert torch.isnan(ymu[0, 1]) and torch.isnan(ymu[1, 1]) and torch.isfinite(ymu[:, 0]).all()
 
 
 def test_gain_noise_shift_effects():
