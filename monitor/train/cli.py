@@ -223,7 +223,7 @@ def run_one(cfg, out_dir: Path, table, labels, split, *, name: str, resume: bool
     for label, m in (("validation", metrics), ("test (held out)", test_metrics)):
         if m:
             s = m["summary"]
-            log.info("%s: %s", label, ", ".join(f"{k} {s[k]:.4f}" for k in SUMMARY_KEYS))
+            log.info("%s: %s", label, ", ".join(f"{k} {_fmt(s[k])}" for k in SUMMARY_KEYS))
     out = {"bundle": str(bundle.path), "metrics": metrics["summary"] if metrics else None,
            "test_metrics": test_metrics["summary"] if test_metrics else None, "thresholds": thr,
            "history": result.history, "weights": result.chosen}
@@ -449,5 +449,10 @@ def train_command(args) -> int:
     print(f"bundle: {res['bundle']}")
     for label, key in (("validation", "metrics"), ("test (held out)", "test_metrics")):
         if res.get(key):
-            print(f"{label}: " + ", ".join(f"{k} {res[key][k]:.4f}" for k in SUMMARY_KEYS))
+            print(f"{label}: " + ", ".join(f"{k} {_fmt(res[key].get(k))}" for k in SUMMARY_KEYS))
     return 0
+
+
+def _fmt(v) -> str:
+    """A metric for people: 4 decimals; n/a when undefined (None, NaN)."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("folders", "annotations", "manifest", "report")
 SOURCE_ALIASES = {"folder": "folders", "annotation": "annotations", "raven": "annotations", "reviews": "report",
-                  "reviewed": "report"}
+                  "reviewed": "report", "workbook": "report", "ast_json": "manifest", "json": "manifest"}
 NORM_STATS = ("auto", "train", "config", "bundle")
 
 
@@ -28,7 +28,7 @@ NORM_STATS = ("auto", "train", "config", "bundle")
 class DataConfig:
     """Where labelled audio comes from (``source``) and how it is cut into segments."""
 
-    source: str = "folders"  # folders | annotations | manifest | report (aliases: folder, raven, reviews)
+    source: str = "folders"  # folders | annotations | manifest | report (aliases: raven, ast_json, workbook, reviews)
     root: str | None = None  # folders: data/<label>/*; annotations/report: the recordings' folder
     labels: list[str] | None = None  # label order; default: sorted names found
     negative_class: str | None = None  # folders: this folder's segments carry no label (multilabel)

@@ -535,6 +535,18 @@ class _Losses:
                                    "from before this)")
 
 
+def optimizer_step(model, opt, sched, scaler, grad_clip: float | None = None) -> None:
+    """One optimiser step through the gradient scaler (fp16: gradients unscaled before clipping, a step
+    with inf/NaN gradients skipped and the scale lowered; disabled scaler: a plain step), then the LR schedule."""
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    sched.step()
+
+
 def _augment_warning(cfg: TrainConfig) -> None:
     from monitor.train.config import AugmentConfig
 
@@ -605,7 +617,7 @@ def fit(cfg: TrainConfig, out_dir: Path, *, table, labels: list[str], split, res
                     "optim.lr; shorten it or use optim.warmup_fraction", warm, o.lr_decay_start_epoch + 1,
                     o.lr_decay_start_epoch * steps_per_epoch, peak)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, o))
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=precision == "fp16")
     loss_fn = make_loss(cfg.loss.kind, cfg.loss.label_smoothing, cfg.loss.focal_gamma)
     weights = sample_weights(ds.targets[train_idx]) if cfg.loss.balanced_sampling else None
     aug_rng = np.random.default_rng([o.seed, 1])
@@ -729,14 +741,8 @@ def fit(cfg: TrainConfig, out_dir: Path, *, table, labels: list[str], split, res
                 micro += 1
                 if micro < group:
                     continue
-                if o.grad_clip:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
                 lr_now = opt.param_groups[0]["lr"]
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                sched.step()
+                optimizer_step(model, opt, sched, scaler, o.grad_clip)
                 losses.add(global_step, epoch + 1, acc_loss, lr_now)
                 global_step += 1
                 bar.update(micro)

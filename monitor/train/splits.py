@@ -108,6 +108,7 @@ def assign_splits(table, names: list[str], cfg, fixed: np.ndarray | None = None)
     validation among the rest (``val_files`` or ``val_fraction``). Raises if a group crosses splits."""
     split = np.full(len(table), "", dtype=object) if fixed is None else np.asarray(fixed, dtype=object).copy()
     free = split == ""
+    pool = int(free.sum())  # the rows this split divides (a test_folder's rows come on top)
     if cfg.test_files:
         hit = match_files(table["file"], read_list(cfg.test_files)) & free
         if not hit.any():
@@ -128,7 +129,7 @@ def assign_splits(table, names: list[str], cfg, fixed: np.ndarray | None = None)
     elif free.any():
         sub = table[free].reset_index(drop=True)
         val_files = read_list(cfg.val_files) if cfg.val_files else None
-        frac = cfg.val_fraction * len(table) / free.sum()  # a share of all data, beside a test split
+        frac = cfg.val_fraction * pool / free.sum()  # a share of the data, beside a test part taken from it
         split[np.flatnonzero(free)] = train_val_split(sub, names, min(frac, 0.9), cfg.seed, val_files)
     check_disjoint(table, split, listed=bool(cfg.val_files or cfg.test_files))
     return split
