@@ -334,7 +334,8 @@ def cross_validate(cfg, out_dir: Path, table, labels, fixed, k: int, *, name: st
     curve["mean"], curve["std"] = vals.mean(1), vals.std(1, ddof=1)
     curve.to_csv(out_dir / "cv_curve.csv", index=False)
     log.info("%d-fold cross-validation: epoch %d chosen on the fold-averaged %s; %s", k, epoch, metric,
-             ", ".join(f"{key} {mean[key]:.4f} ± {std[key]:.4f}" for key in SUMMARY_KEYS if not math.isnan(mean[key])))
+             ", ".join(f"{key} {_fmt(mean[key])} ± {_fmt(std[key])}" for key in SUMMARY_KEYS
+                       if not math.isnan(_num(mean[key]))))
     rows_oof = np.flatnonzero(fold >= 0)
     oof_df = table.iloc[rows_oof][["file", "start_s", "end_s"]].copy()
     oof_df["fold"] = fold[rows_oof] + 1
@@ -349,8 +350,8 @@ def cross_validate(cfg, out_dir: Path, table, labels, fixed, k: int, *, name: st
         final_cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=epoch))
         split = np.where(fold >= 0, "train", "test").astype(object)
         text = (f"{k}-fold grouped cross-validation chose {epoch} epochs on the fold-averaged {metric}: "
-                + ", ".join(f"{key} {mean[key]:.3f} ± {std[key]:.3f}" for key in SUMMARY_KEYS
-                            if not math.isnan(mean[key]))
+                + ", ".join(f"{key} {_fmt(mean[key])} ± {_fmt(std[key])}" for key in SUMMARY_KEYS
+                            if not math.isnan(_num(mean[key])))
                 + ". This model was then trained on all those data for that many epochs; its thresholds come "
                   "from the folds' out-of-fold validation scores.")
         cv = {"folds": k, "epoch": epoch, "metric": metric, "mean": mean, "std": std, "text": text}
@@ -440,8 +441,8 @@ def train_command(args) -> int:
     if args.folds:
         m, s = res["mean"], res["std"]
         print(f"{args.folds}-fold cross-validation (grouped), epoch {res['epoch']} chosen on the fold-averaged "
-              f"{res['metric']}: " + ", ".join(f"{k} {m[k]:.4f} ± {s[k]:.4f}" for k in SUMMARY_KEYS
-                                              if not math.isnan(m[k])))
+              f"{res['metric']}: " + ", ".join(f"{k} {_fmt(m[k])} ± {_fmt(s[k])}" for k in SUMMARY_KEYS
+                                              if not math.isnan(_num(m[k]))))
         print(f"per fold: {out / 'cv_metrics.csv'}; fold bundles (an ensemble for monitor run): {out}/fold_*/bundle")
         if res.get("bundle"):
             print(f"final model: {res['bundle']}")

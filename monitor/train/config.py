@@ -46,12 +46,14 @@ class DataConfig:
     # auto: the bundle's for init: bundle, else train; train: mean/std of the training split (all folds
     # together with --folds, so fold models share preprocessing); config: fbank.norm_mean/std; bundle
     norm_stats: str = "auto"
-    cache_dir: str | None = "auto"  # on-disk fbank cache: auto = <out>/fbank_cache; a folder; off (or null)
+    cache_dir: str | bool | None = "auto"  # on-disk fbank cache: auto = <out>/fbank_cache; a folder; off (false, null)
     num_workers: int | str = "auto"  # DataLoader workers; auto: up to 4 with a GPU, 0 on a small CPU
 
     def __post_init__(self) -> None:
         if self.source in SOURCE_ALIASES:
             object.__setattr__(self, "source", SOURCE_ALIASES[self.source])
+        if isinstance(self.cache_dir, bool) or self.cache_dir is None:  # YAML reads a bare off/on as a boolean
+            object.__setattr__(self, "cache_dir", "auto" if self.cache_dir is True else "off")
         if self.source not in SOURCES:
             raise ConfigError(f"data.source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.norm_stats not in NORM_STATS:
