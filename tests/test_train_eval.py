@@ -42,7 +42,7 @@ def _cfg(root, **sections):
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from tests.conftest import write_wav
+    from conftest import write_wav
 
     return _data(tmp_path_factory.mktemp("eval") / "data", write_wav)
 

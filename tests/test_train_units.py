@@ -731,3 +731,24 @@ def test_bundle_folder_readable_by_colleagues(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_training_reads_and_prepares_segments_as_monitor_run(tmp_path, wav_writer):
+    """One reader and one front end: a training segment's features equal monitor run's (infer.compute_chunk)."""
+    from monitor.config import FbankConfig, Preprocess
+    from monitor.features import normalize
+    from monitor.infer import compute_chunk, plan_chunks
+    from monitor.train.dataset import SegmentDataset
+
+    path = wav_writer(tmp_path / "frog" / "r.wav", 5.3, 22050, channels=2, noise=0.1)
+    pre = Preprocess(segment=SEG, fbank=FbankConfig(target_frames=208))
+    table, labels = data.from_folders(tmp_path, pre.segment)
+    ds = SegmentDataset(table, labels, pre)
+    (task,) = plan_chunks(path, "frog/r.wav", 116865, 2, 22050, pre, batch_size=8)
+    want = compute_chunk(task, pre).features
+    assert len(table) == len(want) == 3
+    for i in range(len(table)):
+        feats, n = ds.features(i)
+        got = normalize(torch.from_numpy(feats), pre.fbank.norm_mean, pre.fbank.norm_std).numpy()
+        np.testing.assert_array_equal(got, want[i])
+    assert ds.features(2)[1] < 208  # the short last segment: its real frames before the padding

@@ -71,7 +71,8 @@ def split_rows(cfg, table, labels, fixed, out_dir: Path | None = None, resume: b
                                "segments); start a new run")
     else:
         split = assign_splits(table, labels, cfg.split, fixed)
-        warn_leaks(table, split)
+        if cfg.split.warn_clip_names:
+            warn_leaks(table, split)
     if path is not None:
         save_split(table, split, path)
     return split
@@ -98,7 +99,8 @@ def fold_rows(cfg, table, labels, fixed, k: int, out_dir: Path | None = None, re
         return fold
     split = assign_splits(table, labels, dataclasses.replace(cfg.split, val_fraction=0.0, val_files=None), fixed)
     fold = kfold(table, labels, k, cfg.split.seed, exclude=split == "test")
-    warn_leaks(table, np.where(fold >= 0, fold.astype(str), "test"))
+    if cfg.split.warn_clip_names:
+        warn_leaks(table, np.where(fold >= 0, fold.astype(str), "test"))
     if path is not None:
         df = table.copy()
         df["labels"] = [";".join(t) for t in df["labels"]]

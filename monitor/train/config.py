@@ -80,6 +80,7 @@ class SplitConfig:
     test_files: str | None = None  # a text file of relative paths forming the test split
     test_folder: str | None = None  # a folder laid out like data.root whose audio forms the test split
     final_model: bool = False  # --folds: then train one model on all (non-test) data for the chosen epochs
+    warn_clip_names: bool = True  # warn when names like rec_01/rec_02 (clips of one recording?) cross splits
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:

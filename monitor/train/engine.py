@@ -682,6 +682,7 @@ def fit(cfg: TrainConfig, out_dir: Path, *, table, labels: list[str], split, res
         _augment_warning(cfg)
         rows = np.concatenate([train_idx, val_idx])
         emb = _cached_embeddings(model, ds, rows, pre, device, precision, cfg.eval.batch_size, workers, ck_dir)
+        emb = emb.to(device)  # (segments, width): small; batches are then gathered on the device itself
         emb_row[rows] = np.arange(len(rows))
         forward = model.mlp_head
     else:
@@ -692,7 +693,7 @@ def fit(cfg: TrainConfig, out_dir: Path, *, table, labels: list[str], split, res
     def batch_source(plan: list[list[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         if head_only:
             for bi in plan:
-                yield emb[emb_row[bi]], torch.from_numpy(ds.targets[bi]), None
+                yield emb[torch.from_numpy(emb_row[bi]).to(emb.device)], torch.from_numpy(ds.targets[bi]), None
             return
         sampler.plan = plan
         for x, y, n_real in loader:
@@ -706,8 +707,9 @@ def fit(cfg: TrainConfig, out_dir: Path, *, table, labels: list[str], split, res
 
     def validate() -> tuple[np.ndarray, np.ndarray, float]:
         if head_only:
-            return score_head(model.mlp_head, emb[emb_row[val_idx]], ds.targets[val_idx], task, device,
-                              cfg.eval.batch_size, loss_fn, amp)
+            rows = torch.from_numpy(emb_row[val_idx]).to(emb.device)
+            return score_head(model.mlp_head, emb[rows], ds.targets[val_idx], task, device, cfg.eval.batch_size,
+                              loss_fn, amp)
         out = score_batches(model, val_loader, pre, task, device, cfg.eval.batch_size, precision, loss_fn, len(labels))
         model.train()
         return out
