@@ -670,6 +670,21 @@ def test_nan_loss_stops_with_a_fix_it_message(tmp_path):
     assert fp16.step_losses == [float("inf")]
 
 
+def test_patience_counts_like_keras_and_undefined_metric_falls_back():
+    from monitor.train.engine import Selection
+
+    sel = Selection("mAP")
+    runs = [sel.update(e, {"mAP": v, "val_loss": 1.0}, patience=2) for e, v in enumerate([0.5, 0.6, 0.55, 0.58], 1)]
+    assert runs == [(True, False), (True, False), (False, False), (False, True)]  # 2 epochs without improvement
+    assert sel.best_epoch == 2
+    sel = Selection("mAP")
+    runs = [sel.update(e, {"mAP": float("nan"), "val_loss": v}, patience=1) for e, v in enumerate([0.9, 0.7, 0.8], 1)]
+    assert sel.metric == "val_loss" and sel.best_epoch == 2 and runs[-1] == (False, True)  # not stuck at epoch 1
+    sel = Selection("d_prime")
+    assert sel.update(1, {"d_prime": 1.0}, None) == (True, False)
+    assert sel.update(2, {"d_prime": float("inf")}, None) == (True, False)  # AUC 1: the best, not undefined
+
+
 def test_better_and_epoch_from_the_fold_averaged_curve():
     from monitor.train.engine import _better
 

@@ -492,6 +492,36 @@ def norm_stats_for(cfg: TrainConfig, ds, train_idx, out_dir: Path, resume: bool,
     return float(mean), float(std)
 
 
+@dataclass
+class Selection:
+    """Which epoch's weights are best, and when to stop early.
+
+    ``update`` takes an epoch's history row: an undefined (NaN) ``metric`` at the first validated
+    epoch switches the run to ``val_loss``; patience counts as Keras/Lightning do: stop once
+    ``patience`` epochs in a row did not improve on the best.
+    """
+
+    metric: str
+    best_value: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, row: dict[str, Any], patience: int | None) -> tuple[bool, bool]:
+        """(improved, stop) after ``epoch`` (1-based)."""
+        value = row.get(self.metric, float("nan"))
+        if (math.isnan(value) and self.metric != "val_loss" and self.best_epoch == 0
+                and math.isfinite(row.get("val_loss", float("nan")))):
+            log.warning("eval.metric %s is undefined on this validation split (a label without positives or "
+                        "negatives?); choosing epochs by val_loss instead", self.metric)
+            self.metric, value = "val_loss", row["val_loss"]
+        improved = _better(value, self.best_value, MAXIMISE[self.metric])
+        if improved:
+            self.best_value, self.best_epoch, self.bad_epochs = float(value), epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved, patience is not None and self.bad_epochs >= patience
+
+
 class _Losses:
     """Optimiser-step losses kept on the device and read back every ``FLUSH_STEPS`` steps (one sync),
     written to ``steps.csv``, checked for NaN/inf."""
@@ -787,24 +817,20 @@ def fit(cfg: TrainConfig, out_dir: Path, *, table, labels: list[str], split, res
         log.info("epoch %d/%d: %s (%.0f s)", epoch + 1, o.epochs, ", ".join(
             f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "seconds"), row["seconds"])
         if len(val_idx) and select:
-            value = row.get(metric, float("nan"))
-            if math.isnan(value) and metric != "val_loss" and best_epoch == 0 and math.isfinite(row["val_loss"]):
-                log.warning("eval.metric %s is undefined on this validation split (a label without positives or "
-                            "negatives?); choosing epochs by val_loss instead", metric)
-                metric = "val_loss"
-                value = row["val_loss"]
-            if _better(value, best_value, MAXIMISE[metric]):
-                best_value, best_epoch, bad_epochs = float(value), epoch + 1, 0
+            sel = Selection(metric, best_value, best_epoch, bad_epochs)
+            improved, stop = sel.update(epoch + 1, row, cfg.eval.patience)
+            metric, best_value, best_epoch, bad_epochs = sel.metric, sel.best_value, sel.best_epoch, sel.bad_epochs
+            if improved:
                 _save_weights(model, ck_dir / "best.safetensors")
-            else:
-                bad_epochs += 1
+        else:
+            stop = False
         if avg_from is not None and avg_from <= epoch + 1 <= (avg_to or o.epochs):
             avg_epochs.append(epoch + 1)
             avg = update_average(avg, len(avg_epochs), model)
         _write_history(out_dir / "metrics.csv", history)
         save_last(epoch + 1, 0)
         last_ck = time.monotonic()
-        if select and cfg.eval.patience is not None and len(val_idx) and bad_epochs >= cfg.eval.patience:
+        if stop:
             log.info("early stop after epoch %d: %d epochs without a better %s (best %.4g at epoch %d)", epoch + 1,
                      bad_epochs, metric, best_value, best_epoch)
             break
