@@ -510,6 +510,8 @@ def test_report_verified_column(tmp_path, wav_writer):
     got = [(r.start_s, r.end_s, r.labels, r.unknown) for r in table.itertuples()]
     assert got == [(0.0, 2.0, ("frog",), ("bird",)), (2.0, 4.0, ("frog",), ()), (6.0, 8.0, (), ("frog",))]
     assert labels == ["frog", "bird"]
+    folder, _ = data.from_report(tmp_path, tmp_path / "card", SEG, labels=["frog", "bird"])  # a run's output folder
+    assert folder.equals(table)
     cfg = build_config({"data": {"source": "reviews", "report": str(tmp_path / "report.xlsx"),
                                  "root": str(tmp_path / "card"), "labels": ["frog", "bird"]},
                         "segment": {"window_s": 2.0, "hop_s": 2.0, "min_segment_s": 1.0}})
@@ -525,7 +527,7 @@ def test_masked_loss_metrics_and_calibration():
     y = torch.tensor([[1.0, nan], [0.0, 1.0]])
     loss = make_loss("bce")(logits, y)
     known = torch.nn.functional.binary_cross_entropy_with_logits(logits[[0, 1, 1], [0, 0, 1]], y[[0, 1, 1], [0, 0, 1]])
-    assert float(loss.detach()) == pytest.approx(float(known))
+    assert float(loss.detach()) == pytest.approx(float(known.detach()))
     loss.backward()
     assert logits.grad[0, 1] == 0  # an unknown label is never pushed towards 0
     # metrics: unknown rows take no part; AP of label b only over its two known rows

@@ -549,10 +549,12 @@ def load_reviews(report: Path):
 
     report = Path(report)
     if report.is_dir():
-        try:
-            from monitor.results import load_reviews as store_reviews  # type: ignore[import-not-found]
-        except ImportError:
-            store_reviews = None
+        store_reviews = None
+        if (report / "monitor.sqlite").is_file():  # a results store: its reviewer verdicts (issue 14)
+            try:
+                from monitor.results import load_reviews as store_reviews  # type: ignore[import-not-found]
+            except ImportError:
+                store_reviews = None
         if store_reviews is not None:
             return store_reviews(report)
         if (report / "report.xlsx").is_file():
