@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<recipe name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     t.add_argument("--folds", type=int, default=None, help="grouped K-fold cross-validation")
+    t.add_argument("--plan", action="store_true",
+                   help="write plan.csv (every window's group, split and per-label target) and print counts; no training")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (YAML syntax), e.g. --set optim.epochs=2")
 

@@ -47,6 +47,13 @@ def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None)
         add_log_file(log_file)
 
 
+def set_console_level(level: int) -> None:
+    """Set the terminal handler's level (``monitor train`` shows INFO, per-epoch metrics, without ``-v``)."""
+    for h in logging.getLogger().handlers:
+        if type(h) is logging.StreamHandler and not getattr(h, "_monitor_notebook", False):
+            h.setLevel(level)
+
+
 def add_log_file(path: Path) -> logging.Handler | None:
     """Send full detail (tracebacks included) to ``path``; returns the handler, or None when the file
     cannot be opened (a read-only or full output folder: the caller reports that in one line)."""

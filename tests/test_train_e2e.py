@@ -87,7 +87,7 @@ def test_metrics_splits_and_run_outputs(run_a):
     out, res = run_a
     hist = pd.read_csv(out / "metrics.csv")
     assert hist["epoch"].tolist() == [1, 2]
-    for col in ("train_loss", "val_loss", "mAP", "mAUC", "d_prime", "accuracy", "macro_f1"):
+    for col in ("train_loss", "val_loss", "mAP", "mAUC", "d_prime", "accuracy", "exact_match", "macro_f1"):
         assert np.isfinite(hist[col]).all(), col
     sp = pd.read_csv(out / "splits.csv", keep_default_na=False)
     by_group = sp.groupby("group")["split"].nunique()
@@ -148,26 +148,46 @@ def test_exported_bundle_scores_match_through_monitor_run(run_a, tmp_path):
 
 
 def test_cli_cross_validation(clips, tmp_path):
+    """--folds: one epoch chosen on the fold-averaged curve, mean ± std, shared normalisation so the fold
+    bundles form an ensemble monitor run accepts, then a final model on all data (16.5)."""
     cfg_path = tmp_path / "cv.yaml"
     cfg_path.write_text(
         f"data:\n  source: folders\n  root: {clips / 'data'}\n  cache_dir: {clips / 'cache'}\n  max_per_label: 6\n"
+        "split:\n  final_model: true\n"
         "model:\n  size: tiny224\n  depth: 1\n  fstride: 16\n  tstride: 16\n  init: scratch\n"
-        "optim:\n  epochs: 1\n  batch_size: 4\n  lr: 0.0005\n  device: cpu\n"
+        "optim:\n  epochs: 2\n  batch_size: 4\n  lr: 0.0005\n  device: cpu\n"
         "segment:\n  window_s: 5.0\n  hop_s: 5.0\n  min_segment_s: 2.0\nfbank:\n  target_frames: 512\n"
         "export:\n  plots: false\n")
     out = tmp_path / "cv"
     proc = subprocess.run([sys.executable, "-m", "monitor", "train", str(cfg_path), "--out", str(out), "--folds", "2",
-                           "--set", "split.seed=1"], capture_output=True, text=True, timeout=120)
+                           "--set", "split.seed=1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "2-fold cross-validation" in proc.stdout and "±" in proc.stdout
+    assert "2-fold cross-validation" in proc.stdout and "±" in proc.stdout and "final model:" in proc.stdout
     with open(out / "cv_metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["fold"] for r in rows] == ["1", "2", "mean", "std"]
+    assert len({r["epoch"] for r in rows}) == 1  # one epoch for every fold
     assert float(rows[2]["mAP"]) == pytest.approx((float(rows[0]["mAP"]) + float(rows[1]["mAP"])) / 2)
+    curve = pd.read_csv(out / "cv_curve.csv")
+    epoch = int(rows[0]["epoch"])
+    assert curve["mean"].idxmax() + 1 == epoch  # the best epoch of the fold-averaged curve
     folds = pd.read_csv(out / "folds.csv", keep_default_na=False)
     assert (folds.groupby("group")["fold"].nunique() == 1).all()
-    for k in (1, 2):
-        assert (out / f"fold_{k}" / "bundle" / "bundle.json").is_file()
+    metas = [json.loads((out / f"fold_{k}" / "bundle" / "bundle.json").read_text()) for k in (1, 2)]
+    assert metas[0]["preprocessing"] == metas[1]["preprocessing"]  # shared normalisation
+    assert all(m["provenance"]["weights"] == "last" for m in metas)  # never each fold's own best epoch
+    final = json.loads((out / "final" / "bundle" / "bundle.json").read_text())
+    assert final["provenance"]["config"]["optim"]["epochs"] == epoch
+    assert "Cross-validation" in (out / "final" / "model_card.md").read_text()
+    oof = pd.read_csv(out / "oof_scores.csv")
+    assert len(oof) == len(folds) and oof[["bird", "frog"]].notna().all().all()
+    card = tmp_path / "card"
+    card.mkdir()
+    shutil.copy(folds["file"].iloc[0], card)
+    ens = subprocess.run([sys.executable, "-m", "monitor", "run", str(card), "--out", str(tmp_path / "o"),
+                          "--model", str(out / "fold_1" / "bundle"), "--model", str(out / "fold_2" / "bundle"),
+                          "--device", "cpu", "--workers", "0"], capture_output=True, text=True, timeout=120)
+    assert ens.returncode == 0, ens.stderr  # the folds as an ensemble
     bad = subprocess.run([sys.executable, "-m", "monitor", "train", str(cfg_path), "--set", "optim.lr_x=1"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "optim.lr_x" in bad.stderr

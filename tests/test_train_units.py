@@ -46,18 +46,39 @@ def test_config_paths_relative_to_yaml_and_sections(tmp_path):
         build_config({"loss": {"kind": "hinge"}})
 
 
-@pytest.mark.parametrize("name", ["rana_draytonii", "clips_cpu", "esc50", "speechcommands"])
-def test_shipped_recipes_parse(name):
+@pytest.mark.parametrize("name", ["rana_draytonii", "clips_cpu", "esc50", "speechcommands", "demo", "accent"])
+def test_shipped_recipes_parse_and_match_their_sources(name):
+    """Each recipe says where it comes from and holds its source's settings (issue 16.6)."""
     from pathlib import Path
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    cfg = load_config(path)
     assert isinstance(cfg, TrainConfig)
-    if name == "esc50":
+    text = path.read_text()
+    if name == "esc50":  # egs/esc50/run_esc.sh
+        assert "run_esc.sh" in text
         assert (cfg.fbank.target_frames, cfg.augment.freqm, cfg.augment.timem, cfg.augment.mixup) == (512, 24, 96, 0)
         assert cfg.fbank.norm_mean == pytest.approx(-6.6268077) and cfg.optim.lr == pytest.approx(1e-5)
+        assert cfg.loss.kind == "ce" and cfg.task == "multiclass" and cfg.eval.metric == "accuracy"
+        assert cfg.eval.average_from_epoch is None and cfg.export.weights == "last"  # wa False
+        assert (cfg.optim.epochs, cfg.optim.batch_size, cfg.optim.lr_decay_start_epoch, cfg.optim.lr_decay) == \
+            (25, 48, 5, 0.85) and cfg.optim.warmup_steps == 0 and not cfg.loss.balanced_sampling
+    if name == "speechcommands":  # egs/speechcommands/run_sc.sh + prep_sc.py
+        assert "run_sc.sh" in text
+        assert cfg.split.val_files.endswith("validation_list.txt") and cfg.split.test_files.endswith("testing_list.txt")
+        assert (cfg.optim.lr, cfg.optim.epochs, cfg.optim.batch_size, cfg.augment.mixup) == (2.5e-4, 30, 128, 0.6)
+        assert cfg.augment.noise and cfg.loss.kind == "bce" and cfg.eval.metric == "accuracy"
+        assert cfg.model.init == "imagenet" and cfg.eval.average_from_epoch is None
     if name == "rana_draytonii":
         assert cfg.band.high_hz == 3000 and cfg.augment.freqm == 48 and cfg.augment.timem == 200
         assert cfg.augment.mixup == 0.5 and cfg.model.init == "audioset" and cfg.loss.kind == "bce"
+        assert cfg.optim.warmup_steps == 0 and cfg.optim.warmup_fraction == 0.1
+        for n_segments in (120, 300, 3000):  # the configured peak LR is reached whatever the data size
+            spe = -(-n_segments // cfg.optim.batch_size)
+            assert max(lr_factor(s, spe, cfg.optim) for s in range(cfg.optim.epochs * spe)) == pytest.approx(1.0)
+    if name == "accent":
+        assert cfg.task == "multiclass" and cfg.band.low_hz is None and cfg.band.high_hz is None
+        assert cfg.data.group_regex and cfg.augment.mixup == 0 and cfg.split.test_fraction > 0
 
 
 # --- data sources ------------------------------------------------------------------------------------
@@ -129,27 +150,6 @@ def test_official_manifest_source(tmp_path, wav_writer):
 
     with pytest.raises(MonitorError, match="/m/99"):
         data.from_manifest(tmp_path / "bad.json", tmp_path / "labels.csv", SEG)
-
-
-def test_report_verified_column(tmp_path, wav_writer):
-    from openpyxl import Workbook
-
-    wav_writer(tmp_path / "card" / "d1" / "r.wav", 10.0)
-    wb = Workbook()
-    wb.active.title = "Summary"
-    ws = wb.create_sheet("Detections")
-    ws.append(["Detections reviewed by JB"])  # a title row above the header
-    ws.append(["File", "Label", "Start (s)", "End (s)", "Score max", "Verified"])
-    ws.append(["d1/r.wav", "frog", 0.0, 4.0, 0.9, "Yes"])  # two 2-s windows
-    ws.append(["d1/r.wav", "bird", 2.0, 4.0, 0.7, "no"])
-    ws.append(["d1/r.wav", "bird", 6.0, 8.0, 0.6, "no"])
-    ws.append(["d1/r.wav", "frog", 8.0, 10.0, 0.55, "unsure"])
-    ws.append(["d1/r.wav", "frog", 4.0, 6.0, 0.52, None])
-    wb.save(tmp_path / "report.xlsx")
-    table, labels = data.from_report(tmp_path / "report.xlsx", tmp_path / "card", SEG, labels=["frog", "bird"])
-    got = [(r.start_s, r.end_s, r.labels) for r in table.itertuples()]
-    assert got == [(0.0, 2.0, ("frog",)), (2.0, 4.0, ("frog",)), (6.0, 8.0, ())]
-    assert labels == ["frog", "bird"]
 
 
 def test_cap_per_label_spans_groups():
@@ -231,12 +231,43 @@ def test_mixup_soft_labels_beta10():
     assert torch.allclose(ym.sum(1), torch.ones(64))  # a convex mix of one-hot labels
     lam = ym.max(1).values[(ym[:, 0] > 0) & (ym[:, 1] > 0)]
     assert len(lam) > 20 and 0.5 <= lam.min() and lam.max() < 0.85  # Beta(10,10): near 0.5
-    # power-domain mix: mixing a feature map with itself leaves it unchanged
+    # as the waveform mix lam*w1 + (1-lam)*w2 of uncorrelated sounds: powers lam^2 P1 + (1-lam)^2 P2
     same = x[:1].repeat(2, 1, 1)
-    xs, _, _ = augment.mixup(same, torch.eye(2), torch.tensor([100, 100]), np.random.default_rng(1), 1.0)
-    assert torch.allclose(xs, same, atol=1e-5)
+    xs, ys, _ = augment.mixup(same, torch.eye(2), torch.tensor([100, 100]), np.random.default_rng(1), 1.0)
+    for i in range(2):
+        lam = float(ys[i, i])
+        assert torch.allclose(xs[i], same[i] + math.log(lam ** 2 + (1 - lam) ** 2), atol=1e-5)
     xr, yr, _ = augment.mixup(x, y, n.repeat(16), rng, rate=0.0)
     assert xr is x and yr is y
+
+
+def test_mixup_never_mixes_in_padding():
+    """A short clip's padding (log-mel 0, i.e. loud) never overwrites its partner's real frames (issue 16.4)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 100, 8, generator=g) - 8.0  # real log-mel, well below 0
+    x[1, 30:] = 0.0  # clip 1 has 30 real frames, then padding
+    n = torch.tensor([100, 30])
+    y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    xm, ym, nm = augment.mixup(x, y, n, np.random.default_rng(3), rate=1.0)  # 0 mixes with 1 and 1 with 0
+    lam0, lam1 = float(ym[0, 0]), float(ym[1, 1])
+    # clip 0 over its partner's padding: its own frames at lam^2 power, never near the padding's 0
+    assert torch.allclose(xm[0, 30:], x[0, 30:] + 2 * math.log(lam0), atol=1e-5)
+    assert float(xm[0, 30:].max()) < -2.0
+    # both real: a power mix
+    both = torch.logaddexp(x[0, :30] + 2 * math.log(lam0), x[1, :30] + 2 * math.log(1 - lam0))
+    assert torch.allclose(xm[0, :30], both, atol=1e-5)
+    # clip 1 gets its partner's real audio where it had padding, and the mix is as long as the longer clip
+    assert torch.allclose(xm[1, 30:], x[0, 30:] + 2 * math.log(1 - lam1), atol=1e-5)
+    assert nm.tolist() == [100, 100]
+    # frames that are padding in both stay padding
+    short = torch.zeros(2, 50, 4)
+    short[:, :10] = -5.0
+    xs, _, _ = augment.mixup(short, y, torch.tensor([10, 10]), np.random.default_rng(0), rate=1.0)
+    assert torch.equal(xs[:, 10:], torch.zeros(2, 40, 4))
+    # unknown targets stay unknown through a mix
+    yu = torch.tensor([[1.0, float("nan")], [0.0, 1.0]])
+    _, ymu, _ = augment.mixup(x, yu, n, np.random.default_rng(3), rate=1.0)
+    assert torch.isnan(ymu[0, 1]) and torch.isnan(ymu[1, 1]) and torch.isfinite(ymu[:, 0]).all()
 
 
 def test_gain_noise_shift_effects():
@@ -348,6 +379,16 @@ def test_calibration_known_answers():
 
 # --- optimisation pieces -----------------------------------------------------------------------------
 
+def test_warmup_fraction_of_the_run():
+    from monitor.train.config import OptimConfig
+
+    o = OptimConfig(warmup_fraction=0.1, scheduler="multistep", lr_decay_start_epoch=2, epochs=10)
+    f = [lr_factor(s, 10, o) for s in range(100)]  # 100 steps: 10 of warmup
+    assert f[9] == 1.0 and f[8] < 1.0 and f[19] == 1.0 and f[20] == 0.5
+    with pytest.raises(ConfigError, match="warmup"):
+        build_config({"optim": {"warmup_steps": 10, "warmup_fraction": 0.1}})
+
+
 def test_warmup_reaches_base_lr_and_schedules():
     from monitor.train.config import OptimConfig
 
@@ -417,3 +458,314 @@ def test_init_from_official_checkpoint_file(tmp_path, shared):
     assert m.mlp_head[1].weight.shape == (2, 192) and m.training
     shorter = build_model(build_config({"model": dict(cfg.model.__dict__), "fbank": {"target_frames": 120}}), ["x"])
     assert shorter.v.pos_embed.shape[1] == 2 + 8 * 7
+
+
+# --- per-label targets: positive, negative or unknown ----------------------------------------------
+
+def test_reviews_give_per_label_targets(tmp_path, wav_writer):
+    """A "no" for frog is a frog negative only: the unreviewed bird stays unknown, never a negative (16.1)."""
+    import pandas as pd
+
+    wav_writer(tmp_path / "card" / "d1" / "r.wav", 10.0)
+    reviews = pd.DataFrame([
+        # the results store's shape: deployment, file relative to the card, absolute path
+        dict(deployment="site1", file="d1/r.wav", path=str(tmp_path / "card" / "d1" / "r.wav"), label="frog",
+             start_s=0.0, end_s=2.0, verified="no", notes=""),
+        dict(deployment="site1", file="d1/r.wav", path="", label="bird", start_s=4.0, end_s=6.0, verified="yes",
+             notes=""),
+        dict(deployment="site1", file="d1/r.wav", path="", label="frog", start_s=4.0, end_s=6.0, verified="unsure",
+             notes=""),
+        dict(deployment="site1", file="d1/r.wav", path="", label="bird", start_s=8.0, end_s=10.0, verified="yes",
+             notes=""),
+        dict(deployment="site1", file="d1/r.wav", path="", label="bird", start_s=8.0, end_s=10.0, verified="no",
+             notes=""),
+    ])
+    table, labels = data.targets_from_reviews(reviews, tmp_path / "card", SEG, labels=["frog", "bird"])
+    got = {(r.start_s, r.end_s): (r.labels, r.unknown) for r in table.itertuples()}
+    assert got == {(0.0, 2.0): ((), ("bird",)),  # frog no: frog negative, bird unknown
+                   (4.0, 6.0): (("bird",), ("frog",))}  # bird yes; frog unsure: unknown; 8-10 conflicting: dropped
+    y = data.target_matrix(table, labels)
+    assert y[0, 0] == 0.0 and np.isnan(y[0, 1]) and y[1, 1] == 1.0 and np.isnan(y[1, 0])
+    assert set(table["group"]) == {"d1/r.wav"}
+    with pytest.raises(Exception, match="verified"):
+        data.targets_from_reviews(reviews.drop(columns=["verified"]), tmp_path / "card", SEG)
+
+
+def test_report_verified_column(tmp_path, wav_writer):
+    from openpyxl import Workbook
+
+    wav_writer(tmp_path / "card" / "d1" / "r.wav", 10.0)
+    wb = Workbook()
+    wb.active.title = "Summary"
+    ws = wb.create_sheet("Detections")
+    ws.append(["Detections reviewed by JB"])  # a title row above the header
+    ws.append(["File", "Label", "Start (s)", "End (s)", "Score max", "Verified"])
+    ws.append(["d1/r.wav", "frog", 0.0, 4.0, 0.9, "Yes"])  # two 2-s windows
+    ws.append(["d1/r.wav", "bird", 2.0, 4.0, 0.7, "no"])
+    ws.append(["d1/r.wav", "bird", 6.0, 8.0, 0.6, "no"])
+    ws.append(["d1/r.wav", "frog", 8.0, 10.0, 0.55, "unsure"])
+    ws.append(["d1/r.wav", "frog", 4.0, 6.0, 0.52, None])
+    wb.save(tmp_path / "report.xlsx")
+    table, labels = data.from_report(tmp_path / "report.xlsx", tmp_path / "card", SEG, labels=["frog", "bird"])
+    got = [(r.start_s, r.end_s, r.labels, r.unknown) for r in table.itertuples()]
+    assert got == [(0.0, 2.0, ("frog",), ("bird",)), (2.0, 4.0, ("frog",), ()), (6.0, 8.0, (), ("frog",))]
+    assert labels == ["frog", "bird"]
+    folder, _ = data.from_report(tmp_path, tmp_path / "card", SEG, labels=["frog", "bird"])  # a run's output folder
+    assert folder.equals(table)
+    cfg = build_config({"data": {"source": "reviews", "report": str(tmp_path / "report.xlsx"),
+                                 "root": str(tmp_path / "card"), "labels": ["frog", "bird"]},
+                        "segment": {"window_s": 2.0, "hop_s": 2.0, "min_segment_s": 1.0}})
+    assert cfg.data.source == "report"  # an alias; the names folders/annotations/manifest/report stay
+    assert len(data.load_source(cfg)[0]) == 3
+
+
+def test_masked_loss_metrics_and_calibration():
+    from monitor.train.losses import make_loss
+
+    nan = float("nan")
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]], requires_grad=True)
+    y = torch.tensor([[1.0, nan], [0.0, 1.0]])
+    loss = make_loss("bce")(logits, y)
+    known = torch.nn.functional.binary_cross_entropy_with_logits(logits[[0, 1, 1], [0, 0, 1]], y[[0, 1, 1], [0, 0, 1]])
+    assert float(loss.detach()) == pytest.approx(float(known.detach()))
+    loss.backward()
+    assert logits.grad[0, 1] == 0  # an unknown label is never pushed towards 0
+    # metrics: unknown rows take no part; AP of label b only over its two known rows
+    yv = np.array([[1, nan], [0, 1], [0, 0], [1, nan]])
+    sv = np.array([[0.9, 0.99], [0.2, 0.8], [0.3, 0.1], [0.7, 0.95]])
+    out = metrics.evaluate_scores(yv, sv, ["a", "b"])
+    per = {r["label"]: r for r in out["per_label"]}
+    assert per["b"]["AP"] == 1.0 and per["b"]["unknown"] == 2 and per["b"]["negatives"] == 1
+    assert per["a"]["AP"] == 1.0 and "unknown" not in per["a"]
+    thr, _ = calibrate.calibrate(yv, sv, ["a", "b"], "f1")
+    assert thr["b"] == pytest.approx(0.45)  # between 0.8 (pos) and 0.1 (neg); the unknown 0.99/0.95 ignored
+    # sampling weights count only present labels
+    assert np.isfinite(sampling.sample_weights(yv)).all()
+
+
+def test_accuracy_is_argmax_as_official_and_exact_match_apart():
+    """Official AST accuracy is argmax accuracy whatever the loss; exact match is a stricter, separate number."""
+    y = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    s = np.array([[0.4, 0.1, 0.1], [0.2, 0.3, 0.1], [0.1, 0.2, 0.35], [0.45, 0.3, 0.2]])  # all argmax right, all < 0.5
+    m = metrics.evaluate_scores(y, s, ["a", "b", "c"], "multilabel", 0.5)["summary"]
+    assert m["accuracy"] == 1.0 and m["exact_match"] == 0.0
+    mc = metrics.evaluate_scores(y, s, ["a", "b", "c"], "multiclass")["summary"]
+    assert mc["accuracy"] == 1.0
+
+
+def test_same_audio_in_two_folders_is_one_multilabel_row(tmp_path, wav_writer):
+    """The same recording in frog/ and bird/ is one row per window with both labels, in one group (16.3)."""
+    import shutil
+
+    from monitor.errors import MonitorError
+
+    wav_writer(tmp_path / "frog" / "both.wav", 4.0, noise=0.1, seed=1)
+    (tmp_path / "bird").mkdir()
+    shutil.copy(tmp_path / "frog" / "both.wav", tmp_path / "bird" / "copy_of_both.wav")
+    wav_writer(tmp_path / "bird" / "b.wav", 4.0, noise=0.1, seed=2)  # same size, other bytes: its own recording
+    table, labels = data.from_folders(tmp_path, SEG)
+    rows = {(r.file.split("/")[-1], r.start_s): r.labels for r in table.itertuples()}
+    assert rows == {("b.wav", 0.0): ("bird",), ("b.wav", 2.0): ("bird",),
+                    ("copy_of_both.wav", 0.0): ("bird", "frog"), ("copy_of_both.wav", 2.0): ("bird", "frog")}
+    assert table["group"].nunique() == 2
+    with pytest.raises(MonitorError, match="same recording"):
+        data.from_folders(tmp_path, SEG, multiclass=True)
+
+
+def test_clip_names_warn_when_groups_would_leak(caplog):
+    assert splits.clip_base("site/rec_03.wav") == "rec"
+    assert splits.clip_base("1-100032-A-0.wav") == "1-100032"
+    assert splits.clip_base("left/0a7c2a8d_nohash_2.wav") == "0a7c2a8d_nohash"
+    assert splits.clip_base("rec_10.5s.wav") == "rec" and splits.clip_base("xc110303.flac") is None
+    assert splits.clip_base("20190522_000000.WAV") is None  # a time stamp, not a clip counter
+    rows = [dict(file=f"/d/frog/rec_{k:02d}.wav", start_s=0.0, end_s=2.0, labels=("frog",), group=f"frog/rec_{k:02d}.wav")
+            for k in range(4)] + [dict(file="/d/bird/other.wav", start_s=0.0, end_s=2.0, labels=("bird",),
+                                       group="bird/other.wav")]
+    table = data.make_table(rows)
+    split = np.array(["train", "train", "val", "train", "val"], dtype=object)
+    with caplog.at_level("WARNING"):
+        fams = splits.warn_leaks(table, split)
+    assert fams == [["rec_00.wav", "rec_01.wav", "rec_02.wav", "rec_03.wav"]]
+    assert "group_regex" in caplog.text and "rec_00.wav" in caplog.text
+    import re
+
+    groups = {re.search(splits.GROUP_REGEX_HINT, f).group(1) for f in table["file"][:4]}
+    assert groups == {"rec"}  # the suggested group_regex puts them together
+    assert splits.leaking_families(table, np.array(["train"] * 4 + ["val"], dtype=object)) == []
+
+
+def test_test_split_and_file_lists(tmp_path):
+    from monitor.errors import MonitorError
+    from monitor.train.config import SplitConfig
+
+    table = _toy_table(40)
+    sc = SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=1)
+    s = splits.assign_splits(table, ["common", "rare"], sc)
+    assert set(s) == {"train", "val", "test"}
+    splits.check_disjoint(table, s)
+    for part in ("val", "test"):
+        assert 0.08 < (s == part).mean() < 0.35
+    assert (splits.assign_splits(table, ["common", "rare"], sc) == s).all()  # seeded
+    (tmp_path / "test.txt").write_text("rec1.wav\nrec2.wav\n")
+    (tmp_path / "val.txt").write_text("rec3.wav\n")
+    s2 = splits.assign_splits(table, ["common"], SplitConfig(test_files=str(tmp_path / "test.txt"),
+                                                               val_files=str(tmp_path / "val.txt")))
+    assert set(table["file"][s2 == "test"]) == {"rec1.wav", "rec2.wav"} and set(table["file"][s2 == "val"]) == {"rec3.wav"}
+    # a list naming part of a group is refused (the check ran even with val_files)
+    t2 = table.copy()
+    t2["group"] = ["g" + str(int(f[3:-4]) // 2) for f in t2["file"]]  # rec2 and rec3 share a group
+    with pytest.raises(MonitorError, match="both"):
+        splits.assign_splits(t2, ["common"], SplitConfig(val_files=str(tmp_path / "val.txt")))
+    # matching is by path suffix, linear in the number of files
+    files = [f"/data/word{k % 30}/{k:05d}_nohash_0.wav" for k in range(20000)]
+    want = [f"word{k % 30}/{k:05d}_nohash_0.wav" for k in range(0, 20000, 7)]
+    assert splits.match_files(files, want).sum() == len(want)
+
+
+def test_optimizer_step_through_a_gradient_scaler():
+    """The fp16 path: gradients unscaled before clipping, an overflowing step skipped (scale lowered),
+    a finite step equal to a plain one. Run on the CPU with torch's CPU GradScaler (same logic as CUDA's)."""
+    from monitor.train.config import OptimConfig
+    from monitor.train.engine import make_optimizer, optimizer_step
+
+    def setup(enabled):
+        torch.manual_seed(0)
+        m = torch.nn.Linear(4, 2)
+        opt = make_optimizer(_Wrap(m), OptimConfig(lr=0.1))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        return m, opt, sched, torch.amp.GradScaler("cpu", enabled=enabled, init_scale=1024.0)
+
+    x, y = torch.randn(8, 4), torch.randn(8, 2)
+    ref, opt, sched, sc = setup(False)
+    sc.scale(((ref(x) - y) ** 2).mean()).backward()
+    optimizer_step(_Wrap(ref), opt, sched, sc, grad_clip=0.5)
+    m, opt, sched, sc = setup(True)
+    sc.scale(((m(x) - y) ** 2).mean()).backward()
+    optimizer_step(_Wrap(m), opt, sched, sc, grad_clip=0.5)
+    assert torch.allclose(m.weight, ref.weight, atol=1e-6)  # clipping saw unscaled gradients
+    before = m.weight.detach().clone()
+    sc.scale((m(x) * float("inf")).mean()).backward()
+    optimizer_step(_Wrap(m), opt, sched, sc)
+    assert torch.equal(m.weight, before) and sc.get_scale() == 512.0  # skipped, scale halved
+
+
+class _Wrap(torch.nn.Module):
+    """make_optimizer expects named parameters of an AST-like model; a bare layer is the body."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+
+def test_nan_loss_stops_with_a_fix_it_message(tmp_path):
+    from monitor.errors import MonitorError
+    from monitor.train.engine import _Losses
+
+    ls = _Losses(tmp_path / "steps.csv", [], [0.0, 0], "fp32")
+    ls.add(0, 1, torch.tensor(0.7), 1e-3)
+    ls.add(1, 1, torch.tensor(float("nan")), 1e-3)
+    with pytest.raises(MonitorError, match="diverged.*optim.lr"):
+        ls.flush()
+    fp16 = _Losses(tmp_path / "s16.csv", [], [0.0, 0], "fp16")  # the scaler skips a few overflowing steps
+    fp16.add(0, 1, torch.tensor(float("inf")), 1e-3)
+    fp16.flush()
+    assert fp16.step_losses == [float("inf")]
+
+
+def test_patience_counts_like_keras_and_undefined_metric_falls_back():
+    from monitor.train.engine import Selection
+
+    sel = Selection("mAP")
+    runs = [sel.update(e, {"mAP": v, "val_loss": 1.0}, patience=2) for e, v in enumerate([0.5, 0.6, 0.55, 0.58], 1)]
+    assert runs == [(True, False), (True, False), (False, False), (False, True)]  # 2 epochs without improvement
+    assert sel.best_epoch == 2
+    sel = Selection("mAP")
+    runs = [sel.update(e, {"mAP": float("nan"), "val_loss": v}, patience=1) for e, v in enumerate([0.9, 0.7, 0.8], 1)]
+    assert sel.metric == "val_loss" and sel.best_epoch == 2 and runs[-1] == (False, True)  # not stuck at epoch 1
+    sel = Selection("d_prime")
+    assert sel.update(1, {"d_prime": 1.0}, None) == (True, False)
+    assert sel.update(2, {"d_prime": float("inf")}, None) == (True, False)  # AUC 1: the best, not undefined
+
+
+def test_better_and_epoch_from_the_fold_averaged_curve():
+    from monitor.train.engine import _better
+
+    assert _better(float("inf"), 3.0, True)  # d' at AUC 1 is a value, not "undefined"
+    assert not _better(float("nan"), None, True)
+    assert _better(0.5, None, False)
+    from monitor.train.cli import choose_epoch
+
+    hist = [[{"mAP": None, "val_loss": v} for v in (0.9, 0.5, 0.7)], [{"mAP": None, "val_loss": v} for v in (0.8, 0.6, 0.4)]]
+    assert choose_epoch(hist, "mAP") == (2, "val_loss")  # mean val_loss 0.85, 0.55, 0.55: first minimum
+    hist = [[{"accuracy": a} for a in (0.5, 0.9, 0.8)], [{"accuracy": a} for a in (0.6, 0.7, 0.95)]]
+    assert choose_epoch(hist, "accuracy") == (3, "accuracy")  # fold-averaged, not each fold's own best
+
+
+def test_drop_path_for_every_start_and_bundle_front_end_checked(tmp_path, shared):
+    from monitor.config import FbankConfig, Preprocess
+    from monitor.model.ast import AST
+    from monitor.model.bundle import save_bundle
+    from monitor.train.engine import build_model, from_bundle
+
+    case = torch.load(shared / "golden" / "ast_official_tiny.pt", weights_only=True)["tiny_f16t16_td200"]
+    torch.save(case["state_dict"], tmp_path / "official.pth")
+    cfg = build_config({"model": {"init": "audioset", "checkpoint": str(tmp_path / "official.pth"), "size": "tiny224",
+                                  "fstride": 16, "tstride": 16, "depth": 2, "drop_path_rate": 0.2},
+                        "fbank": {"target_frames": 200}})
+    m = build_model(cfg, ["frog"])
+    assert m.v.blocks[1].drop_path1.drop_prob == pytest.approx(0.2)  # was ignored for audioset starts
+    assert torch.equal(m.v.blocks[1].attn.qkv.weight, case["state_dict"]["module.v.blocks.1.attn.qkv.weight"])
+    old = AST(1, 16, 16, 128, 64, "tiny224", depth=1)
+    pre = Preprocess(fbank=FbankConfig(target_frames=64, norm_mean=-3.0, norm_std=2.0))
+    pre = type(pre)(pre.segment, type(pre.band)(high_hz=3000.0), pre.resample, pre.fbank)
+    save_bundle(tmp_path / "b", old, name="b", version="1", labels=["frog"], task="multilabel", preprocessing=pre,
+                thresholds={"frog": 0.5})
+    geom = dict(fstride=16, tstride=16, input_fdim=128, input_tdim=64, model_size="tiny224", depth=1)
+    with pytest.raises(Exception, match=r"band.high_hz=3000.0.*set band.high_hz"):
+        from_bundle(str(tmp_path / "b"), ["frog"], geom, Preprocess(fbank=FbankConfig(target_frames=64)))
+    from_bundle(str(tmp_path / "b"), ["frog"], geom, pre)  # the same front end: fine
+    # norm stats: the bundle's, not recomputed
+    from monitor.train.engine import norm_stats_for
+
+    bcfg = build_config({"model": {"init": "bundle", "checkpoint": str(tmp_path / "b")}})
+    assert norm_stats_for(bcfg, None, [], tmp_path, False) == (-3.0, 2.0)
+
+
+def test_bundle_folder_readable_by_colleagues(tmp_path):
+    import os
+    import stat
+
+    from monitor.train.export import share_permissions
+
+    folder = tmp_path / "bundle"
+    folder.mkdir(mode=0o700)
+    (folder / "model.safetensors").write_bytes(b"x")
+    os.chmod(folder / "model.safetensors", 0o600)
+    old = os.umask(0o022)
+    try:
+        share_permissions(folder)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o644
+
+
+def test_training_reads_and_prepares_segments_as_monitor_run(tmp_path, wav_writer):
+    """One reader and one front end: a training segment's features equal monitor run's (infer.compute_chunk)."""
+    from monitor.config import FbankConfig, Preprocess
+    from monitor.features import normalize
+    from monitor.infer import compute_chunk, plan_chunks
+    from monitor.train.dataset import SegmentDataset
+
+    path = wav_writer(tmp_path / "frog" / "r.wav", 5.3, 22050, channels=2, noise=0.1)
+    pre = Preprocess(segment=SEG, fbank=FbankConfig(target_frames=208))
+    table, labels = data.from_folders(tmp_path, pre.segment)
+    ds = SegmentDataset(table, labels, pre)
+    (task,) = plan_chunks(path, "frog/r.wav", 116865, 2, 22050, pre, batch_size=8)
+    want = compute_chunk(task, pre).features
+    assert len(table) == len(want) == 3
+    for i in range(len(table)):
+        feats, n = ds.features(i)
+        got = normalize(torch.from_numpy(feats), pre.fbank.norm_mean, pre.fbank.norm_std).numpy()
+        np.testing.assert_array_equal(got, want[i])
+    assert ds.features(2)[1] < 208  # the short last segment: its real frames before the padding

@@ -2,8 +2,15 @@
 
 Order (as the official AST loader): gain and mixup on un-normalised log-mel, SpecAugment masks
 (masked values = 0 before normalisation, as torchaudio's masking in the official code), normalise,
-then additive noise and a time roll. Mixup mixes in the power domain (``logaddexp``), which is
-what mixing two waveforms does to their spectra on average, so it also works on cached features.
+then additive noise and a time roll.
+
+Mixup works on cached features as the official waveform mix ``lam * w1 + (1 - lam) * w2`` does
+on average (cross terms average out): mel powers add as ``lam^2 P1 + (1 - lam)^2 P2``. Padding
+frames (beyond a clip's real frames; log-mel 0 after ``pad_or_crop``, i.e. power 1, loud) carry
+no sound: where a partner is padding, the clip keeps its own frames (scaled by ``lam^2``, as a
+waveform mixed with silence), and frames that are padding in both stay padding. So a short clip
+never overwrites real audio with its padding. Targets mix as ``lam * y1 + (1 - lam) * y2``; an
+unknown (NaN) target stays unknown.
 
 Shapes: ``x`` (batch, frames, mel), ``y`` (batch, labels), ``n_real`` (batch,) real frames.
 """
@@ -30,23 +37,31 @@ def gain(x: torch.Tensor, n_real: torch.Tensor, rng: np.random.Generator, max_db
 
 def mixup(x: torch.Tensor, y: torch.Tensor, n_real: torch.Tensor, rng: np.random.Generator, rate: float,
           alpha: float = 10.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each sample, with probability ``rate``, mixed with a random other one: lam ~ Beta(alpha, alpha),
-    log-mel mixed as powers, labels ``lam * y1 + (1 - lam) * y2`` (soft)."""
+    """Each sample, with probability ``rate``, mixed with a random other one of the batch:
+    lam ~ Beta(alpha, alpha); real frames mixed as powers (see the module docstring), padding never
+    mixed in; labels ``lam * y1 + (1 - lam) * y2`` (soft)."""
     if rate <= 0 or x.shape[0] < 2:
         return x, y, n_real
-    b = x.shape[0]
+    b, t = x.shape[0], x.shape[1]
     do = rng.random(b) < rate
     partner = (np.arange(b) + rng.integers(1, b, size=b)) % b  # never itself
     lam = rng.beta(alpha, alpha, size=b)
     lam = np.where(do, lam, 1.0)
     lt = torch.as_tensor(lam, dtype=x.dtype)
     p = torch.as_tensor(partner)
+    dot = torch.as_tensor(do)
     with torch.no_grad():
+        frames = torch.arange(t)[None, :]
+        real1 = (frames < n_real[:, None])[:, :, None]  # (b, t, 1)
+        real2 = real1[p]
+        w1 = 2 * torch.log(lt)[:, None, None]
+        w2 = 2 * torch.log1p(-lt.clamp(max=1 - 1e-7))[:, None, None]
         x2 = x[p]
-        mixed = torch.logaddexp(x + torch.log(lt)[:, None, None], x2 + torch.log1p(-lt.clamp(max=1 - 1e-7))[:, None, None])
-        x = torch.where(torch.as_tensor(do)[:, None, None], mixed, x)
-    y = lt[:, None] * y + (1 - lt[:, None]) * y[p]
-    n_real = torch.where(torch.as_tensor(do), torch.maximum(n_real, n_real[p]), n_real)
+        both = torch.logaddexp(x + w1, x2 + w2)
+        mixed = torch.where(real1 & real2, both, torch.where(real1, x + w1, torch.where(real2, x2 + w2, x)))
+        x = torch.where(dot[:, None, None], mixed, x)
+    y = torch.where(dot[:, None], lt[:, None] * y + (1 - lt[:, None]) * y[p], y)
+    n_real = torch.where(dot, torch.maximum(n_real, n_real[p]), n_real)
     return x, y, n_real
 
 

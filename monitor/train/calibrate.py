@@ -57,16 +57,18 @@ def calibrate(targets: np.ndarray, scores: np.ndarray, labels: Sequence[str], me
     rows = []
     for j, lab in enumerate(labels):
         note = ""
-        if method == "fixed" or len(y) == 0:
+        k = np.isfinite(y[:, j]) if len(y) else np.zeros(0, dtype=bool)  # unknown entries take no part
+        yj, sj = y[k, j], s[k, j]
+        if method == "fixed" or len(yj) == 0:
             t, val = default, float("nan")
-        elif not (y[:, j] > 0.5).any():
+        elif not (yj > 0.5).any():
             t, val, note = default, float("nan"), "no positives in validation: default threshold"
         elif method == "precision":
-            t, val, ok = precision_threshold(y[:, j], s[:, j], precision)
+            t, val, ok = precision_threshold(yj, sj, precision)
             if not ok:
                 note = f"precision {precision} not reachable: highest-precision threshold"
         else:
-            t, val = max_f1_threshold(y[:, j], s[:, j])
+            t, val = max_f1_threshold(yj, sj)
         t = float(min(max(t, 0.0), 1.0))
         if note:
             log.warning("threshold for %s: %s", lab, note)

@@ -19,13 +19,16 @@ from monitor.config import (BandConfig, ConfigError, FbankConfig, Preprocess, Re
 log = logging.getLogger(__name__)
 
 SOURCES = ("folders", "annotations", "manifest", "report")
+SOURCE_ALIASES = {"folder": "folders", "annotation": "annotations", "raven": "annotations", "reviews": "report",
+                  "reviewed": "report", "workbook": "report", "ast_json": "manifest", "json": "manifest"}
+NORM_STATS = ("auto", "train", "config", "bundle")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where labelled audio comes from (``source``) and how it is cut into segments."""
 
-    source: str = "folders"  # folders | annotations | manifest | report
+    source: str = "folders"  # folders | annotations | manifest | report (aliases: raven, ast_json, workbook, reviews)
     root: str | None = None  # folders: data/<label>/*; annotations/report: the recordings' folder
     labels: list[str] | None = None  # label order; default: sorted names found
     negative_class: str | None = None  # folders: this folder's segments carry no label (multilabel)
@@ -37,33 +40,55 @@ class DataConfig:
     manifest: str | None = None  # official AST JSON manifest {"data": [{"wav", "labels"}]}
     val_manifest: str | None = None  # optional: a fixed validation manifest (no split of the train one)
     label_csv: str | None = None  # class_labels_indices.csv (index,mid,display_name)
-    report: str | None = None  # a reviewed report.xlsx: Verified yes/no rows
+    report: str | None = None  # a reviewed report.xlsx, or a `monitor run` output folder (its stored reviews)
     group_regex: str | None = None  # group = first match group on the relative path (default: the file)
     max_per_label: int | None = None  # cap segments per label (quick experiments, tests)
-    norm_stats: str = "train"  # train: mean/std from the training split; config: fbank.norm_mean/std
-    cache_dir: str | None = None  # on-disk fbank cache (off when null)
-    num_workers: int = 0  # DataLoader workers
+    # auto: the bundle's for init: bundle, else train; train: mean/std of the training split (all folds
+    # together with --folds, so fold models share preprocessing); config: fbank.norm_mean/std; bundle
+    norm_stats: str = "auto"
+    cache_dir: str | bool | None = "auto"  # on-disk fbank cache: auto = <out>/fbank_cache; a folder; off (false, null)
+    num_workers: int | str = "auto"  # DataLoader workers; auto: up to 4 with a GPU, 0 on a small CPU
 
     def __post_init__(self) -> None:
+        if self.source in SOURCE_ALIASES:
+            object.__setattr__(self, "source", SOURCE_ALIASES[self.source])
+        if isinstance(self.cache_dir, bool) or self.cache_dir is None:  # YAML reads a bare off/on as a boolean
+            object.__setattr__(self, "cache_dir", "auto" if self.cache_dir is True else "off")
         if self.source not in SOURCES:
             raise ConfigError(f"data.source must be one of {', '.join(SOURCES)}, got {self.source!r}")
-        if self.norm_stats not in ("train", "config"):
-            raise ConfigError(f"data.norm_stats must be 'train' or 'config', got {self.norm_stats!r}")
+        if self.norm_stats not in NORM_STATS:
+            raise ConfigError(f"data.norm_stats must be one of {', '.join(NORM_STATS)}, got {self.norm_stats!r}")
+        if isinstance(self.num_workers, str) and self.num_workers != "auto" or \
+                isinstance(self.num_workers, int) and self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be auto or a number >= 0, got {self.num_workers!r}")
         if self.min_overlap_s < 0 or not 0 <= self.min_overlap_frac <= 1:
             raise ConfigError("data.min_overlap_s must be >= 0 and data.min_overlap_frac in 0..1")
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Grouped, stratified, seeded split; segments of one group never share two splits."""
+    """Grouped, stratified, seeded split; segments of one group never share two splits.
+
+    The optional test split (``test_files``, ``test_fraction`` or ``test_folder``) is held out first
+    and never used to pick epochs or thresholds; it is scored once, at the end, and reported apart.
+    """
 
     val_fraction: float = 0.2
     seed: int = 0
     val_files: str | None = None  # a text file of relative paths forming the validation split
+    test_fraction: float = 0.0  # grouped fraction held out as the test split
+    test_files: str | None = None  # a text file of relative paths forming the test split
+    test_folder: str | None = None  # a folder laid out like data.root whose audio forms the test split
+    final_model: bool = False  # --folds: then train one model on all (non-test) data for the chosen epochs
+    warn_clip_names: bool = True  # warn when names like rec_01/rec_02 (clips of one recording?) cross splits
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"split.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError("split.test_fraction must be in [0, 1) and leave training data beside val_fraction")
+        if sum(x is not None and x != 0 for x in (self.test_files, self.test_folder, self.test_fraction or None)) > 1:
+            raise ConfigError("give one of split.test_files, split.test_fraction, split.test_folder")
 
 
 @dataclass(frozen=True)
@@ -79,6 +104,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     freeze: str = "full"  # full | head | last_n
     train_last_n: int = 2  # blocks trained with freeze: last_n
+    cache_embeddings: bool = True  # freeze: head: run the frozen backbone once per segment, train the head on that
 
     def __post_init__(self) -> None:
         if self.init not in ("audioset", "hf", "imagenet", "scratch", "bundle"):
@@ -109,6 +135,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
     head_lr_mult: float = 1.0
     warmup_steps: int = 0
+    warmup_fraction: float = 0.0  # warmup as a fraction of all optimiser steps (instead of warmup_steps)
     scheduler: str = "multistep"  # multistep | cosine | constant
     lr_decay_start_epoch: int = 2  # multistep: the first epoch (0-based) at lr * decay
     lr_decay_every: int = 1
@@ -118,10 +145,11 @@ class OptimConfig:
     batch_size: int = 12
     accum_steps: int = 1
     grad_clip: float | None = None
-    amp: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (monitor.device's rule: bf16 from compute capability 8.0, fp16 below, fp32 on CPU) | bf16 | fp16 | off
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
+    checkpoint_every_s: float = 300.0  # also checkpoint mid-epoch this often (seconds; 0: after every step)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -134,6 +162,12 @@ class OptimConfig:
             raise ConfigError("optim.epochs, optim.batch_size and optim.accum_steps must be >= 1")
         if len(self.betas) != 2:
             raise ConfigError("optim.betas must be two numbers")
+        if not 0 <= self.warmup_fraction < 1 or self.warmup_steps < 0:
+            raise ConfigError("optim.warmup_fraction must be in [0, 1) and optim.warmup_steps >= 0")
+        if self.warmup_fraction and self.warmup_steps:
+            raise ConfigError("give optim.warmup_steps or optim.warmup_fraction, not both")
+        if self.checkpoint_every_s < 0:
+            raise ConfigError("optim.checkpoint_every_s must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -152,19 +186,27 @@ class LossConfig:
             raise ConfigError("loss.label_smoothing must be in [0, 1)")
 
 
+METRICS = ("mAP", "mAUC", "d_prime", "accuracy", "exact_match", "val_loss", "macro_f1")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    metric: str = "mAP"  # mAP | mAUC | d_prime | accuracy | val_loss | macro_f1
-    patience: int | None = None  # early stopping (epochs without improvement)
+    """How epochs are chosen. ``accuracy`` is argmax accuracy (official AST) over single-label segments;
+    ``exact_match`` (multilabel) needs every known label right at ``threshold``. A metric that is
+    undefined on the validation split (no positives) falls back to ``val_loss``."""
+
+    metric: str = "mAP"  # mAP | mAUC | d_prime | accuracy | exact_match | val_loss | macro_f1
+    patience: int | None = None  # early stopping: stop after this many epochs without improvement (as Keras)
     threshold: float = 0.5  # for per-label P/R/F1 during training
-    average_from_epoch: int | None = None  # checkpoint averaging over epochs [from, to] (1-based, official wa)
+    average_from_epoch: int | None = None  # rolling weight average over epochs [from, to] (1-based, official wa)
     average_to_epoch: int | None = None
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        if self.metric not in ("mAP", "mAUC", "d_prime", "accuracy", "val_loss", "macro_f1"):
-            raise ConfigError(f"eval.metric {self.metric!r} is not one of mAP, mAUC, d_prime, accuracy, "
-                              "val_loss, macro_f1")
+        if self.metric not in METRICS:
+            raise ConfigError(f"eval.metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError("eval.patience must be >= 1 (or null: no early stopping)")
 
 
 @dataclass(frozen=True)
@@ -182,10 +224,15 @@ class CalibrateConfig:
 class ExportConfig:
     name: str | None = None  # default: the config file's stem
     version: str = "1.0.0"
-    weights: str = "auto"  # auto (averaged if configured, else best) | best | last | averaged
+    weights: str = "auto"  # auto (averaged if configured, else best; --folds: last) | best | last | averaged
     fp16: bool = False
+    keep_checkpoint: bool = False  # keep checkpoints/ (resume state, ~3x the model) after the bundle is exported
     intended_use: str = "Research and monitoring; verify detections before drawing conclusions."
     plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.weights not in ("auto", "best", "last", "averaged"):
+            raise ConfigError(f"export.weights must be auto, best, last or averaged, got {self.weights!r}")
 
 
 @dataclass(frozen=True)
@@ -217,7 +264,8 @@ class TrainConfig:
 
 
 PATH_KEYS = {"data": ("root", "annotations", "manifest", "val_manifest", "label_csv", "report", "cache_dir"),
-             "split": ("val_files",), "model": ("checkpoint",)}
+             "split": ("val_files", "test_files", "test_folder"), "model": ("checkpoint",)}
+NOT_PATHS = {("data", "cache_dir"): ("auto", "off")}
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -229,6 +277,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             continue
         for key in keys:
             val = sec.get(key)
+            if val in NOT_PATHS.get((section, key), ()):
+                continue
             if isinstance(val, str) and val and not Path(val).expanduser().is_absolute():
                 cand = (base / val).resolve()
                 if section == "model" and not cand.exists() and "/" not in val and "\\" not in val:
@@ -282,3 +332,20 @@ def config_yaml(cfg: TrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def cache_dir_for(cfg: TrainConfig, out_dir: Path) -> str | None:
+    """The fbank cache folder of a run: ``auto`` -> ``<out_dir>/fbank_cache``; ``off``/null -> None."""
+    c = cfg.data.cache_dir
+    if c is None or c == "off":
+        return None
+    if c == "auto":
+        return str(Path(out_dir) / "fbank_cache")
+    return c
+
+
+def warmup_steps(o: OptimConfig, steps_per_epoch: int) -> int:
+    """Warmup length in optimiser steps: ``warmup_steps``, or ``warmup_fraction`` of the whole run."""
+    if o.warmup_fraction > 0:
+        return max(1, int(round(o.warmup_fraction * o.epochs * steps_per_epoch)))
+    return o.warmup_steps

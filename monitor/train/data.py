@@ -1,20 +1,24 @@
-"""Data sources -> one labelled-segment table: ``file, start_s, end_s, labels, group``.
+"""Data sources -> one labelled-segment table: ``file, start_s, end_s, labels, group, unknown``.
 
-``file`` is an absolute path, ``labels`` a tuple of label names (empty = a negative), ``group`` the
-unit that splits keep together (the recording, or what ``data.group_regex`` extracts from its
-relative path: device, site, day). Every source cuts audio into the same ``segment`` windows as
+``file`` is an absolute path; ``labels`` the tuple of labels present (positive); ``unknown`` the
+tuple of labels nobody judged for that segment (masked out of loss and metrics); every other label
+is a negative. ``group`` is the unit that splits keep together: the recording (the same audio in
+several label folders is one recording), or what ``data.group_regex`` extracts from its relative
+path (device, site, day). Every source cuts audio into the same ``segment`` windows as
 ``monitor run``, so a training segment is exactly an inference segment.
 
 Sources: folder per class; Raven / Audacity / CSV annotation tables over long recordings; the
-official AST JSON manifest with ``class_labels_indices.csv``; the Verified column of a reviewed
-``report.xlsx``.
+official AST JSON manifest with ``class_labels_indices.csv``; reviewer verdicts (the Verified column
+of a reviewed ``report.xlsx``, or the results store of a ``monitor run`` output folder), per label.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,7 @@ from monitor.errors import MonitorError
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["file", "start_s", "end_s", "labels", "group"]
+COLUMNS = ["file", "start_s", "end_s", "labels", "group", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,32 @@ def _audio_files(folder: Path) -> list[Path]:
 
 
 def make_table(rows: Iterable[dict[str, Any]]):
-    """A pandas DataFrame with the table columns (labels as tuples)."""
+    """A pandas DataFrame with the table columns (``labels`` and ``unknown`` as tuples; ``unknown``
+    defaults to none: every label not present is a negative)."""
     import pandas as pd
 
-    df = pd.DataFrame(list(rows), columns=COLUMNS)
+    rows = [r if "unknown" in r else {**r, "unknown": ()} for r in rows]
+    df = pd.DataFrame(rows, columns=COLUMNS)
     df["labels"] = [tuple(x) for x in df["labels"]]
+    df["unknown"] = [tuple(x) for x in df["unknown"]]
     return df.reset_index(drop=True)
+
+
+def target_matrix(table, labels: list[str]):
+    """(rows, labels) float32 targets: 1 present, 0 absent, NaN unknown (masked from loss and metrics)."""
+    import numpy as np
+
+    col = {n: j for j, n in enumerate(labels)}
+    y = np.zeros((len(table), len(labels)), dtype=np.float32)
+    unknown = table["unknown"] if "unknown" in table else [()] * len(table)
+    for i, (lab, unk) in enumerate(zip(table["labels"], unknown)):
+        for x in unk:
+            if x in col:
+                y[i, col[x]] = np.nan
+        for x in lab:
+            if x in col:
+                y[i, col[x]] = 1.0
+    return y
 
 
 def group_of(rel: str, group_regex: str | None) -> str:
@@ -89,12 +113,41 @@ def _probe(path: Path):
 
 # --- folder per class --------------------------------------------------------------------------------
 
+def same_audio(paths: list[Path]) -> dict[Path, Path]:
+    """Map every path to the first (sorted) path holding the very same bytes. Only files that share
+    a size with another one are hashed, so this costs little."""
+    by_size: dict[int, list[Path]] = {}
+    for p in paths:
+        try:
+            by_size.setdefault(os.stat(p).st_size, []).append(p)
+        except OSError:
+            continue
+    canon = {p: p for p in paths}
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        by_hash: dict[str, list[Path]] = {}
+        for p in group:
+            h = hashlib.sha1()
+            with open(p, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            by_hash.setdefault(h.hexdigest(), []).append(p)
+        for same in by_hash.values():
+            first = min(same)
+            for p in same:
+                canon[p] = first
+    return canon
+
+
 def from_folders(root: Path, seg: SegmentConfig, labels: list[str] | None = None, negative_class: str | None = None,
                  exclude: Iterable[str] = (), group_regex: str | None = None, multiclass: bool = False):
     """``root/<label>/**/*.wav`` -> every file cut into inference segments labelled by its folder.
 
     ``negative_class``: that folder's segments carry no label (multilabel background); in a
-    multiclass task it stays a class of its own. Returns (table, labels).
+    multiclass task it stays a class of its own. The same audio (identical bytes) in several label
+    folders is one recording: one row per window carrying all its folders' labels, in one group.
+    Returns (table, labels).
     """
     root = Path(root)
     if not root.is_dir():
@@ -107,19 +160,39 @@ def from_folders(root: Path, seg: SegmentConfig, labels: list[str] | None = None
     if missing:
         raise MonitorError(f"no folder for label(s) {', '.join(missing)} under {root}")
     use = [f for f in folders if f in labels or f == negative_class]
-    rows = []
+    tags: dict[Path, set[str]] = {}
     for name in use:
-        tag: tuple[str, ...] = () if (name == negative_class and not multiclass) else (name,)
+        tag = set() if (name == negative_class and not multiclass) else {name}
         for p in _audio_files(root / name):
-            info = _probe(p)
-            if info is None:
-                continue
-            rel = p.relative_to(root).as_posix()
-            for a, b in windows(info.duration_s, info.sample_rate_hz, info.frames, seg):
-                rows.append(dict(file=str(p), start_s=a, end_s=b, labels=tag, group=group_of(rel, group_regex)))
+            tags.setdefault(p, set()).update(tag)
+    canon = same_audio(sorted(tags))
+    merged: dict[Path, set[str]] = {}
+    copies: dict[Path, list[Path]] = {}
+    for p in sorted(tags):
+        merged.setdefault(canon[p], set()).update(tags[p])
+        copies.setdefault(canon[p], []).append(p)
+    multi = {c: ps for c, ps in copies.items() if len(ps) > 1}
+    if multi:
+        c, ps = next(iter(multi.items()))
+        log.warning("%d recordings are in several label folders (e.g. %s); each becomes one row per window "
+                    "with all its folders' labels, in one split group", len(multi),
+                    " and ".join(p.relative_to(root).as_posix() for p in ps[:3]))
+    rows = []
+    for p in sorted(merged):
+        info = _probe(p)
+        if info is None:
+            continue
+        rel = p.relative_to(root).as_posix()
+        tag = tuple(sorted(merged[p]))
+        if multiclass and len(tag) > 1:
+            where = " and ".join(q.relative_to(root).as_posix() for q in copies[p])
+            raise MonitorError(f"{where} hold the same recording: a multiclass task (loss.kind: ce) needs one label "
+                               "per recording; keep one copy, or train a multilabel model (loss.kind: bce)")
+        for a, b in windows(info.duration_s, info.sample_rate_hz, info.frames, seg):
+            rows.append(dict(file=str(p), start_s=a, end_s=b, labels=tag, group=group_of(rel, group_regex)))
     if not rows:
         raise MonitorError(f"no readable audio found under {root}/<label>/")
-    return make_table(rows), list(labels)
+    return make_table(rows), list(labels)  # sorted paths: folder by folder, as found
 
 
 # --- annotation tables -------------------------------------------------------------------------------
@@ -375,45 +448,129 @@ def read_report(path: Path, sheet: str = "Detections") -> list[dict[str, Any]]:
     return out
 
 
-def from_report(report: Path, audio_root: Path, seg: SegmentConfig, labels: list[str] | None = None,
-                group_regex: str | None = None):
-    """Verified ``yes`` rows -> positives of their label, ``no`` -> negatives; ``unsure``/blank are skipped.
+YES = ("yes", "y", "true", "1")
+NO = ("no", "n", "false", "0")
+REVIEW_COLUMNS = ("file", "label", "start_s", "end_s", "verified")
 
-    A detection's span is cut into ``seg.window_s`` windows from its start (as inference segmented it).
-    A window with both yes and no rows keeps the yes labels. Returns (table, labels).
+
+def verdict(value: Any) -> str:
+    """A Verified cell -> ``yes``, ``no`` or ``''`` (unsure, blank, anything else: no information)."""
+    v = "" if value is None else str(value).strip().lower()
+    if v in ("nan", "none"):
+        return ""
+    return "yes" if v in YES else ("no" if v in NO else "")
+
+
+def targets_from_reviews(reviews, audio_root: Path | None, seg: SegmentConfig, labels: list[str] | None = None,
+                         group_regex: str | None = None, where: str = "the reviews"):
+    """Reviewer verdicts -> per-label targets.
+
+    ``reviews``: a DataFrame with ``file`` (absolute, or relative to ``audio_root``), ``label``,
+    ``start_s``, ``end_s``, ``verified`` (yes / no / unsure / blank) and optionally ``path`` (the
+    absolute audio path, preferred) and ``deployment`` (the results store's shape). A detection's span
+    is cut into ``seg.window_s`` windows from its start (as inference segmented it). In a window, a
+    ``yes`` makes its label positive and a ``no`` makes only *its* label negative: every label that
+    nobody judged there is unknown (masked from loss and metrics), never a negative. ``yes`` and
+    ``no`` for one label in one window cancel to unknown. Windows with no verdict are dropped.
+    Returns (table, labels).
     """
-    audio_root = Path(audio_root)
-    items = read_report(Path(report))
-    yes_no = [i for i in items if i["verified"] in ("yes", "y", "true", "1", "no", "n", "false", "0")]
-    if not yes_no:
-        raise MonitorError(f"{report}: no rows marked yes or no in the Verified column")
-    found = sorted({i["label"] for i in yes_no})
-    labels = list(labels) if labels is not None else found
-    regions: dict[tuple[str, float, float], set[str]] = {}
-    for i in yes_no:
-        if i["label"] not in labels:
+    import pandas as pd
+
+    df = pd.DataFrame(reviews).copy()
+    missing = [c for c in REVIEW_COLUMNS if c not in df.columns]
+    if missing:
+        raise MonitorError(f"{where}: no {missing[0]!r} column (need {', '.join(REVIEW_COLUMNS)})")
+    df["v"] = [verdict(v) for v in df["verified"]]
+    df = df[df["v"] != ""]
+    if df.empty:
+        raise MonitorError(f"{where}: no detections marked yes or no (Verified); review some first")
+    df["label"] = [str(x).strip() for x in df["label"]]
+    labels = list(labels) if labels is not None else sorted(set(df["label"]))
+    root = Path(audio_root) if audio_root else None
+    verdicts: dict[tuple[str, float, float], dict[str, set[str]]] = {}
+    rel_of: dict[str, str] = {}
+    probed: dict[str, Any] = {}
+    for r in df.itertuples(index=False):
+        if r.label not in labels:
             continue
-        path = Path(i["file"]) if Path(i["file"]).is_absolute() else audio_root / i["file"]
-        info = _probe(path)
+        path = _review_path(r, root, where)
+        if path is None:
+            continue
+        key = str(path)
+        if key not in probed:
+            probed[key] = _probe(path)
+        info = probed[key]
         if info is None:
             continue
+        if key not in rel_of:
+            dep = str(getattr(r, "deployment", "") or "")
+            rel_of[key] = (path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root)
+                           else (f"{dep}/{r.file}" if dep else str(r.file)))
         sr = info.sample_rate_hz
-        start_f = int(round(i["start_s"] * sr))
-        end_f = min(int(round(i["end_s"] * sr)), info.frames)
-        wins = windows(0, sr, end_f - start_f, SegmentConfig(seg.window_s, seg.window_s, seg.min_segment_s,
-                                                             seg.block_s), offset_s=start_f / sr)
-        for a, b in wins:
-            key = (str(path), a, b)
-            regions.setdefault(key, set())
-            if i["verified"] in ("yes", "y", "true", "1"):
-                regions[key].add(i["label"])
-    rows = []
-    for (f, a, b), lab in sorted(regions.items()):
-        rel = Path(f).relative_to(audio_root).as_posix() if Path(f).is_relative_to(audio_root) else Path(f).name
-        rows.append(dict(file=f, start_s=a, end_s=b, labels=tuple(sorted(lab)), group=group_of(rel, group_regex)))
+        start_f = int(round(float(r.start_s) * sr))
+        end_f = min(int(round(float(r.end_s) * sr)), info.frames)
+        cut = SegmentConfig(seg.window_s, seg.window_s, seg.min_segment_s, seg.block_s)
+        for a, b in windows(0, sr, end_f - start_f, cut, offset_s=start_f / sr):
+            verdicts.setdefault((key, a, b), {}).setdefault(r.label, set()).add(r.v)
+    rows, conflicts = [], 0
+    for (f, a, b), per in sorted(verdicts.items()):
+        pos = {lab for lab, v in per.items() if v == {"yes"}}
+        neg = {lab for lab, v in per.items() if v == {"no"}}
+        conflicts += sum(len(v) > 1 for v in per.values())
+        if not pos and not neg:
+            continue
+        unknown = tuple(lab for lab in labels if lab not in pos and lab not in neg)
+        rows.append(dict(file=f, start_s=a, end_s=b, labels=tuple(sorted(pos)), group=group_of(rel_of[f], group_regex),
+                         unknown=unknown))
+    if conflicts:
+        log.warning("%s: %d label windows were marked both yes and no; they are left unknown", where, conflicts)
     if not rows:
-        raise MonitorError(f"{report}: no verified rows point at readable recordings under {audio_root}")
+        raise MonitorError(f"{where}: no verified rows point at readable recordings"
+                           + (f" under {root}" if root else ""))
     return make_table(rows), labels
+
+
+def _review_path(r, root: Path | None, where: str) -> Path | None:
+    path = str(getattr(r, "path", "") or "")
+    if path and path.lower() != "nan":
+        return Path(path)
+    f = Path(str(r.file))
+    if f.is_absolute():
+        return f
+    if root is None:
+        raise MonitorError(f"{where} name recordings relative to their card ({f}); set data.root to that folder")
+    return root / f
+
+
+def load_reviews(report: Path):
+    """Reviewer verdicts as a DataFrame: from a reviewed ``report.xlsx`` (``read_report``), or from a
+    ``monitor run`` output folder's results store (``monitor.results.load_reviews``)."""
+    import pandas as pd
+
+    report = Path(report)
+    if report.is_dir():
+        store_reviews = None
+        if (report / "monitor.sqlite").is_file():  # a results store: its reviewer verdicts (issue 14)
+            try:
+                from monitor.results import load_reviews as store_reviews  # type: ignore[import-not-found]
+            except ImportError:
+                store_reviews = None
+        if store_reviews is not None:
+            return store_reviews(report)
+        if (report / "report.xlsx").is_file():
+            report = report / "report.xlsx"
+        else:
+            raise MonitorError(f"data.report {report} is a folder without report.xlsx; point it at a reviewed "
+                               "report.xlsx or a monitor run output folder")
+    if not report.is_file():
+        raise MonitorError(f"data.report {report} does not exist; point it at a reviewed report.xlsx")
+    return pd.DataFrame(read_report(report), columns=list(REVIEW_COLUMNS))
+
+
+def from_report(report: Path, audio_root: Path | None, seg: SegmentConfig, labels: list[str] | None = None,
+                group_regex: str | None = None):
+    """A reviewed workbook (or run folder) -> per-label targets (``targets_from_reviews``). Returns (table, labels)."""
+    return targets_from_reviews(load_reviews(Path(report)), audio_root, seg, labels, group_regex, where=str(report))
 
 
 # --- dispatch ----------------------------------------------------------------------------------------
@@ -442,7 +599,8 @@ def load_source(cfg, seg: SegmentConfig | None = None):
         if d.val_manifest:
             val, _ = from_manifest(Path(d.val_manifest), Path(d.label_csv), seg, d.group_regex)
     else:
-        table, labels = from_report(_need(d.report, "report"), _need(d.root, "root"), seg, d.labels, d.group_regex)
+        table, labels = from_report(_need(d.report, "report"), Path(d.root) if d.root else None, seg, d.labels,
+                                    d.group_regex)
     if d.labels is not None:
         labels = list(d.labels)
     if d.max_per_label:
@@ -452,7 +610,25 @@ def load_source(cfg, seg: SegmentConfig | None = None):
         if bad:
             raise MonitorError(f"loss.kind: ce (multiclass) needs exactly one label per segment; {len(bad)} segments "
                                "have none or several (use bce, or give the background its own class)")
+        table["unknown"] = [()] * len(table)  # one class present: every other one is absent
     return table, labels, val
+
+
+def load_test_folder(cfg, labels: list[str]):
+    """``split.test_folder``: the same source read from another folder laid out like ``data.root``
+    (folders: ``<label>/`` sub-folders; annotations: recordings with their tables beside them)."""
+    import dataclasses
+
+    folder = Path(cfg.split.test_folder)
+    if not folder.is_dir():
+        raise MonitorError(f"split.test_folder {folder} is not a folder")
+    if cfg.data.source not in ("folders", "annotations"):
+        raise MonitorError("split.test_folder works with data.source folders or annotations; "
+                           "use split.test_files or split.test_fraction for this source")
+    d = dataclasses.replace(cfg.data, root=str(folder), labels=list(labels), max_per_label=None,
+                            annotations=str(folder) if cfg.data.source == "annotations" else cfg.data.annotations)
+    test, _, _ = load_source(dataclasses.replace(cfg, data=d))
+    return test
 
 
 def cap_per_label(table, n: int, seed: int):
@@ -475,8 +651,13 @@ def cap_per_label(table, n: int, seed: int):
 
 
 def summary(table, labels: list[str]) -> dict[str, Any]:
-    """Counts for provenance and the model card."""
+    """Counts for provenance and the model card (``per_label``: positives; ``unknown_per_label``:
+    segments where the label was not judged)."""
     per = {lab: int(sum(lab in t for t in table["labels"])) for lab in labels}
-    return dict(segments=int(len(table)), recordings=int(table["file"].nunique()), groups=int(table["group"].nunique()),
-                negatives=int(sum(len(t) == 0 for t in table["labels"])), per_label=per,
-                hours=round(float((table["end_s"] - table["start_s"]).sum()) / 3600.0, 4))
+    unk = {lab: int(sum(lab in t for t in table["unknown"])) for lab in labels} if "unknown" in table else {}
+    out = dict(segments=int(len(table)), recordings=int(table["file"].nunique()), groups=int(table["group"].nunique()),
+               negatives=int(sum(len(t) == 0 for t in table["labels"])), per_label=per,
+               hours=round(float((table["end_s"] - table["start_s"]).sum()) / 3600.0, 4))
+    if any(unk.values()):
+        out["unknown_per_label"] = unk
+    return out

@@ -1,9 +1,10 @@
 """A torch Dataset of labelled segments through the shared front end (``monitor.frontend``).
 
 Items are un-normalised, un-augmented log-mel features ``(target_frames, mel)`` float32, the label
-vector ``(n_labels,)`` and the number of real (un-padded) frames. Normalisation and augmentation
-happen per batch in the engine, so the optional on-disk cache holds exactly what the front end made,
-keyed by file path + size + mtime + region + a hash of the preprocessing.
+vector ``(n_labels,)`` (1 present, 0 absent, NaN unknown) and the number of real (un-padded) frames.
+Normalisation and augmentation happen per batch in the engine, so the on-disk cache holds exactly
+what the front end made, keyed by file path + size + mtime + region + a hash of the preprocessing.
+Audio is decoded by ``monitor.audio.read_frames``, the reader ``monitor run`` uses.
 """
 
 from __future__ import annotations
@@ -30,24 +31,22 @@ def preprocess_hash(pre: Preprocess) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_region(path: str, start_s: float, end_s: float) -> tuple[np.ndarray, int]:
-    """Decode ``[start_s, end_s)`` of a file with soundfile (seeking) -> ((frames, channels) float32, sr)."""
-    import soundfile as sf
+def read_region(path: str, start_s: float, end_s: float, sample_rate_hz: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode ``[start_s, end_s)`` of a file -> ((frames, channels) float32, sr), by seeking, with
+    ``monitor.audio.read_frames`` (the reader of ``monitor run``). Table times are exact frame counts
+    over the rate, so ``round(t * sr)`` gives back the very frames inference reads."""
+    from monitor.audio import probe, read_frames
 
-    with sf.SoundFile(path) as f:
-        sr = int(f.samplerate)
-        a = int(round(start_s * sr))
-        b = int(round(end_s * sr))
-        f.seek(a)
-        x = f.read(b - a, dtype="float32", always_2d=True)
-    return x, sr
+    sr = int(sample_rate_hz or probe(path).sample_rate_hz)
+    return read_frames(path, int(round(start_s * sr)), int(round(end_s * sr))), sr
 
 
-def region_features(path: str, start_s: float, end_s: float, pre: Preprocess) -> tuple[np.ndarray, int]:
+def region_features(path: str, start_s: float, end_s: float, pre: Preprocess,
+                    sample_rate_hz: int | None = None) -> tuple[np.ndarray, int]:
     """One segment -> (un-normalised features (target_frames, mel) float32, real frames)."""
     from monitor.frontend import features, prepare_wave
 
-    x, sr = read_region(path, start_s, end_s)
+    x, sr = read_region(path, start_s, end_s, sample_rate_hz)
     if x.shape[0] == 0:
         raise ValueError(f"{path}: no audio at {start_s:.2f}-{end_s:.2f} s")
     wave, _ = prepare_wave(x, sr, pre)
@@ -88,25 +87,30 @@ class FbankCache:
 
 
 class SegmentDataset:
-    """``table`` rows -> ``(feats (T, F) tensor, target (L,) tensor, n_real int)``."""
+    """``table`` rows -> ``(feats (T, F) tensor, target (L,) tensor, n_real int)``; targets NaN where unknown."""
 
     def __init__(self, table, labels: list[str], pre: Preprocess, cache_dir: str | Path | None = None,
                  multiclass: bool = False):
+        from monitor.train.data import target_matrix
+
         self.files = [str(f) for f in table["file"]]
         self.start_s = [float(x) for x in table["start_s"]]
         self.end_s = [float(x) for x in table["end_s"]]
         self.labels = list(labels)
-        col = {n: j for j, n in enumerate(labels)}
-        y = np.zeros((len(table), len(labels)), dtype=np.float32)
-        for i, lab in enumerate(table["labels"]):
-            for x in lab:
-                if x in col:
-                    y[i, col[x]] = 1.0
-        self.targets = y
+        self.targets = target_matrix(table, self.labels)
         self.pre = pre
         self.cache_dir = cache_dir
         self._cache: FbankCache | None = None
+        self._rates: dict[str, int] = {}
         self.multiclass = multiclass
+
+    def sample_rate_hz(self, path: str) -> int:
+        """Each file's rate, read once per process."""
+        if path not in self._rates:
+            from monitor.audio import probe
+
+            self._rates[path] = probe(path).sample_rate_hz
+        return self._rates[path]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -124,7 +128,8 @@ class SegmentDataset:
             hit = cache.get(key)
             if hit is not None:
                 return hit
-        feats, n = region_features(self.files[i], self.start_s[i], self.end_s[i], self.pre)
+        f = self.files[i]
+        feats, n = region_features(f, self.start_s[i], self.end_s[i], self.pre, self.sample_rate_hz(f))
         if cache is not None:
             cache.put(key, feats, n)
         return feats, n
@@ -143,6 +148,26 @@ def collate(items):
     y = torch.stack([b for _, b, _ in items])
     n = torch.tensor([c for _, _, c in items], dtype=torch.long)
     return x, y, n
+
+
+def worker_init(_: int) -> None:
+    """DataLoader workers: one torch thread each (the front end is many small ops)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class PlanSampler:
+    """A batch sampler whose batches are set per epoch, so one persistent DataLoader serves every epoch."""
+
+    def __init__(self) -> None:
+        self.plan: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(list(self.plan))
+
+    def __len__(self) -> int:
+        return len(self.plan)
 
 
 def compute_stats(ds: SegmentDataset, indices) -> tuple[float, float]:

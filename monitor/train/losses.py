@@ -1,4 +1,8 @@
-"""Losses on logits with (soft) targets: BCE (multilabel), CE (multiclass), label smoothing, focal BCE."""
+"""Losses on logits with (soft) targets: BCE (multilabel), CE (multiclass), label smoothing, focal BCE.
+
+Targets may hold NaN for labels nobody judged (reviewed reports): those entries are masked out of
+the BCE mean, so an unknown label is never learnt as a negative.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +19,21 @@ def smooth(y: torch.Tensor, eps: float, multiclass: bool) -> torch.Tensor:
 
 
 def bce(logits: torch.Tensor, y: torch.Tensor, gamma: float = 0.0) -> torch.Tensor:
-    """Mean BCE over batch and labels; ``gamma > 0`` gives focal loss ``(1 - p_t)^gamma * BCE``."""
-    loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    """Mean BCE over the known (finite) entries of ``y``; ``gamma > 0`` gives focal loss ``(1 - p_t)^gamma * BCE``."""
+    known = torch.isfinite(y)
+    y0 = torch.where(known, y, torch.zeros_like(y))
+    loss = F.binary_cross_entropy_with_logits(logits, y0, reduction="none")
     if gamma > 0:
         p = torch.sigmoid(logits)
-        p_t = p * y + (1 - p) * (1 - y)
+        p_t = p * y0 + (1 - p) * (1 - y0)
         loss = (1 - p_t).pow(gamma) * loss
-    return loss.mean()
+    k = known.to(loss.dtype)  # no branch on the mask: a data-dependent branch would sync a GPU every step
+    return (loss * k).sum() / k.sum().clamp(min=1.0)
 
 
 def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with probability targets (mixup soft labels welcome)."""
+    """Cross-entropy with probability targets (mixup soft labels welcome); NaN entries count as 0."""
+    y = torch.nan_to_num(y, nan=0.0)
     return -(y * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
@@ -34,7 +42,7 @@ def make_loss(kind: str, label_smoothing: float = 0.0, focal_gamma: float = 0.0)
     multiclass = kind == "ce"
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        y = smooth(y.to(logits.dtype), label_smoothing, multiclass)
-        return ce(logits.float(), y.float()) if multiclass else bce(logits.float(), y.float(), focal_gamma)
+        y = smooth(y.to(torch.float32), label_smoothing, multiclass)
+        return ce(logits.float(), y) if multiclass else bce(logits.float(), y, focal_gamma)
 
     return loss

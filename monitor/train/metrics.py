@@ -1,7 +1,12 @@
 """Evaluation metrics in numpy: mAP, macro AUC, d-prime, accuracy, per-label P/R/F1, confusion matrix.
 
-A label with no positives (or no negatives) in the evaluation set gets NaN AP/AUC and a note, and
-is left out of the macro means; it never raises.
+Targets are 1 (present), 0 (absent) or NaN (unknown: not judged); each label is scored only on the
+segments where it is known. A label with no positives (or no negatives) in the evaluation set gets
+NaN AP/AUC and a note, and is left out of the macro means; it never raises.
+
+``accuracy`` is argmax accuracy as the official AST reports it (``accuracy_score(argmax target,
+argmax output)``), over the segments with exactly one label present and none unknown; for a
+multilabel model ``exact_match`` also counts whether every known label is right at its threshold.
 """
 
 from __future__ import annotations
@@ -81,8 +86,17 @@ def confusion_matrix(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Multiclass: (labels, labels) counts, rows = true (argmax of y), columns = predicted (argmax of s)."""
     k = y.shape[1]
     m = np.zeros((k, k), dtype=np.int64)
-    np.add.at(m, (np.argmax(y, 1), np.argmax(s, 1)), 1)
+    np.add.at(m, (np.argmax(np.nan_to_num(y, nan=0.0), 1), np.argmax(s, 1)), 1)
     return m
+
+
+def argmax_accuracy(y: np.ndarray, s: np.ndarray) -> float:
+    """Official AST accuracy: argmax of scores == the one present label, over fully known single-label rows."""
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(y).all(1) & ((y > 0.5).sum(1) == 1)
+    if not ok.any():
+        return float("nan")
+    return float(np.mean(np.argmax(y[ok], 1) == np.argmax(np.asarray(s)[ok], 1)))
 
 
 def _nanmean(v: Sequence[float]) -> float:
@@ -92,9 +106,10 @@ def _nanmean(v: Sequence[float]) -> float:
 
 def evaluate_scores(targets: np.ndarray, scores: np.ndarray, labels: Sequence[str], task: str = "multilabel",
                     thresholds: Mapping[str, float] | float = 0.5) -> dict[str, Any]:
-    """All metrics of one evaluation. ``targets`` (n, L) 0/1 (soft > 0.5 counts), ``scores`` (n, L) in 0..1.
+    """All metrics of one evaluation. ``targets`` (n, L) 0/1 (soft > 0.5 counts) or NaN (unknown: left
+    out for that label), ``scores`` (n, L) in 0..1.
 
-    Returns ``{"summary": {mAP, mAUC, d_prime, accuracy, macro_f1, n}, "per_label": [..],
+    Returns ``{"summary": {mAP, mAUC, d_prime, accuracy, exact_match, macro_f1, n}, "per_label": [..],
     "confusion": (L, L) list or None}``.
     """
     y = np.asarray(targets, dtype=np.float64)
@@ -102,26 +117,35 @@ def evaluate_scores(targets: np.ndarray, scores: np.ndarray, labels: Sequence[st
     if y.shape != s.shape or y.ndim != 2 or y.shape[1] != len(labels):
         raise ValueError(f"targets {y.shape} and scores {s.shape} must both be (n, {len(labels)})")
     thr = {lab: float(thresholds) for lab in labels} if isinstance(thresholds, (int, float)) else dict(thresholds)
+    known = np.isfinite(y)
     per = []
     for j, lab in enumerate(labels):
-        ap, auc = average_precision(y[:, j], s[:, j]), roc_auc(y[:, j], s[:, j])
-        p, r, f1, tp, fp, fn = prf(y[:, j], s[:, j], thr[lab])
-        pos = int((y[:, j] > 0.5).sum())
-        note = "no positives in this split" if pos == 0 else ("no negatives in this split" if pos == len(y) else "")
+        k = known[:, j]
+        yj, sj = y[k, j], s[k, j]
+        ap, auc = average_precision(yj, sj), roc_auc(yj, sj)
+        p, r, f1, tp, fp, fn = prf(yj, sj, thr[lab])
+        pos = int((yj > 0.5).sum())
+        note = "no positives in this split" if pos == 0 else ("no negatives in this split" if pos == len(yj) else "")
         if note:
-            log.warning("label %s: %s (AP/AUC undefined)", lab, note)
-        per.append(dict(label=lab, positives=pos, AP=ap, AUC=auc, d_prime=d_prime(auc), threshold=thr[lab],
-                        precision=p, recall=r, f1=f1, tp=tp, fp=fp, fn=fn, note=note))
-    if len(y) == 0:
-        acc = float("nan")
-    elif task == "multiclass":
-        acc = float(np.mean(np.argmax(y, 1) == np.argmax(s, 1)))
-    else:  # exact match of every label at its threshold
+            log.debug("label %s: %s (AP/AUC undefined)", lab, note)
+        row = dict(label=lab, positives=pos, negatives=int(len(yj) - pos), AP=ap, AUC=auc, d_prime=d_prime(auc),
+                   threshold=thr[lab], precision=p, recall=r, f1=f1, tp=tp, fp=fp, fn=fn, note=note)
+        if not k.all():
+            row["unknown"] = int((~k).sum())
+        per.append(row)
+    if task == "multiclass":
+        acc = float(np.mean(np.argmax(np.nan_to_num(y, nan=0.0), 1) == np.argmax(s, 1))) if len(y) else float("nan")
+        exact = acc
+    else:
+        acc = argmax_accuracy(y, s)
         t = np.array([thr[lab] for lab in labels])
-        acc = float(np.mean(np.all((s >= t[None, :]) == (y > 0.5), axis=1)))
+        rows = known.any(1)
+        right = ((s >= t[None, :]) == (y > 0.5)) | ~known
+        exact = float(np.mean(np.all(right, axis=1)[rows])) if rows.any() else float("nan")
     mauc = _nanmean([r["AUC"] for r in per])
     summary = dict(n=int(len(y)), mAP=_nanmean([r["AP"] for r in per]), mAUC=mauc, d_prime=d_prime(mauc),
-                   accuracy=acc, macro_f1=_nanmean([r["f1"] if r["positives"] else float("nan") for r in per]))
+                   accuracy=acc, exact_match=exact,
+                   macro_f1=_nanmean([r["f1"] if r["positives"] else float("nan") for r in per]))
     conf = confusion_matrix(y, s).tolist() if task == "multiclass" and len(y) else None
     return dict(summary=summary, per_label=per, confusion=conf)
 

@@ -12,8 +12,8 @@ import numpy as np
 
 
 def sample_weights(targets: np.ndarray) -> np.ndarray:
-    """(n, labels) 0/1 targets -> (n,) sampling weights (official gen_weight_file)."""
-    t = np.asarray(targets, dtype=np.float64) > 0
+    """(n, labels) 0/1 targets (NaN: unknown, not present) -> (n,) sampling weights (official gen_weight_file)."""
+    t = np.nan_to_num(np.asarray(targets, dtype=np.float64), nan=0.0) > 0
     counts = t.sum(0)
     label_w = 1000.0 / (counts + 0.01)
     w = (t * label_w[None, :]).sum(1)
