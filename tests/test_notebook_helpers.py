@@ -154,7 +154,7 @@ def test_train_resumes_a_broken_run_and_never_retrains_a_finished_one(tmp_path, 
     res = nb.train(cfg, run, name="frog")  # the cell run again
     out = capsys.readouterr().out
     assert res["resumed"] and f"resuming the run in {run}" in out and (run / "bundle" / "bundle.json").is_file()
-    assert "resumed at epoch 1" in out and "epoch 2:" in out  # per-epoch metrics in the cell output
+    assert "resumed at epoch 1, batch 1" in out and "epoch 2/2:" in out  # per-epoch metrics in the cell output
     assert "resumed at epoch 1" in (run / "train.log").read_text()
     steps = [int(ln.split(",")[0]) for ln in (run / "steps.csv").read_text().splitlines()[1:]]
     assert steps == list(range(len(steps))) and len(steps) > 1  # continued after step 0, not restarted
