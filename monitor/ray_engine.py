@@ -1,0 +1,340 @@
+"""``monitor run --engine ray``: the planned batches decoded in Ray tasks and scored in Ray actors.
+
+The same seam as ``infer.LocalEngine`` (``run(jobs, on_file_done, on_segments)``, ``describe()``,
+``name``, context manager), the same plan (``plan.plan_batches``), the same decoding
+(``infer.decode_task``) and the same scorer (``infer.Scorer``), so scores are bit-identical to the
+local engine's on the CPU.
+
+What runs where:
+
+- driver (this process): discovery, metadata, the plan, the results store, the lock and the reports
+  (``pipeline.py``, unchanged); here: the ``Assembler`` that turns batch scores arriving in any order
+  into whole files, committed as each completes.
+- Ray Data tasks (``flat_map``, one per *unit*): decoding by seeking and the CPU part of the front end.
+  A unit is a run of planned decode tasks that covers whole batches: the plan never lets a decode task
+  straddle a batch boundary, so a unit is either one decode task (one or more whole batches) or every
+  part of one batch too big for the decoded-sample budget (a 384 kHz batch: its parts decode one after
+  another inside the unit, so the budget still bounds memory). A unit emits one row per *planned*
+  batch (``{"batch": b, "rows": pickled Rows}``): batches are never formed by Ray Data (letting
+  ``map_batches`` form them changed scores by ULPs), and no regrouping across tasks is needed.
+- Ray Data actors (``map_batches`` with a callable class, one planned batch per call): each loads the
+  model bundles once (the bundle is the only source of the preprocessing) and scores through
+  ``Scorer``; one GPU (``--gpus-per-actor``) per actor when the cluster has GPUs.
+
+Scores stream back through ``iter_rows`` in whatever order they finish; a re-delivered batch (a task
+retried after a lost node) is ignored. Actors that die are restarted and their batches retried
+(``max_restarts`` / ``max_task_retries``); decode tasks are retried (``max_retries``). The results store
+is the checkpoint: a driver killed mid-run resumes on re-run like the local engine.
+
+Inputs must be readable at the same path (or URL) from every node: a shared/NAS mount or a bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from monitor.config import Preprocess
+from monitor.errors import MonitorError
+from monitor.plan import Assembler, BatchPlan, BatchScores, FileJob, FileScores, Rows, _slice, concat_rows, plan_batches
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "the Ray engine needs: pip install 'monitor[ray]'"
+RETRIES = 5  # actor restarts, actor task retries, decode task retries
+EXIT_ONCE_ENV = "MONITOR_RAY_TEST_EXIT_ONCE"  # tests: a folder; an actor exits once when FOLDER/armed exists
+DELAY_ENV = "MONITOR_RAY_TEST_DELAY_S"  # tests: decode tasks sleep a random 0..X s (out-of-order arrival)
+
+
+def import_ray():
+    """``ray`` or a one-line ``MonitorError`` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise MonitorError(INSTALL_HINT) from None
+    return ray
+
+
+def units(plan: BatchPlan) -> list[list[int]]:
+    """Runs of consecutive decode-task ids, each covering whole planned batches (see the module docstring)."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    bs = plan.batch_size
+    for t in plan.tasks:
+        cur.append(t.id)
+        end = t.first + t.n
+        if end % bs == 0 or end == plan.n_segments:
+            out.append(cur)
+            cur = []
+    if cur:  # cannot happen for a plan from plan_batches; kept whole rather than lost
+        out.append(cur)
+    return out
+
+
+def split_batches(rows: Rows, batch_size: int) -> list[tuple[int, Rows]]:
+    """A unit's rows (starting on a batch boundary) -> ``(batch, Rows)`` per planned batch."""
+    out = []
+    for i in range(0, rows.n, batch_size):
+        part = _slice(rows, i, min(rows.n, i + batch_size))
+        out.append(((rows.first + i) // batch_size, part))
+    return out
+
+
+def _decode_unit(row: dict[str, Any], pre: Preprocess, output: str, batch_size: int) -> list[dict[str, Any]]:
+    """Ray Data ``flat_map``: a unit of decode tasks -> one row per planned batch."""
+    from monitor.infer import decode_task
+
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    if delay > 0:
+        time.sleep(np.random.default_rng().uniform(0, delay))
+    tasks = pickle.loads(row["unit"])
+    rows = concat_rows([decode_task(t, pre, output) for t in tasks])
+    return [{"batch": b, "rows": pickle.dumps(r, protocol=5)} for b, r in split_batches(rows, batch_size)]
+
+
+def _exit_once() -> None:
+    """Tests only: the first actor call after FOLDER/armed appears exits the process (a crashing actor)."""
+    folder = os.environ.get(EXIT_ONCE_ENV)
+    if not folder:
+        return
+    armed = os.path.join(folder, "armed")
+    try:
+        os.rename(armed, os.path.join(folder, "fired"))  # atomic: exactly one actor call fires
+    except OSError:
+        return
+    os._exit(1)
+
+
+class ScoreActor:
+    """A Ray Data actor: the bundles loaded once, one planned batch per call -> pickled ``BatchScores``."""
+
+    def __init__(self, bundle_dirs: Sequence[str], device: str, precision: str, batch_size: int,
+                 threads: int | None = None, per_node: int = 1):
+        import torch
+
+        from monitor.device import set_matmul_policy
+        from monitor.infer import Scorer, prepare_models
+        from monitor.model.bundle import load_bundle
+
+        if device == "cpu":  # Ray sets one OpenMP thread per reserved CPU; the model gets the node's cores
+            torch.set_num_threads(int(threads) if threads else max(1, (os.cpu_count() or 1) // max(1, per_node)))
+        set_matmul_policy()
+        bundles = [load_bundle(d) for d in bundle_dirs]
+        nets, precision = prepare_models(bundles, device, precision)
+        self.scorer = Scorer(bundles, nets, device, precision, batch_size, pre=bundles[0].preprocessing)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _exit_once()
+        out = []
+        for b, blob in zip(batch["batch"], batch["rows"]):
+            rows: Rows = pickle.loads(blob)
+            scores = self.scorer.collect(self.scorer.submit(rows))
+            out.append(pickle.dumps(BatchScores(int(b), rows.first, scores, rows.nonfinite, rows.errors), protocol=5))
+        return {"batch": np.asarray(batch["batch"]), "scores": np.array(out, dtype=object)}
+
+
+def _probe_gpu(bundle_dirs: Sequence[str], precision: str, batch_size: int | str, kind: str) -> tuple[str, int]:
+    """On a GPU worker: the resolved precision (by that GPU's capability) and ``--batch-size auto``."""
+    from monitor.infer import Scorer, prepare_models
+    from monitor.model.bundle import load_bundle
+
+    bundles = [load_bundle(d) for d in bundle_dirs]
+    nets, precision = prepare_models(bundles, "cuda", precision)
+    s = Scorer(bundles, nets, "cuda", precision, 1, pre=bundles[0].preprocessing)
+    return precision, int(batch_size) if batch_size != "auto" else s.probe_batch_size(kind)
+
+
+def route_ray_logs() -> None:
+    """Ray's own Python loggers into monitor's log files only (not the console)."""
+    root = logging.getLogger()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = False
+        lg.setLevel(logging.INFO)
+        for h in files:
+            lg.addHandler(h)
+
+
+class RayEngine:
+    """Decode in Ray tasks, score in Ray actors; the driver assembles files and calls back (see module doc).
+
+    ``address``: ``None`` starts a Ray instance on this machine (stopped on close), ``auto`` or
+    ``HOST:PORT`` joins a running cluster (an already initialised Ray in this process is used as it
+    is). ``actors``: scoring actors (default: GPUs // gpus_per_actor with GPUs, else one per node).
+    ``gpus_per_actor``: default 1 when the cluster has GPUs. ``threads``: torch threads per CPU actor
+    (default: the actor node's cores). ``decode_cpus``: CPUs each decode task reserves.
+    ``shuffle_seed`` (tests): feed the units in a shuffled order.
+    """
+
+    name = "ray"
+
+    def __init__(self, bundles: Sequence, *, address: str | None = None, actors: int | None = None,
+                 gpus_per_actor: float | None = None, device: str = "auto", precision: str = "auto",
+                 batch_size: int | str = "auto", frontend: str = "auto", threads: int | None = None,
+                 decode_cpus: float = 1.0, shuffle_seed: int | None = None, init_kwargs: dict | None = None):
+        self.bundles = list(bundles)
+        missing = [b.name for b in self.bundles if b.path is None]
+        if missing:
+            raise MonitorError(f"the Ray engine loads bundles from their folders; {missing[0]} has none")
+        self.bundle_dirs = [str(b.path) for b in self.bundles]
+        self.pre = self.bundles[0].preprocessing
+        if batch_size != "auto":
+            try:
+                batch_size = int(batch_size)
+            except (TypeError, ValueError):
+                raise MonitorError(f"--batch-size must be a whole number or auto, got {batch_size!r}") from None
+            if batch_size < 1:
+                raise MonitorError(f"--batch-size must be >= 1, got {batch_size}")
+        if actors is not None and int(actors) < 1:
+            raise MonitorError(f"--actors must be >= 1, got {actors}")
+        if gpus_per_actor is not None and float(gpus_per_actor) < 0:
+            raise MonitorError(f"--gpus-per-actor must be >= 0, got {gpus_per_actor}")
+        if frontend not in ("auto", "cpu", "device"):
+            raise MonitorError(f"frontend must be auto, cpu or device, got {frontend!r}")
+        self.address, self.requested_device, self.requested_precision = address, device, precision
+        self.batch_size: int | str = batch_size
+        self.frontend_req, self.threads, self.decode_cpus = frontend, threads, float(decode_cpus)
+        self.shuffle_seed = shuffle_seed
+        self.ray = import_ray()
+        self._started = False
+        t0 = time.perf_counter()
+        self._connect(init_kwargs or {})
+        self.startup_s = time.perf_counter() - t0
+        res = self.ray.cluster_resources()
+        self.cluster_cpus, self.cluster_gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+        self.nodes = len([n for n in self.ray.nodes() if n.get("Alive")])
+        if device == "auto":
+            device = "cuda" if self.cluster_gpus > 0 else "cpu"
+        if device not in ("cpu", "cuda"):
+            raise MonitorError(f"the Ray engine scores on cpu or cuda, got --device {device}")
+        if device == "cuda" and self.cluster_gpus <= 0:
+            raise MonitorError("--device cuda: the Ray cluster has no GPUs")
+        self.device = device
+        on_gpu = device == "cuda"
+        self.gpus_per_actor = float(gpus_per_actor if gpus_per_actor is not None else (1.0 if on_gpu else 0.0))
+        if on_gpu and self.gpus_per_actor <= 0:
+            raise MonitorError("--device cuda needs --gpus-per-actor > 0")
+        if actors is None:
+            actors = max(1, int(self.cluster_gpus // self.gpus_per_actor)) if on_gpu else self.nodes
+        self.actors = int(actors)
+        self.frontend = ("device" if on_gpu else "cpu") if frontend == "auto" else frontend
+        self.precision = precision
+        if not on_gpu:
+            from monitor.device import resolve_precision
+
+            self.precision = resolve_precision(precision, "cpu")
+            if self.batch_size == "auto":
+                from monitor.infer import AUTO_BATCH_CPU
+
+                self.batch_size = AUTO_BATCH_CPU
+        log.info("Ray engine: %s (start-up %.1f s), %d node(s), %g CPUs, %g GPUs", self.address or "local instance",
+                 self.startup_s, self.nodes, self.cluster_cpus, self.cluster_gpus)
+
+    def _connect(self, init_kwargs: dict) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        # workers' output stays in Ray's session logs (log_to_driver off), not on the console
+        kw: dict[str, Any] = dict(log_to_driver=False, include_dashboard=False, configure_logging=False)
+        kw.update(init_kwargs)
+        root = logging.getLogger()
+        keep = list(root.handlers), root.level
+        route_ray_logs()
+        try:
+            ctx = ray.init(address=self.address, **kw)
+        except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            where = self.address or "a new local instance"
+            raise MonitorError(f"cannot reach the Ray cluster at {where}: {text[:200]}") from None
+        finally:  # Ray may configure the root logger: ours stays as it was
+            for h in list(root.handlers):
+                if h not in keep[0]:
+                    root.removeHandler(h)
+            root.setLevel(keep[1])
+            route_ray_logs()
+        self._started = True
+        logs = getattr(ctx, "address_info", {}).get("session_dir") if ctx is not None else None
+        if logs:
+            log.info("Ray's own logs (workers, actors, Ray Data): %s/logs", logs)
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "device": self.device, "precision": self.precision, "workers": 0,
+                "batch_size": self.batch_size, "actors": self.actors, "gpus_per_actor": self.gpus_per_actor,
+                "frontend": self.frontend, "address": self.address or "local", "nodes": self.nodes}
+
+    def _resolve_gpu(self) -> None:
+        """Precision and ``--batch-size auto`` measured on a GPU worker (the driver may have no GPU)."""
+        if self.device != "cuda" or (self.precision != "auto" and self.batch_size != "auto"):
+            return
+        kind = "waves" if self.frontend == "device" else "features"
+        probe = self.ray.remote(_probe_gpu).options(num_gpus=self.gpus_per_actor, max_retries=RETRIES)
+        self.precision, self.batch_size = self.ray.get(probe.remote(self.bundle_dirs, self.precision,
+                                                                     self.batch_size, kind))
+
+    def run(self, jobs: Sequence[FileJob], on_file_done: Callable[[FileJob, FileScores], None],
+            on_segments: Callable[[int], None] | None = None) -> None:
+        jobs = list(jobs)
+        if not jobs:
+            return
+        ray = self.ray
+        from ray.data import DataContext
+
+        self._resolve_gpu()
+        bs = int(self.batch_size)
+        plan = plan_batches(jobs, self.pre, bs)
+        groups = units(plan)
+        if self.shuffle_seed is not None:
+            np.random.default_rng(self.shuffle_seed).shuffle(groups)
+        items = [{"unit": pickle.dumps([plan.tasks[i] for i in u], protocol=5)} for u in groups]
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        output = "waves" if self.frontend == "device" else "features"
+        with warnings.catch_warnings():  # retry counts are ray_remote_args, deprecated from Ray 2.64 (pinned < 2.61)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            ds = ds.flat_map(_decode_unit, fn_kwargs=dict(pre=self.pre, output=output, batch_size=bs),
+                             num_cpus=self.decode_cpus, max_retries=RETRIES)
+            ds = ds.map_batches(
+                ScoreActor, fn_constructor_kwargs=dict(
+                    bundle_dirs=self.bundle_dirs, device=self.device, precision=self.precision, batch_size=bs,
+                    threads=self.threads, per_node=-(-self.actors // max(1, self.nodes))),
+                batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.actors), batch_format="numpy",
+                num_cpus=0 if self.device == "cuda" else 1,
+                num_gpus=self.gpus_per_actor if self.device == "cuda" else None,
+                max_restarts=RETRIES, max_task_retries=RETRIES)
+        asm = Assembler(plan, len(self.bundles[0].labels), in_order=False)
+        seen: set[int] = set()
+        for row in ds.iter_rows():
+            res: BatchScores = pickle.loads(row["scores"])
+            if res.batch in seen:
+                continue  # re-delivered (a retried task): already counted
+            seen.add(res.batch)
+            for job, scores in asm.add(res):
+                on_file_done(job, scores)
+            if on_segments:
+                on_segments(len(res.nonfinite))
+        if asm.pending:
+            raise MonitorError(f"the Ray engine lost {asm.pending} file(s): {plan.n_batches - len(seen)} batches "
+                               "never came back; run the same command again to resume")
+
+    def close(self) -> None:
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = False
+
+    def __enter__(self) -> "RayEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
