@@ -42,7 +42,7 @@ import numpy as np
 
 from monitor.config import Preprocess
 from monitor.errors import MonitorError
-from monitor.plan import Assembler, BatchPlan, BatchScores, FileJob, FileScores, Rows, _slice, concat_rows, plan_batches
+from monitor.plan import TASK_SAMPLES, Assembler, BatchPlan, BatchScores, FileJob, FileScores, Rows, _slice, concat_rows, plan_batches
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,23 @@ def _probe_gpu(bundle_dirs: Sequence[str], precision: str, batch_size: int | str
     return precision, int(batch_size) if batch_size != "auto" else s.probe_batch_size(kind)
 
 
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A ``HOST:PORT`` that nothing listens on fails here in one line (``ray.init`` would retry for minutes)."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise MonitorError(f"--address must be auto or HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise MonitorError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+                           "`ray start --head` there, or check the address") from None
+
+
 def route_ray_logs() -> None:
     """Ray's own Python loggers into monitor's log files only (not the console)."""
     root = logging.getLogger()
@@ -173,7 +190,8 @@ class RayEngine:
     is). ``actors``: scoring actors (default: GPUs // gpus_per_actor with GPUs, else one per node).
     ``gpus_per_actor``: default 1 when the cluster has GPUs. ``threads``: torch threads per CPU actor
     (default: the actor node's cores). ``decode_cpus``: CPUs each decode task reserves.
-    ``shuffle_seed`` (tests): feed the units in a shuffled order.
+    ``task_samples``: the decode tasks' decoded-sample budget (smaller: more, smaller units to spread over
+    the cluster; batches, and so scores, do not change). ``shuffle_seed`` (tests): feed the units shuffled.
     """
 
     name = "ray"
@@ -181,7 +199,8 @@ class RayEngine:
     def __init__(self, bundles: Sequence, *, address: str | None = None, actors: int | None = None,
                  gpus_per_actor: float | None = None, device: str = "auto", precision: str = "auto",
                  batch_size: int | str = "auto", frontend: str = "auto", threads: int | None = None,
-                 decode_cpus: float = 1.0, shuffle_seed: int | None = None, init_kwargs: dict | None = None):
+                 decode_cpus: float = 1.0, shuffle_seed: int | None = None, init_kwargs: dict | None = None,
+                 task_samples: int = TASK_SAMPLES):
         self.bundles = list(bundles)
         missing = [b.name for b in self.bundles if b.path is None]
         if missing:
@@ -204,7 +223,7 @@ class RayEngine:
         self.address, self.requested_device, self.requested_precision = address, device, precision
         self.batch_size: int | str = batch_size
         self.frontend_req, self.threads, self.decode_cpus = frontend, threads, float(decode_cpus)
-        self.shuffle_seed = shuffle_seed
+        self.shuffle_seed, self.task_samples = shuffle_seed, int(task_samples)
         self.ray = import_ray()
         self._started = False
         t0 = time.perf_counter()
@@ -247,6 +266,7 @@ class RayEngine:
         # workers' output stays in Ray's session logs (log_to_driver off), not on the console
         kw: dict[str, Any] = dict(log_to_driver=False, include_dashboard=False, configure_logging=False)
         kw.update(init_kwargs)
+        check_reachable(self.address)
         root = logging.getLogger()
         keep = list(root.handlers), root.level
         route_ray_logs()
@@ -291,7 +311,7 @@ class RayEngine:
 
         self._resolve_gpu()
         bs = int(self.batch_size)
-        plan = plan_batches(jobs, self.pre, bs)
+        plan = plan_batches(jobs, self.pre, bs, self.task_samples)
         groups = units(plan)
         if self.shuffle_seed is not None:
             np.random.default_rng(self.shuffle_seed).shuffle(groups)
