@@ -42,6 +42,11 @@ def _batch_size(text: str) -> int | str:
     return n
 
 
+def _input(text: str) -> Path | str:
+    """A local folder (``Path``) or an fsspec URL (kept as a string)."""
+    return text if "://" in text else Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="monitor",
@@ -52,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", help="detect species in an SD-card folder and write reports")
-    r.add_argument("input_dir", type=Path, help="folder of recordings (read-only; searched recursively)")
+    r.add_argument("input_dir", type=_input, help="folder of recordings (read-only; searched recursively), or an "
+                   "fsspec URL (s3://bucket/folder, gs://..., file://...; pip install 'monitor[remote]')")
     r.add_argument("--out", type=Path, required=True, help="output folder (must not be inside INPUT_DIR)")
     r.add_argument("--model", action="append", default=None, metavar="NAME_OR_PATH",
                    help="model bundle; repeat to average an ensemble (default: the bundled demo model)")

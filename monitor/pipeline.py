@@ -38,9 +38,19 @@ class Interrupted(MonitorError):
     """Ctrl-C: finished work is saved; the message says how to resume."""
 
 
-def check_folders(input_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+def check_folders(input_dir: Path | str, out_dir: Path) -> tuple[Path | str, Path]:
     """Resolve and validate; output inside the input folder is refused (the card is read-only to us), and an
-    output folder that cannot be written fails here, in one line, before any work."""
+    output folder that cannot be written fails here, in one line, before any work. ``input_dir`` may be an
+    fsspec URL (a str with ``://``: ``monitor.remote``); it is returned as a URL."""
+    from monitor.remote import check_input_url, is_url
+
+    if is_url(input_dir):
+        url = check_input_url(str(input_dir))
+        if url.startswith("file://"):  # a local folder all the same: the same rule about --out
+            check_folders(Path(url[len("file://"):]), out_dir)
+        dst = Path(out_dir).expanduser().resolve()
+        check_writable(dst)
+        return url, dst
     input_dir, out_dir = Path(input_dir).expanduser(), Path(out_dir).expanduser()
     if not input_dir.is_dir():
         raise MonitorError(f"input folder not found: {input_dir}")
@@ -318,7 +328,9 @@ def plan_work(src: Path, store, bundles, model_hash: str, stop: Mapping[str, boo
     from monitor.store import FileKey
 
     pre = bundles[0].preprocessing
-    card = src.name
+    from monitor.remote import is_url, url_name
+
+    card = url_name(str(src)) if is_url(src) else Path(src).name
     found = discover(src)
     entries = []  # (found, key, meta or None)
     table = table or None
