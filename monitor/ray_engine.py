@@ -47,6 +47,8 @@ from monitor.plan import TASK_SAMPLES, Assembler, BatchPlan, BatchScores, FileJo
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "the Ray engine needs: pip install 'monitor[ray]'"
+ACTOR_CPUS = 0.5  # a CPU actor's reservation (its torch threads use the node's CPUs, see ScoreActor); with
+# decode tasks at 0.5 CPU, a 1-CPU node holds an actor and a decode task at once
 RETRIES = 5  # actor restarts, actor task retries, decode task retries
 EXIT_ONCE_ENV = "MONITOR_RAY_TEST_EXIT_ONCE"  # tests: a folder; an actor exits once when FOLDER/armed exists
 DELAY_ENV = "MONITOR_RAY_TEST_DELAY_S"  # tests: decode tasks sleep a random 0..X s (out-of-order arrival)
@@ -123,8 +125,8 @@ class ScoreActor:
         from monitor.infer import Scorer, prepare_models
         from monitor.model.bundle import load_bundle
 
-        if device == "cpu":  # Ray sets one OpenMP thread per reserved CPU; the model gets the node's cores
-            torch.set_num_threads(int(threads) if threads else max(1, (os.cpu_count() or 1) // max(1, per_node)))
+        if device == "cpu":  # Ray sets one OpenMP thread per reserved CPU; the model gets its node's CPUs
+            torch.set_num_threads(int(threads) if threads else max(1, int(node_cpus()) // max(1, per_node)))
         set_matmul_policy()
         bundles = [load_bundle(d) for d in bundle_dirs]
         nets, precision = prepare_models(bundles, device, precision)
@@ -138,6 +140,20 @@ class ScoreActor:
             scores = self.scorer.collect(self.scorer.submit(rows))
             out.append(pickle.dumps(BatchScores(int(b), rows.first, scores, rows.nonfinite, rows.errors), protocol=5))
         return {"batch": np.asarray(batch["batch"]), "scores": np.array(out, dtype=object)}
+
+
+def node_cpus() -> float:
+    """CPUs this Ray node offers (``ray start --num-cpus``), else the machine's cores."""
+    try:
+        import ray
+
+        me = ray.get_runtime_context().get_node_id()
+        for n in ray.nodes():
+            if n.get("NodeID") == me:
+                return float(n.get("Resources", {}).get("CPU", 0)) or float(os.cpu_count() or 1)
+    except Exception:  # noqa: BLE001 - outside Ray, or an older API
+        pass
+    return float(os.cpu_count() or 1)
 
 
 def _probe_gpu(bundle_dirs: Sequence[str], precision: str, batch_size: int | str, kind: str) -> tuple[str, int]:
@@ -189,7 +205,7 @@ class RayEngine:
     ``HOST:PORT`` joins a running cluster (an already initialised Ray in this process is used as it
     is). ``actors``: scoring actors (default: GPUs // gpus_per_actor with GPUs, else one per node).
     ``gpus_per_actor``: default 1 when the cluster has GPUs. ``threads``: torch threads per CPU actor
-    (default: the actor node's cores). ``decode_cpus``: CPUs each decode task reserves.
+    (default: the node's CPUs / its actors). ``decode_cpus``: CPUs each decode task reserves.
     ``task_samples``: the decode tasks' decoded-sample budget (smaller: more, smaller units to spread over
     the cluster; batches, and so scores, do not change). ``shuffle_seed`` (tests): feed the units shuffled.
     """
@@ -199,7 +215,7 @@ class RayEngine:
     def __init__(self, bundles: Sequence, *, address: str | None = None, actors: int | None = None,
                  gpus_per_actor: float | None = None, device: str = "auto", precision: str = "auto",
                  batch_size: int | str = "auto", frontend: str = "auto", threads: int | None = None,
-                 decode_cpus: float = 1.0, shuffle_seed: int | None = None, init_kwargs: dict | None = None,
+                 decode_cpus: float = 0.5, shuffle_seed: int | None = None, init_kwargs: dict | None = None,
                  task_samples: int = TASK_SAMPLES):
         self.bundles = list(bundles)
         missing = [b.name for b in self.bundles if b.path is None]
@@ -330,7 +346,7 @@ class RayEngine:
                     bundle_dirs=self.bundle_dirs, device=self.device, precision=self.precision, batch_size=bs,
                     threads=self.threads, per_node=-(-self.actors // max(1, self.nodes))),
                 batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.actors), batch_format="numpy",
-                num_cpus=0 if self.device == "cuda" else 1,
+                num_cpus=0 if self.device == "cuda" else ACTOR_CPUS,
                 num_gpus=self.gpus_per_actor if self.device == "cuda" else None,
                 max_restarts=RETRIES, max_task_retries=RETRIES)
         asm = Assembler(plan, len(self.bundles[0].labels), in_order=False)

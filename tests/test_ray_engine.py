@@ -340,6 +340,7 @@ def test_two_node_cluster_survives_losing_the_worker_node(tmp_path):
             assert pids, "the worker node's raylet was not found"
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
+            assert _done_files(out) < 8 and proc.poll() is None  # killed mid-run
             join()  # a replacement node joins (Ray restarts the lost actor and retries its work)
             _, err = proc.communicate(timeout=420)
         finally:

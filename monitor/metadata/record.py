@@ -96,7 +96,10 @@ def _header(path: Path, riff: RiffInfo, rec: RecordingMetadata) -> None:
         rec.duration_s = round(frames / rate, 6) if rate else None
         rec.sources.update(sample_rate_hz="header", channels="header", duration_s="header")
     except Exception as exc:  # noqa: BLE001
-        rec.warnings.append(f"no audio header ({str(exc).splitlines()[0][:80]})")
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if text.startswith("Error opening ") and ": " in text:  # soundfile names the path (or file object)
+            text = text.rsplit(": ", 1)[1]
+        rec.warnings.append(f"no audio header ({text[:80]})")
 
 
 def _vorbis_comment(path: Path) -> dict[str, str]:
