@@ -42,13 +42,14 @@ import numpy as np
 
 from monitor.config import Preprocess
 from monitor.errors import MonitorError
-from monitor.plan import TASK_SAMPLES, Assembler, BatchPlan, BatchScores, FileJob, FileScores, Rows, _slice, concat_rows, plan_batches
+from monitor.plan import Assembler, BatchPlan, BatchScores, FileJob, FileScores, Rows, _slice, concat_rows, plan_batches
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "the Ray engine needs: pip install 'monitor[ray]'"
 ACTOR_CPUS = 0.5  # a CPU actor's reservation (its torch threads use the node's CPUs, see ScoreActor); with
 # decode tasks at 0.5 CPU, a 1-CPU node holds an actor and a decode task at once
+RAY_TASK_SAMPLES = 2_000_000  # smaller decode tasks than the local engine's: more units to spread over nodes
 RETRIES = 5  # actor restarts, actor task retries, decode task retries
 EXIT_ONCE_ENV = "MONITOR_RAY_TEST_EXIT_ONCE"  # tests: a folder; an actor exits once when FOLDER/armed exists
 DELAY_ENV = "MONITOR_RAY_TEST_DELAY_S"  # tests: decode tasks sleep a random 0..X s (out-of-order arrival)
@@ -216,7 +217,7 @@ class RayEngine:
                  gpus_per_actor: float | None = None, device: str = "auto", precision: str = "auto",
                  batch_size: int | str = "auto", frontend: str = "auto", threads: int | None = None,
                  decode_cpus: float = 0.5, shuffle_seed: int | None = None, init_kwargs: dict | None = None,
-                 task_samples: int = TASK_SAMPLES):
+                 task_samples: int = RAY_TASK_SAMPLES):
         self.bundles = list(bundles)
         missing = [b.name for b in self.bundles if b.path is None]
         if missing:

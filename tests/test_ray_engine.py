@@ -179,6 +179,20 @@ def test_actor_that_dies_once_is_restarted_and_results_identical(ray_local, demo
     _same(ref, got)
 
 
+def test_ray_engine_reads_file_urls(ray_local, demo, card):
+    """Decode tasks open ``file://`` URLs through fsspec on the workers: the plain path's scores."""
+    import dataclasses
+
+    pytest.importorskip("fsspec")
+    from monitor.ray_engine import RayEngine
+
+    jobs = _jobs(card)[:3]
+    ref, _, _ = _local(demo, jobs, 4)
+    urls = [dataclasses.replace(j, path=f"file://{j.path}") for j in jobs]
+    got, _, _ = _engine_run(RayEngine(demo, batch_size=4), urls)
+    _same(ref, got)
+
+
 def test_monitor_run_ray_equals_local(ray_local, demo, card, tmp_path):
     """`monitor run`'s code path (pipeline.run): every CSV and the store's contents identical."""
     import json
@@ -200,7 +214,11 @@ def test_monitor_run_ray_equals_local(ray_local, demo, card, tmp_path):
 # --- the CLI as a subprocess: a driver interrupted, a two-node cluster losing its worker node ------------
 
 def _env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
+    for k in ("MONITOR_RAY_TEST_DELAY_S", "MONITOR_RAY_TEST_EXIT_ONCE"):  # this module's in-process Ray sets them
+        if k not in extra:
+            env.pop(k, None)
+    return env
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -208,9 +226,9 @@ def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           env=_env())
 
 
-def _big_card(root: Path, n: int = 10) -> Path:
+def _big_card(root: Path, n: int = 10, duration_s: float = 40.0) -> Path:
     for i in range(n):
-        write_wav(root / f"2024050{i}_211500.WAV", 40.0, 16000, noise=0.2, seed=20 + i, freq_hz=300 + 250 * i)
+        write_wav(root / f"202405{i:02d}_211500.WAV", duration_s, 16000, noise=0.2, seed=20 + i, freq_hz=300 + 250 * i)
     return root
 
 
@@ -238,13 +256,13 @@ def _wait(cond, timeout: float, proc: subprocess.Popen | None = None) -> bool:
 
 @pytest.mark.slow
 def test_interrupted_driver_resumes_to_the_same_results(tmp_path):
-    card = _big_card(tmp_path / "CARD")
+    card = _big_card(tmp_path / "CARD", 12, 60.0)  # 72 segments, 6 decode units
     ref, out = tmp_path / "ref", tmp_path / "out"
     r = _cli("run", str(card), "--out", str(ref), "--batch-size", "2", "--workers", "0")
     assert r.returncode == 0, r.stderr
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", str(card), "--out", str(out), "--engine", "ray",
                              "--batch-size", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+                            env=_env(MONITOR_RAY_TEST_DELAY_S="2"))
     try:
         assert _wait(lambda: _done_files(out) >= 1, 240, proc), "no file finished"
         proc.send_signal(signal.SIGINT)
@@ -254,7 +272,7 @@ def test_interrupted_driver_resumes_to_the_same_results(tmp_path):
             proc.kill()
     assert proc.returncode != 0 and "interrupted" in err, err
     first = _done_files(out)
-    assert 1 <= first < 10, first
+    assert 1 <= first < 12, first
     r = _cli("run", str(card), "--out", str(out), "--engine", "ray", "--batch-size", "2")
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr
