@@ -305,6 +305,7 @@ class RayEngine:
             log.info("Ray's own logs (workers, actors, Ray Data): %s/logs", logs)
 
     def describe(self) -> dict[str, Any]:
+        self._resolve_gpu()  # GPU runs: precision and batch size as a GPU worker resolves them
         return {"engine": self.name, "device": self.device, "precision": self.precision, "workers": 0,
                 "batch_size": self.batch_size, "actors": self.actors, "gpus_per_actor": self.gpus_per_actor,
                 "frontend": self.frontend, "address": self.address or "local", "nodes": self.nodes}
