@@ -246,6 +246,14 @@ class RayEngine:
         t0 = time.perf_counter()
         self._connect(init_kwargs or {})
         self.startup_s = time.perf_counter() - t0
+        try:
+            self._configure(device, precision, actors, gpus_per_actor, frontend)
+        except BaseException:
+            self.close()  # a Ray started here stops with a bad option
+            raise
+
+    def _configure(self, device: str, precision: str, actors: int | None, gpus_per_actor: float | None,
+                   frontend: str) -> None:
         res = self.ray.cluster_resources()
         self.cluster_cpus, self.cluster_gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
         self.nodes = len([n for n in self.ray.nodes() if n.get("Alive")])

@@ -179,6 +179,17 @@ def test_actor_that_dies_once_is_restarted_and_results_identical(ray_local, demo
     _same(ref, got)
 
 
+def test_bad_options_fail_in_one_line(ray_local, demo):
+    from monitor.errors import MonitorError
+    from monitor.ray_engine import RayEngine
+
+    with pytest.raises(MonitorError, match="has no GPUs"):
+        RayEngine(demo, device="cuda")
+    with pytest.raises(MonitorError, match="--actors must be >= 1"):
+        RayEngine(demo, actors=0)
+    assert ray.is_initialized()  # a Ray the engine did not start is left running
+
+
 def test_ray_engine_reads_file_urls(ray_local, demo, card):
     """Decode tasks open ``file://`` URLs through fsspec on the workers: the plain path's scores."""
     import dataclasses
@@ -330,12 +341,12 @@ def test_two_node_cluster_survives_losing_the_worker_node(tmp_path):
     a new worker node joins; the run completes with the local engine's results."""
     if sys.platform != "linux":
         pytest.skip("loopback addresses 127.0.0.2/3 and /proc: Linux only")
-    card = _big_card(tmp_path / "CARD", 8)
+    card = _big_card(tmp_path / "CARD", 12, 60.0)  # 72 segments, 6 decode units
     ref, out = tmp_path / "ref", tmp_path / "out"
     r = _cli("run", str(card), "--out", str(ref), "--batch-size", "2", "--workers", "0")
     assert r.returncode == 0, r.stderr
     temp = Path(f"/tmp/mr{os.getpid()}")  # short: Unix socket paths are limited to 107 bytes
-    env = _env(RAY_AUTH_MODE="token")
+    env = _env(RAY_AUTH_MODE="token", MONITOR_RAY_TEST_DELAY_S="4")  # the nodes' decode tasks sleep 0..4 s
     port = _free_port()
     head = f"127.0.0.2:{port}"
     try:
@@ -358,7 +369,7 @@ def test_two_node_cluster_survives_losing_the_worker_node(tmp_path):
             assert pids, "the worker node's raylet was not found"
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
-            assert _done_files(out) < 8 and proc.poll() is None  # killed mid-run
+            assert _done_files(out) < 12 and proc.poll() is None  # killed mid-run
             join()  # a replacement node joins (Ray restarts the lost actor and retries its work)
             _, err = proc.communicate(timeout=420)
         finally:
