@@ -30,6 +30,21 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def files_only(names=("ray", "ray.data", "ray.train", "ray.tune"), level: int = logging.INFO) -> None:
+    """Route these loggers (Ray's, by default) to monitor's log files only, never the console: their own
+    handlers removed, no propagation to the root's console handler. Without a log file they are silent."""
+    root = logging.getLogger()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    for name in names:
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = False
+        lg.setLevel(level)
+        for h in files:
+            lg.addHandler(h)
+
+
 def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None) -> None:
     """Configure the root logger once: WARNING (``-v`` INFO, ``-vv`` DEBUG) on ``stream`` (stderr),
     everything from DEBUG in ``log_file`` if given."""

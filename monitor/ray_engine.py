@@ -26,7 +26,9 @@ retried after a lost node) is ignored. Actors that die are restarted and their b
 (``max_restarts`` / ``max_task_retries``); decode tasks are retried (``max_retries``). The results store
 is the checkpoint: a driver killed mid-run resumes on re-run like the local engine.
 
-Inputs must be readable at the same path (or URL) from every node: a shared/NAS mount or a bucket.
+Inputs must be readable at the same path (or URL) from every node: a shared/NAS mount or a bucket. The
+model bundles need not be: the driver puts each bundle's bytes in Ray's object store once, and an actor
+on a node without the bundle folder (or with another bundle there) loads that copy.
 """
 
 from __future__ import annotations
@@ -115,21 +117,62 @@ def _exit_once() -> None:
     os._exit(1)
 
 
+def bundle_payload(bundle) -> dict[str, bytes]:
+    """A bundle's ``bundle.json`` and weights as bytes (shipped once through Ray's object store)."""
+    from pathlib import Path
+
+    folder = Path(bundle.path)
+    return {name: (folder / name).read_bytes() for name in ("bundle.json", bundle.weights_file)}
+
+
+def actor_bundles(specs: Sequence[tuple[str, str, Any]]) -> list:
+    """On a worker node: each bundle from its folder when the node sees it with the same hash (a shared
+    disk, the same install), else from the bytes the driver shipped (``(folder, sha256, ObjectRef)``),
+    written to a temporary folder and loaded and checked as any bundle."""
+    import tempfile
+
+    from monitor.model.bundle import load_bundle
+
+    out = []
+    for folder, sha, ref in specs:
+        b = None
+        if os.path.isfile(os.path.join(folder, "bundle.json")):
+            try:
+                b = load_bundle(folder)
+            except Exception:  # noqa: BLE001 - another bundle at that path on this node: use the shipped one
+                b = None
+            if b is not None and b.sha256 != sha:
+                b = None
+        if b is None:
+            import ray
+
+            files = ray.get(ref) if not isinstance(ref, dict) else ref
+            dst = tempfile.mkdtemp(prefix="monitor-bundle-")
+            for name, data in files.items():
+                with open(os.path.join(dst, name), "wb") as fh:
+                    fh.write(data)
+            b = load_bundle(dst)
+            if b.sha256 != sha:
+                raise MonitorError(f"the model bundle shipped to {os.uname().nodename} changed on the way")
+            log.info("bundle %s loaded from the driver's copy (%s is not on this node)", b.name, folder)
+        out.append(b)
+    return out
+
+
 class ScoreActor:
     """A Ray Data actor: the bundles loaded once, one planned batch per call -> pickled ``BatchScores``."""
 
-    def __init__(self, bundle_dirs: Sequence[str], device: str, precision: str, batch_size: int,
+    def __init__(self, bundle_specs: Sequence[tuple[str, str, Any]], device: str, precision: str, batch_size: int,
                  threads: int | None = None, per_node: int = 1):
         import torch
 
         from monitor.device import set_matmul_policy
         from monitor.infer import Scorer, prepare_models
-        from monitor.model.bundle import load_bundle
 
         if device == "cpu":  # Ray sets one OpenMP thread per reserved CPU; the model gets its node's CPUs
             torch.set_num_threads(int(threads) if threads else max(1, int(node_cpus()) // max(1, per_node)))
         set_matmul_policy()
-        bundles = [load_bundle(d) for d in bundle_dirs]
+        bundles = actor_bundles(bundle_specs)
         nets, precision = prepare_models(bundles, device, precision)
         self.scorer = Scorer(bundles, nets, device, precision, batch_size, pre=bundles[0].preprocessing)
 
@@ -157,12 +200,12 @@ def node_cpus() -> float:
     return float(os.cpu_count() or 1)
 
 
-def _probe_gpu(bundle_dirs: Sequence[str], precision: str, batch_size: int | str, kind: str) -> tuple[str, int]:
+def _probe_gpu(bundle_specs: Sequence[tuple[str, str, Any]], precision: str, batch_size: int | str,
+               kind: str) -> tuple[str, int]:
     """On a GPU worker: the resolved precision (by that GPU's capability) and ``--batch-size auto``."""
     from monitor.infer import Scorer, prepare_models
-    from monitor.model.bundle import load_bundle
 
-    bundles = [load_bundle(d) for d in bundle_dirs]
+    bundles = actor_bundles(bundle_specs)
     nets, precision = prepare_models(bundles, "cuda", precision)
     s = Scorer(bundles, nets, "cuda", precision, 1, pre=bundles[0].preprocessing)
     return precision, int(batch_size) if batch_size != "auto" else s.probe_batch_size(kind)
@@ -186,17 +229,10 @@ def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
 
 
 def route_ray_logs() -> None:
-    """Ray's own Python loggers into monitor's log files only (not the console)."""
-    root = logging.getLogger()
-    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
-        lg = logging.getLogger(name)
-        for h in list(lg.handlers):
-            lg.removeHandler(h)
-        lg.propagate = False
-        lg.setLevel(logging.INFO)
-        for h in files:
-            lg.addHandler(h)
+    """Ray's own Python loggers into monitor's log files only (not the console): ``logs.files_only``."""
+    from monitor.logs import files_only
+
+    files_only()
 
 
 class RayEngine:
@@ -243,6 +279,7 @@ class RayEngine:
         self.shuffle_seed, self.task_samples = shuffle_seed, int(task_samples)
         self.ray = import_ray()
         self._started = False
+        self._specs: list | None = None
         t0 = time.perf_counter()
         self._connect(init_kwargs or {})
         self.startup_s = time.perf_counter() - t0
@@ -324,8 +361,15 @@ class RayEngine:
             return
         kind = "waves" if self.frontend == "device" else "features"
         probe = self.ray.remote(_probe_gpu).options(num_gpus=self.gpus_per_actor, max_retries=RETRIES)
-        self.precision, self.batch_size = self.ray.get(probe.remote(self.bundle_dirs, self.precision,
+        self.precision, self.batch_size = self.ray.get(probe.remote(self.bundle_specs(), self.precision,
                                                                      self.batch_size, kind))
+
+    def bundle_specs(self) -> list[tuple[str, str, Any]]:
+        """``(folder, sha256, ObjectRef of its bytes)`` per bundle; the bytes are put once per engine."""
+        if self._specs is None:
+            self._specs = [(d, b.sha256, self.ray.put(bundle_payload(b))) for d, b in zip(self.bundle_dirs,
+                                                                                          self.bundles)]
+        return self._specs
 
     def run(self, jobs: Sequence[FileJob], on_file_done: Callable[[FileJob, FileScores], None],
             on_segments: Callable[[int], None] | None = None) -> None:
@@ -353,7 +397,7 @@ class RayEngine:
                              num_cpus=self.decode_cpus, max_retries=RETRIES)
             ds = ds.map_batches(
                 ScoreActor, fn_constructor_kwargs=dict(
-                    bundle_dirs=self.bundle_dirs, device=self.device, precision=self.precision, batch_size=bs,
+                    bundle_specs=self.bundle_specs(), device=self.device, precision=self.precision, batch_size=bs,
                     threads=self.threads, per_node=-(-self.actors // max(1, self.nodes))),
                 batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.actors), batch_format="numpy",
                 num_cpus=0 if self.device == "cuda" else ACTOR_CPUS,
@@ -375,6 +419,7 @@ class RayEngine:
                                "never came back; run the same command again to resume")
 
     def close(self) -> None:
+        self._specs = None
         if self._started and self.ray.is_initialized():
             self.ray.shutdown()
         self._started = False

@@ -190,6 +190,21 @@ def test_bad_options_fail_in_one_line(ray_local, demo):
     assert ray.is_initialized()  # a Ray the engine did not start is left running
 
 
+def test_actor_bundles_come_from_the_driver_when_the_node_lacks_the_folder(ray_local, demo, tmp_path):
+    """A worker node without the bundle folder (or with another bundle there) loads the driver's shipped copy."""
+    from monitor.ray_engine import actor_bundles, bundle_payload
+
+    b = demo[0]
+    ref = ray.put(bundle_payload(b))
+    here = actor_bundles([(str(b.path), b.sha256, ref)])[0]
+    assert str(here.path) == str(b.path)  # the node sees the folder: loaded in place
+    shipped = actor_bundles([(str(tmp_path / "not-on-this-node"), b.sha256, ref)])[0]
+    assert shipped.sha256 == b.sha256 and str(shipped.path) != str(b.path)
+    assert shipped.labels == b.labels and shipped.preprocessing == b.preprocessing
+    from monitor.errors import MonitorError
+
+    with pytest.raises(MonitorError, match="changed on the way"):  # neither copy has the expected hash
+        actor_bundles([(str(b.path), "0" * 64, ref)])
 def test_ray_engine_reads_file_urls(ray_local, demo, card):
     """Decode tasks open ``file://`` URLs through fsspec on the workers: the plain path's scores."""
     import dataclasses
