@@ -30,19 +30,31 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def files_only(names=("ray", "ray.data", "ray.train", "ray.tune"), level: int = logging.INFO) -> None:
-    """Route these loggers (Ray's, by default) to monitor's log files only, never the console: their own
-    handlers removed, no propagation to the root's console handler. Without a log file they are silent."""
+class _NotFrom(logging.Filter):
+    """Drops records of the named loggers (and their children)."""
+
+    def __init__(self, names) -> None:
+        super().__init__()
+        self.names = tuple(names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.name == n or record.name.startswith(n + ".") for n in self.names)
+
+
+def files_only(names=("ray",), level: int = logging.INFO) -> None:
+    """Records of these loggers (Ray's, by default) go to monitor's log files only, never the console: their
+    own handlers are removed, they propagate to the root, and the root's console handlers drop them."""
     root = logging.getLogger()
-    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
     for name in names:
         lg = logging.getLogger(name)
         for h in list(lg.handlers):
             lg.removeHandler(h)
-        lg.propagate = False
+        lg.propagate = True
         lg.setLevel(level)
-        for h in files:
-            lg.addHandler(h)
+    for h in root.handlers:
+        if not isinstance(h, logging.FileHandler) and not any(isinstance(f, _NotFrom) and set(names) <= set(f.names)
+                                                              for f in h.filters):
+            h.addFilter(_NotFrom(names))
 
 
 def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None) -> None:
