@@ -41,7 +41,7 @@ class _NotFrom(logging.Filter):
         return not any(record.name == n or record.name.startswith(n + ".") for n in self.names)
 
 
-def files_only(names=("ray",), level: int = logging.INFO) -> None:
+def files_only(names=("ray", "ray.data"), level: int = logging.INFO) -> None:
     """Records of these loggers (Ray's, by default) go to monitor's log files only, never the console: their
     own handlers are removed, they propagate to the root, and the root's console handlers drop them."""
     root = logging.getLogger()
