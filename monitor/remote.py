@@ -11,7 +11,7 @@ fsspec (and the filesystem's own package: ``s3fs`` for ``s3://``, ``gcsfs`` for 
 the ``remote`` extra (``pip install 'monitor[remote]'``; the ``ray`` extra includes it). Credentials
 are the filesystem's usual ones (``AWS_*`` variables or ``~/.aws`` for s3fs, ``GOOGLE_APPLICATION_
 CREDENTIALS`` for gcsfs). With ``--engine ray`` every node opens the URL itself, so a bucket must be
-reachable from every node; ``memory://`` exists only inside one process (the local engine, tests).
+reachable from every node; ``memory://`` exists only inside one process (the local engine with ``--workers 0``, tests).
 """
 
 from __future__ import annotations
