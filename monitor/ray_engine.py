@@ -49,8 +49,9 @@ from monitor.plan import Assembler, BatchPlan, BatchScores, FileJob, FileScores,
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "the Ray engine needs: pip install 'monitor[ray]'"
-ACTOR_CPUS = 0.5  # a CPU actor's reservation (its torch threads use the node's CPUs, see ScoreActor); with
-# decode tasks at 0.5 CPU, a 1-CPU node holds an actor and a decode task at once
+MIN_ACTOR_CPUS = 0.5  # a CPU actor reserves its node's CPUs less one decode task's (at least this): like the
+# local engine on a CPU (one decode worker beside the model's threads), a node running an actor decodes one task
+# at a time instead of oversubscribing the cores the model's threads use; a 1-CPU node still fits both
 RAY_TASK_SAMPLES = 2_000_000  # smaller decode tasks than the local engine's: more units to spread over nodes
 RETRIES = 5  # actor restarts, actor task retries, decode task retries
 EXIT_ONCE_ENV = "MONITOR_RAY_TEST_EXIT_ONCE"  # tests: a folder; an actor exits once when FOLDER/armed exists
@@ -146,6 +147,8 @@ def actor_bundles(specs: Sequence[tuple[str, str, Any]]) -> list:
         if b is None:
             import ray
 
+            if ref is None:
+                raise MonitorError(f"the model bundle {folder} is not on {os.uname().nodename}")
             files = ray.get(ref) if not isinstance(ref, dict) else ref
             dst = tempfile.mkdtemp(prefix="monitor-bundle-")
             for name, data in files.items():
@@ -293,7 +296,10 @@ class RayEngine:
                    frontend: str) -> None:
         res = self.ray.cluster_resources()
         self.cluster_cpus, self.cluster_gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
-        self.nodes = len([n for n in self.ray.nodes() if n.get("Alive")])
+        alive = [n for n in self.ray.nodes() if n.get("Alive")]
+        self.nodes = len(alive)
+        node_cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in alive]
+        self.min_node_cpus = min([c for c in node_cpus if c > 0] or [1.0])
         if device == "auto":
             device = "cuda" if self.cluster_gpus > 0 else "cpu"
         if device not in ("cpu", "cuda"):
@@ -364,11 +370,16 @@ class RayEngine:
         self.precision, self.batch_size = self.ray.get(probe.remote(self.bundle_specs(), self.precision,
                                                                      self.batch_size, kind))
 
+    def actor_cpus(self) -> float:
+        """A CPU actor's reservation: the smallest node's CPUs less one decode task, at least 0.5."""
+        return max(MIN_ACTOR_CPUS, self.min_node_cpus - self.decode_cpus)
+
     def bundle_specs(self) -> list[tuple[str, str, Any]]:
         """``(folder, sha256, ObjectRef of its bytes)`` per bundle; the bytes are put once per engine."""
         if self._specs is None:
-            self._specs = [(d, b.sha256, self.ray.put(bundle_payload(b))) for d, b in zip(self.bundle_dirs,
-                                                                                          self.bundles)]
+            ship = self.address is not None or self.nodes > 1  # a local instance's one node has the folder
+            self._specs = [(d, b.sha256, self.ray.put(bundle_payload(b)) if ship else None)
+                           for d, b in zip(self.bundle_dirs, self.bundles)]
         return self._specs
 
     def run(self, jobs: Sequence[FileJob], on_file_done: Callable[[FileJob, FileScores], None],
@@ -400,7 +411,7 @@ class RayEngine:
                     bundle_specs=self.bundle_specs(), device=self.device, precision=self.precision, batch_size=bs,
                     threads=self.threads, per_node=-(-self.actors // max(1, self.nodes))),
                 batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.actors), batch_format="numpy",
-                num_cpus=0 if self.device == "cuda" else ACTOR_CPUS,
+                num_cpus=0 if self.device == "cuda" else self.actor_cpus(),
                 num_gpus=self.gpus_per_actor if self.device == "cuda" else None,
                 max_restarts=RETRIES, max_task_retries=RETRIES)
         asm = Assembler(plan, len(self.bundles[0].labels), in_order=False)
