@@ -39,9 +39,8 @@ def export_int8(model, folder: Path, frames: int | None = None, mel: int | None 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = getattr(model, "config", {})
-    frames = frames or int(cfg.get("input_tdim", 1024))
-    mel = mel or int(cfg.get("input_fdim", 128))
+    g = model.geometry
+    frames, mel = frames or g.input_tdim, mel or g.input_fdim
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")

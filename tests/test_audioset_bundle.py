@@ -174,7 +174,36 @@ def test_run_with_the_pulled_model_scores_as_the_official_recipe(pulled, officia
     assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()  # 6e-7 seen
     assert 5 < (want >= 0.3).sum() < 100  # the scores straddle the default threshold
     det = pd.read_csv(out / "detections.csv")
-    assert set(det["label"]) == {lab for lab, s in zip(labels, got) if s >= 0.3}
+    detected = {lab for lab, s in zip(labels, got) if s >= 0.3}
+    assert set(det["label"]) == detected
+
+    # 527 labels, a readable workbook: the Summary lists positives only (and says so), Presence the detected labels
+    import openpyxl
+
+    wb = openpyxl.load_workbook(out / "report.xlsx", read_only=True)
+    summary = [[c.value for c in r] for r in wb["Summary"].iter_rows()]
+    assert "Prediction (positives only: 527 labels)" in summary[0]
+    pred = summary[0].index("Prediction (positives only: 527 labels)")
+    assert len(summary) - 1 == len(detected) and {r[pred] for r in summary[1:]} == {"Positive"}
+    presence = [[c.value for c in r] for r in wb["Presence"].iter_rows()]
+    listed = {r[2] for r in presence if len(r) > 2 and r[1] in ("detections", "positive segments")}
+    assert listed == detected
+    # (all deployments + 1 deployment) x 2 measures x detected labels, by night and by hour, plus a few notes
+    assert len(presence) <= 2 * (2 * 2 * len(detected) + 1) + 12, len(presence)
+    assert any(f"{527 - len(detected)} labels that were never detected are not listed" in str(r[0])
+               for r in presence if r)
+
+    # one threshold for every label, then only the labels asked for (case-insensitive), without the model
+    r = _cli(root, "report", out, "--threshold", "all=0.5", "--labels", "frog,SPEECH")
+    assert r.returncode == 0, r.stderr
+    det = pd.read_csv(out / "detections.csv")
+    kept = {"Frog": got[labels.index("Frog")], "Speech": got[labels.index("Speech")]}
+    assert set(det["label"]) == {lab for lab, s in kept.items() if s >= 0.5}
+    seg = pd.read_csv(out / "segments.csv")
+    assert [c for c in seg.columns if c in labels] == ["Speech", "Frog"] or \
+        sorted(c for c in seg.columns if c in labels) == ["Frog", "Speech"]
+    r = _cli(root, "report", out, "--labels", "Frgo")
+    assert r.returncode == 2 and "Frog" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ def test_recipe_names_and_one_line_summaries():
     assert rows["finetune_audioset"]["summary"] == "Fine-tune the AudioSet-pretrained AST on your own labelled audio"
     assert all(r["summary"] and len(r["summary"]) < 120 for r in rows.values()), rows
     assert resources.recipe_path("demo") == resources.recipe_path("demo.yaml") == REPO / "configs" / "demo.yaml"
-    with pytest.raises(MonitorError, match=r"no recipe file 'nosuch'.*packaged recipes: clips_cpu, demo"):
+    with pytest.raises(MonitorError, match=r"no recipe file 'nosuch'.*packaged recipes: accent, clips_cpu, demo, esc50"):
         resources.recipe_path("nosuch")
     with pytest.raises(MonitorError):
         resources.recipe_path("../configs/demo")  # names only; a path must exist
@@ -69,7 +69,7 @@ def test_recipe_names_and_one_line_summaries():
 def test_packaged_recipe_paths_read_as_if_in_configs_of_the_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rana = resources.load_recipe("rana_draytonii")
-    assert rana.data.root == str(tmp_path / "data") and rana.data.cache_dir == str(tmp_path / "runs" / ".fbank_cache")
+    assert rana.data.root == str(tmp_path / "data") and rana.data.cache_dir == "auto"  # <out>/fbank_cache
     assert rana.model.checkpoint == "audioset-10-10"  # a name to pull, not a path
     demo = resources.load_recipe("demo", ["optim.epochs=2", "data.root=clips"])
     assert demo.split.val_files == str(REPO / "configs" / "demo_val.txt")  # ships beside the recipe

@@ -751,18 +751,19 @@ def test_bundle_folder_readable_by_colleagues(tmp_path):
 
 
 def test_training_reads_and_prepares_segments_as_monitor_run(tmp_path, wav_writer):
-    """One reader and one front end: a training segment's features equal monitor run's (infer.compute_chunk)."""
+    """One reader and one front end: a training segment's features equal monitor run's (infer.decode_task)."""
     from monitor.config import FbankConfig, Preprocess
     from monitor.features import normalize
-    from monitor.infer import compute_chunk, plan_chunks
+    from monitor.infer import decode_task
+    from monitor.plan import job_from_path, plan_batches
     from monitor.train.dataset import SegmentDataset
 
     path = wav_writer(tmp_path / "frog" / "r.wav", 5.3, 22050, channels=2, noise=0.1)
     pre = Preprocess(segment=SEG, fbank=FbankConfig(target_frames=208))
     table, labels = data.from_folders(tmp_path, pre.segment)
     ds = SegmentDataset(table, labels, pre)
-    (task,) = plan_chunks(path, "frog/r.wav", 116865, 2, 22050, pre, batch_size=8)
-    want = compute_chunk(task, pre).features
+    (task,) = plan_batches([job_from_path(path, "frog/r.wav")], pre, batch_size=8).tasks
+    want = decode_task(task, pre).data
     assert len(table) == len(want) == 3
     for i in range(len(table)):
         feats, n = ds.features(i)

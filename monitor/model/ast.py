@@ -100,6 +100,7 @@ class AST(nn.Module):
                      tstride=int(tstride), input_fdim=int(input_fdim), input_tdim=int(input_tdim),
                      label_dim=int(label_dim), norm_eps=float(norm_eps), head_norm_eps=float(head_norm_eps))
         self.geometry = g
+        self.drop_path_rate = float(drop_path_rate)  # stochastic depth (training only; not part of the geometry)
         self.label_dim = g.label_dim
         self.f_dim, self.t_dim = g.grid
         self.v = VisionTransformerDistilled(

@@ -103,12 +103,9 @@ def with_drop_path(model, rate: float):
     """The same weights in an AST built with stochastic depth ``rate`` (a no-op when it already has it)."""
     from monitor.model.ast import AST
 
-    c = model.config
-    if float(c.get("drop_path_rate", 0.0)) == float(rate):
+    if float(getattr(model, "drop_path_rate", 0.0)) == float(rate):
         return model
-    new = AST(c["label_dim"], c["fstride"], c["tstride"], c["input_fdim"], c["input_tdim"], c["model_size"],
-              depth=c["depth"], drop_path_rate=rate, norm_eps=c.get("norm_eps", 1e-6),
-              head_norm_eps=c.get("head_norm_eps", 1e-5))
+    new = AST.from_geometry(model.geometry, drop_path_rate=rate)
     new.load_state_dict(model.state_dict())
     return new
 
