@@ -54,16 +54,22 @@ def probe(path: Path | str) -> AudioInfo:
     """Header facts via soundfile, without decoding audio. Raises ``AudioError`` with a human reason."""
     import soundfile as sf
 
+    from monitor.remote import is_url, open_input
+
     try:
-        info = sf.info(str(path))
+        if is_url(path):  # an fsspec URL: soundfile reads the header through a file object
+            with open_input(path) as fh, sf.SoundFile(fh) as f:
+                rate, channels, frames, fmt, subtype = f.samplerate, f.channels, f.frames, f.format, f.subtype
+        else:
+            i = sf.info(str(path))
+            rate, channels, frames, fmt, subtype = i.samplerate, i.channels, i.frames, i.format, i.subtype
     except sf.LibsndfileError as exc:
         raise AudioError(f"not a readable audio file ({_sf_reason(exc)})") from None
     except (OSError, RuntimeError) as exc:
         raise AudioError(f"could not open the file ({getattr(exc, 'strerror', None) or exc})") from None
-    if info.samplerate <= 0 or info.channels <= 0:
-        raise AudioError(f"invalid header (sample rate {info.samplerate} Hz, {info.channels} channels)")
-    return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames),
-                     info.frames / info.samplerate, str(info.format), str(info.subtype))
+    if rate <= 0 or channels <= 0:
+        raise AudioError(f"invalid header (sample rate {rate} Hz, {channels} channels)")
+    return AudioInfo(int(rate), int(channels), int(frames), frames / rate, str(fmt), str(subtype))
 
 
 def read_frames(path: Path | str, start_frame: int, stop_frame: int) -> np.ndarray:
@@ -72,6 +78,12 @@ def read_frames(path: Path | str, start_frame: int, stop_frame: int) -> np.ndarr
     of ``monitor run`` (``infer.decode_task``) and ``monitor train`` (``train.dataset``)."""
     import soundfile as sf
 
+    from monitor.remote import is_url, open_input
+
+    if is_url(path):  # an fsspec URL: seek and read through a read-ahead file object
+        with open_input(path) as fh, sf.SoundFile(fh) as f:
+            f.seek(int(start_frame))
+            return f.read(max(0, int(stop_frame) - int(start_frame)), dtype="float32", always_2d=True)
     with sf.SoundFile(str(path)) as f:
         f.seek(int(start_frame))
         return f.read(max(0, int(stop_frame) - int(start_frame)), dtype="float32", always_2d=True)

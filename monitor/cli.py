@@ -42,6 +42,11 @@ def _batch_size(text: str) -> int | str:
     return n
 
 
+def _input(text: str) -> Path | str:
+    """A local folder (``Path``) or an fsspec URL (kept as a string)."""
+    return text if "://" in text else Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="monitor",
@@ -52,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", help="detect species in an SD-card folder and write reports")
-    r.add_argument("input_dir", type=Path, help="folder of recordings (read-only; searched recursively)")
+    r.add_argument("input_dir", type=_input, help="folder of recordings (read-only; searched recursively), or an "
+                   "fsspec URL (s3://bucket/folder, gs://..., file://...; pip install 'monitor[remote]')")
     r.add_argument("--out", type=Path, required=True, help="output folder (must not be inside INPUT_DIR)")
     r.add_argument("--model", action="append", default=None, metavar="NAME_OR_PATH",
                    help="model bundle; repeat to average an ensemble (default: the bundled demo model)")
@@ -84,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="name this card's deployment (default: each file's recorder ID, else its top folder)")
     r.add_argument("--prune", action="store_true",
                    help="remove the results of files no longer on this card, and replace changed files' results")
+    r.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this machine; ray: decode in Ray tasks, score in Ray actors (pip install "
+                        "'monitor[ray]'; see README 'Past one machine')")
+    r.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="--engine ray: join this Ray cluster (default: start Ray on this machine)")
+    r.add_argument("--actors", type=int, default=None,
+                   help="--engine ray: scoring actors (default: one per GPU, else one per node)")
+    r.add_argument("--gpus-per-actor", type=float, default=None,
+                   help="--engine ray: GPUs each scoring actor holds (default 1 when the cluster has GPUs)")
 
     m = sub.add_parser("metadata", help="print recorder metadata of files or folders")
     m.add_argument("paths", nargs="+", type=Path)
@@ -179,7 +194,8 @@ def run_command(args: argparse.Namespace) -> int:
                    workers=args.workers, thresholds=dict(args.threshold), resume=not args.no_resume,
                    precision=args.precision, command=command, deployment=args.deployment, prune=args.prune,
                    compile=args.compile, deployments=args.deployments,
-                   labels=None if args.labels is None else [args.labels])
+                   labels=None if args.labels is None else [args.labels], engine=args.engine,
+                   address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor)
     except MonitorError:
         raise
     except Exception as exc:  # unexpected: full detail to the log file, one line to the user

@@ -45,7 +45,7 @@ def __getattr__(name: str):  # ``AUDIO_EXTENSIONS`` without importing soundfile 
 
 @dataclass(frozen=True)
 class Found:
-    path: Path
+    path: Path | str  # a str: an fsspec URL (``monitor.remote``)
     rel: str  # posix path relative to the root
     size: int  # bytes
     mtime_ns: int
@@ -84,6 +84,10 @@ def discover(root: Path | str) -> Discovery:
     Symlinks are followed, but every folder and file is visited once (keyed by device and inode), so
     a link that loops back or a second link to the same file is listed as skipped, not walked again.
     """
+    from monitor.remote import discover_url, is_url
+
+    if is_url(root):  # an fsspec URL (bucket, file://, memory://): listed through fsspec
+        return discover_url(str(root))
     root = Path(root)
     out = Discovery()
     seen_dirs: set[tuple[int, int]] = set()
@@ -150,10 +154,13 @@ def fingerprint(path: Path | str, size: int | None = None) -> str:
     a copy of the same file, with a new mtime, does not. '' when the file cannot be read."""
     import hashlib
 
+    from monitor.remote import is_url, open_input, url_fs
+
     try:
-        size = os.path.getsize(path) if size is None else size
+        if size is None:
+            size = url_fs(str(path))[0].size(str(path)) if is_url(path) else os.path.getsize(path)
         h = hashlib.sha256(str(size).encode())
-        with open(path, "rb") as fh:
+        with open_input(path, FINGERPRINT_BYTES) as fh:
             h.update(fh.read(FINGERPRINT_BYTES))
             if size > 2 * FINGERPRINT_BYTES:
                 fh.seek(size - FINGERPRINT_BYTES)

@@ -30,6 +30,33 @@ def quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class _NotFrom(logging.Filter):
+    """Drops records of the named loggers (and their children)."""
+
+    def __init__(self, names) -> None:
+        super().__init__()
+        self.names = tuple(names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.name == n or record.name.startswith(n + ".") for n in self.names)
+
+
+def files_only(names=("ray", "ray.data"), level: int = logging.INFO) -> None:
+    """Records of these loggers (Ray's, by default) go to monitor's log files only, never the console: their
+    own handlers are removed, they propagate to the root, and the root's console handlers drop them."""
+    root = logging.getLogger()
+    for name in names:
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = True
+        lg.setLevel(level)
+    for h in root.handlers:
+        if not isinstance(h, logging.FileHandler) and not any(isinstance(f, _NotFrom) and set(names) <= set(f.names)
+                                                              for f in h.filters):
+            h.addFilter(_NotFrom(names))
+
+
 def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None) -> None:
     """Configure the root logger once: WARNING (``-v`` INFO, ``-vv`` DEBUG) on ``stream`` (stderr),
     everything from DEBUG in ``log_file`` if given."""

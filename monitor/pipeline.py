@@ -38,9 +38,19 @@ class Interrupted(MonitorError):
     """Ctrl-C: finished work is saved; the message says how to resume."""
 
 
-def check_folders(input_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+def check_folders(input_dir: Path | str, out_dir: Path) -> tuple[Path | str, Path]:
     """Resolve and validate; output inside the input folder is refused (the card is read-only to us), and an
-    output folder that cannot be written fails here, in one line, before any work."""
+    output folder that cannot be written fails here, in one line, before any work. ``input_dir`` may be an
+    fsspec URL (a str with ``://``: ``monitor.remote``); it is returned as a URL."""
+    from monitor.remote import check_input_url, is_url
+
+    if is_url(input_dir):
+        url = check_input_url(str(input_dir))
+        if url.startswith("file://"):  # a local folder all the same: the same rule about --out
+            check_folders(Path(url[len("file://"):]), out_dir)
+        dst = Path(out_dir).expanduser().resolve()
+        check_writable(dst)
+        return url, dst
     input_dir, out_dir = Path(input_dir).expanduser(), Path(out_dir).expanduser()
     if not input_dir.is_dir():
         raise MonitorError(f"input folder not found: {input_dir}")
@@ -148,6 +158,10 @@ def run(
     deployments: Path | str | None = None,
     labels: Sequence[str] | None = None,
     compile: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    actors: int | None = None,
+    gpus_per_actor: float | None = None,
 ) -> RunInfo:
     """Run detection over ``input_dir`` into ``out_dir``; returns the ``RunInfo`` written to ``run.json``.
 
@@ -157,11 +171,16 @@ def run(
     every output (kept likewise; ``["all"]`` clears it); ``resume=False`` re-scores this card's files
     (other cards' results and all reviews are kept); ``prune`` removes the results of files no longer on
     the card and lets changed files be replaced. ``compile``: torch.compile the model (GPU; measured
-    before it is made a default).
+    before it is made a default). ``engine``: ``local`` (this machine) or ``ray`` (``monitor.ray_engine``:
+    ``address`` None starts Ray here, ``auto``/``HOST:PORT`` joins a cluster; ``actors``, ``gpus_per_actor``).
     """
     from monitor.deployments import read_deployments
     from monitor.detect import resolve_thresholds
 
+    if engine not in ENGINES:
+        raise MonitorError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "local" and (address is not None or actors is not None or gpus_per_actor is not None):
+        raise MonitorError("--address, --actors and --gpus-per-actor need --engine ray")
     if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise MonitorError(f"--batch-size must be a whole number >= 1 or auto, got {batch_size!r}")
     src, dst = check_folders(input_dir, out_dir)
@@ -182,7 +201,9 @@ def run(
         with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
             stats, interrupted = _process(src, store, bundles, model_hash, device, batch_size, workers, precision,
                                           progress, stop.state, deployment, prune, resume,
-                                          stored_deployments(store), compile)
+                                          stored_deployments(store), compile,
+                                          dict(engine=engine, address=address, actors=actors,
+                                               gpus_per_actor=gpus_per_actor))
             interrupted = interrupted or stop.state["flag"]
             info = dataclasses.replace(
                 info, ended=_now(), completed=not interrupted, files_done=stats["done"] + stats["resumed"],
@@ -248,15 +269,36 @@ def _now() -> str:
 
 def _process(src: Path, store, bundles, model_hash: str, device: str, batch_size: int | str, workers: int | None,
              precision: str, progress: bool | None, stop: dict[str, bool], deployment: str | None, prune: bool,
-             resume: bool, table=None, compile: bool = False) -> tuple[dict[str, Any], bool]:
+             resume: bool, table=None, compile: bool = False,
+             engine_opts: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
     """Discover, skip finished files, decode/score the rest; commit each file as it completes."""
-    from monitor.infer import LocalEngine
-
     # the engine starts now: its worker processes' imports overlap discovery, metadata and model loading
-    with LocalEngine(bundles, device=device, precision=precision, batch_size=batch_size, workers=workers,
-                     compile=compile) as engine:
+    with make_engine(bundles, device=device, precision=precision, batch_size=batch_size, workers=workers,
+                     compile=compile, **(engine_opts or {})) as engine:
         plan = plan_work(src, store, bundles, model_hash, stop, deployment, prune, resume, table)
         return score_planned(engine, plan, store, bundles, progress, stop)
+
+
+ENGINES = ("local", "ray")
+
+
+def make_engine(bundles, *, device: str, precision: str, batch_size: int | str, workers: int | None,
+                compile: bool, engine: str = "local", address: str | None = None, actors: int | None = None,
+                gpus_per_actor: float | None = None):
+    """The engine ``monitor run`` scores through: ``infer.LocalEngine`` or ``ray_engine.RayEngine``."""
+    if engine == "ray":
+        from monitor.ray_engine import RayEngine
+
+        if compile:
+            raise MonitorError("--compile is not supported with --engine ray yet")
+        if workers is not None:
+            raise MonitorError("--workers applies to --engine local; Ray schedules decode tasks itself")
+        return RayEngine(bundles, address=address, actors=actors, gpus_per_actor=gpus_per_actor, device=device,
+                         precision=precision, batch_size=batch_size)
+    from monitor.infer import LocalEngine
+
+    return LocalEngine(bundles, device=device, precision=precision, batch_size=batch_size, workers=workers,
+                       compile=compile)
 
 
 @dataclasses.dataclass
@@ -286,7 +328,9 @@ def plan_work(src: Path, store, bundles, model_hash: str, stop: Mapping[str, boo
     from monitor.store import FileKey
 
     pre = bundles[0].preprocessing
-    card = src.name
+    from monitor.remote import is_url, url_name
+
+    card = url_name(str(src)) if is_url(src) else Path(src).name
     found = discover(src)
     entries = []  # (found, key, meta or None)
     table = table or None

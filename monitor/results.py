@@ -341,6 +341,11 @@ def load_reviews(out_dir: Path | str):
     with open_out(Path(out_dir), harvest=True) as store:
         df = reviews_frame(store.reviews())
         where = {(f["deployment"], f["file"]): f["input_dir"] for f in store.files()}
-    df["path"] = [str(Path(where[(d, f)]) / f) if where.get((d, f)) else "" for d, f in zip(df["deployment"],
+    df["path"] = [_join(where[(d, f)], f) if where.get((d, f)) else "" for d, f in zip(df["deployment"],
                                                                                            df["file"])]
     return df[["deployment", "file", "path", "label", "start_s", "end_s", "verified", "notes"]]
+
+
+def _join(input_dir: str, rel: str) -> str:
+    """A file's path from its input folder: a local path, or a URL (``s3://b/card`` + ``x.wav``)."""
+    return f"{input_dir.rstrip('/')}/{rel}" if "://" in input_dir else str(Path(input_dir) / rel)

@@ -84,12 +84,22 @@ def _header(path: Path, riff: RiffInfo, rec: RecordingMetadata) -> None:
     try:
         import soundfile as sf
 
-        info = sf.info(str(path))
-        rec.sample_rate_hz, rec.channels = int(info.samplerate), int(info.channels)
-        rec.duration_s = round(info.frames / info.samplerate, 6) if info.samplerate else None
+        from monitor.remote import is_url, open_input
+
+        if is_url(path):
+            with open_input(path) as fh, sf.SoundFile(fh) as info:
+                rate, channels, frames = info.samplerate, info.channels, info.frames
+        else:
+            info = sf.info(str(path))
+            rate, channels, frames = info.samplerate, info.channels, info.frames
+        rec.sample_rate_hz, rec.channels = int(rate), int(channels)
+        rec.duration_s = round(frames / rate, 6) if rate else None
         rec.sources.update(sample_rate_hz="header", channels="header", duration_s="header")
     except Exception as exc:  # noqa: BLE001
-        rec.warnings.append(f"no audio header ({str(exc).splitlines()[0][:80]})")
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if text.startswith("Error opening ") and ": " in text:  # soundfile names the path (or file object)
+            text = text.rsplit(": ", 1)[1]
+        rec.warnings.append(f"no audio header ({text[:80]})")
 
 
 def _vorbis_comment(path: Path) -> dict[str, str]:
@@ -97,16 +107,21 @@ def _vorbis_comment(path: Path) -> dict[str, str]:
     try:
         import soundfile as sf
 
-        with sf.SoundFile(str(path)) as f:
+        from monitor.remote import open_input
+
+        with open_input(path) as fh, sf.SoundFile(fh) as f:
             return {k: v for k, v in f.copy_metadata().items() if v}
     except Exception:  # noqa: BLE001
         return {}
 
 
 def read_metadata(path: Path | str, rel: str | None = None) -> RecordingMetadata:
-    """Everything the file's header, comment, GUANO and name say. Never raises."""
-    path = Path(path)
-    rec = RecordingMetadata(file=rel if rel is not None else path.name)
+    """Everything the file's header, comment, GUANO and name say. Never raises. ``path``: a local path or an
+    fsspec URL (``monitor.remote``)."""
+    from monitor.remote import is_url
+
+    path = path if is_url(path) else Path(path)  # type: ignore[assignment]
+    rec = RecordingMetadata(file=rel if rel is not None else _name(path))
     try:
         _read(path, rec)
     except Exception as exc:  # noqa: BLE001 - parsing junk must not raise
@@ -115,7 +130,11 @@ def read_metadata(path: Path | str, rel: str | None = None) -> RecordingMetadata
     return rec
 
 
-def _read(path: Path, rec: RecordingMetadata) -> None:
+def _name(path: Path | str) -> str:
+    return path.name if isinstance(path, Path) else str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _read(path: Path | str, rec: RecordingMetadata) -> None:
     riff = walk_riff(path)
     rec.warnings += riff.warnings
     _header(path, riff, rec)
@@ -124,7 +143,7 @@ def _read(path: Path, rec: RecordingMetadata) -> None:
         g = parse_guano(riff.guan)
         rec.warnings += g.pop("warnings", [])
         sources.append(("guano", g))
-    gps = read_gps_csv(path) if riff.form else {}
+    gps = read_gps_csv(path) if riff.form and isinstance(path, Path) else {}  # companion CSVs: local cards
     if gps:
         sources.append(("gps_csv", gps))
     comment = riff.info.get("ICMT", "")
@@ -147,7 +166,8 @@ def _read(path: Path, rec: RecordingMetadata) -> None:
     iart = riff.info.get("IART", "")
     if iart.startswith("AudioMoth ") and re.fullmatch(r"[0-9A-Fa-f]{16}", iart.split()[-1]):
         sources.append(("iart", {"device_id": iart.split()[-1].upper(), "recorder": "AudioMoth"}))
-    n = parse_filename(path.name, path.parent.name)
+    parent = path.parent.name if isinstance(path, Path) else _name(str(path).rstrip("/").rsplit("/", 1)[0])
+    n = parse_filename(_name(path), parent)
     rec.warnings += n.pop("warnings", [])
     if n.get("device_id") and n["device_id"].upper() in {str(d.get("deployment_id", "")).upper() for _, d in sources}:
         n.pop("device_id")  # AudioMoth 1.11 names may carry the deployment ID, not the device ID

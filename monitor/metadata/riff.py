@@ -109,11 +109,13 @@ def _unfinished(fh, payload_at: int, size: int, file_size: int) -> bool:
 
 def walk_riff(path: str | Path) -> RiffInfo:
     """Walk the chunks of ``path``. Never raises for bad content; problems become ``warnings``."""
+    from monitor.remote import open_input
+
     out = RiffInfo()
     try:
-        fh = open(path, "rb")
+        fh = open_input(path, 1 << 16)  # a local path, or an fsspec URL (small blocks: chunk headers)
     except OSError as exc:
-        out.warnings.append(f"could not open file ({exc.strerror})")
+        out.warnings.append(f"could not open file ({exc.strerror or exc})")
         return out
     with fh:
         fh.seek(0, 2)

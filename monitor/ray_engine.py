@@ -1,0 +1,442 @@
+"""``monitor run --engine ray``: the planned batches decoded in Ray tasks and scored in Ray actors.
+
+The same seam as ``infer.LocalEngine`` (``run(jobs, on_file_done, on_segments)``, ``describe()``,
+``name``, context manager), the same plan (``plan.plan_batches``), the same decoding
+(``infer.decode_task``) and the same scorer (``infer.Scorer``), so scores are bit-identical to the
+local engine's on the CPU.
+
+What runs where:
+
+- driver (this process): discovery, metadata, the plan, the results store, the lock and the reports
+  (``pipeline.py``, unchanged); here: the ``Assembler`` that turns batch scores arriving in any order
+  into whole files, committed as each completes.
+- Ray Data tasks (``flat_map``, one per *unit*): decoding by seeking and the CPU part of the front end.
+  A unit is a run of planned decode tasks that covers whole batches: the plan never lets a decode task
+  straddle a batch boundary, so a unit is either one decode task (one or more whole batches) or every
+  part of one batch too big for the decoded-sample budget (a 384 kHz batch: its parts decode one after
+  another inside the unit, so the budget still bounds memory). A unit emits one row per *planned*
+  batch (``{"batch": b, "rows": pickled Rows}``): batches are never formed by Ray Data (letting
+  ``map_batches`` form them changed scores by ULPs), and no regrouping across tasks is needed.
+- Ray Data actors (``map_batches`` with a callable class, one planned batch per call): each loads the
+  model bundles once (the bundle is the only source of the preprocessing) and scores through
+  ``Scorer``; one GPU (``--gpus-per-actor``) per actor when the cluster has GPUs.
+
+Scores stream back through ``iter_rows`` in whatever order they finish; a re-delivered batch (a task
+retried after a lost node) is ignored. Actors that die are restarted and their batches retried
+(``max_restarts`` / ``max_task_retries``); decode tasks are retried (``max_retries``). The results store
+is the checkpoint: a driver killed mid-run resumes on re-run like the local engine.
+
+Inputs must be readable at the same path (or URL) from every node: a shared/NAS mount or a bucket. The
+model bundles need not be: the driver puts each bundle's bytes in Ray's object store once, and an actor
+on a node without the bundle folder (or with another bundle there) loads that copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from monitor.config import Preprocess
+from monitor.errors import MonitorError
+from monitor.plan import Assembler, BatchPlan, BatchScores, FileJob, FileScores, Rows, _slice, concat_rows, plan_batches
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "the Ray engine needs: pip install 'monitor[ray]'"
+MIN_ACTOR_CPUS = 0.5  # a CPU actor reserves its node's CPUs less one decode task's (at least this): like the
+# local engine on a CPU (one decode worker beside the model's threads), a node running an actor decodes one task
+# at a time instead of oversubscribing the cores the model's threads use; a 1-CPU node still fits both
+RAY_TASK_SAMPLES = 2_000_000  # smaller decode tasks than the local engine's: more units to spread over nodes
+RETRIES = 5  # actor restarts, actor task retries, decode task retries
+EXIT_ONCE_ENV = "MONITOR_RAY_TEST_EXIT_ONCE"  # tests: a folder; an actor exits once when FOLDER/armed exists
+DELAY_ENV = "MONITOR_RAY_TEST_DELAY_S"  # tests: decode tasks sleep a random 0..X s (out-of-order arrival)
+
+
+def import_ray():
+    """``ray`` or a one-line ``MonitorError`` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise MonitorError(INSTALL_HINT) from None
+    return ray
+
+
+def units(plan: BatchPlan) -> list[list[int]]:
+    """Runs of consecutive decode-task ids, each covering whole planned batches (see the module docstring)."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    bs = plan.batch_size
+    for t in plan.tasks:
+        cur.append(t.id)
+        end = t.first + t.n
+        if end % bs == 0 or end == plan.n_segments:
+            out.append(cur)
+            cur = []
+    if cur:  # cannot happen for a plan from plan_batches; kept whole rather than lost
+        out.append(cur)
+    return out
+
+
+def split_batches(rows: Rows, batch_size: int) -> list[tuple[int, Rows]]:
+    """A unit's rows (starting on a batch boundary) -> ``(batch, Rows)`` per planned batch."""
+    out = []
+    for i in range(0, rows.n, batch_size):
+        part = _slice(rows, i, min(rows.n, i + batch_size))
+        out.append(((rows.first + i) // batch_size, part))
+    return out
+
+
+def _decode_unit(row: dict[str, Any], pre: Preprocess, output: str, batch_size: int) -> list[dict[str, Any]]:
+    """Ray Data ``flat_map``: a unit of decode tasks -> one row per planned batch."""
+    from monitor.infer import decode_task
+
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    if delay > 0:
+        time.sleep(np.random.default_rng().uniform(0, delay))
+    tasks = pickle.loads(row["unit"])
+    rows = concat_rows([decode_task(t, pre, output) for t in tasks])
+    return [{"batch": b, "rows": pickle.dumps(r, protocol=5)} for b, r in split_batches(rows, batch_size)]
+
+
+def _exit_once() -> None:
+    """Tests only: the first actor call after FOLDER/armed appears exits the process (a crashing actor)."""
+    folder = os.environ.get(EXIT_ONCE_ENV)
+    if not folder:
+        return
+    armed = os.path.join(folder, "armed")
+    try:
+        os.rename(armed, os.path.join(folder, "fired"))  # atomic: exactly one actor call fires
+    except OSError:
+        return
+    os._exit(1)
+
+
+def bundle_payload(bundle) -> dict[str, bytes]:
+    """A bundle's ``bundle.json`` and weights as bytes (shipped once through Ray's object store)."""
+    from pathlib import Path
+
+    folder = Path(bundle.path)
+    return {name: (folder / name).read_bytes() for name in ("bundle.json", bundle.weights_file)}
+
+
+def actor_bundles(specs: Sequence[tuple[str, str, Any]]) -> list:
+    """On a worker node: each bundle from its folder when the node sees it with the same hash (a shared
+    disk, the same install), else from the bytes the driver shipped (``(folder, sha256, ObjectRef)``),
+    written to a temporary folder and loaded and checked as any bundle."""
+    import tempfile
+
+    from monitor.model.bundle import load_bundle
+
+    out = []
+    for folder, sha, ref in specs:
+        b = None
+        if os.path.isfile(os.path.join(folder, "bundle.json")):
+            try:
+                b = load_bundle(folder)
+            except Exception:  # noqa: BLE001 - another bundle at that path on this node: use the shipped one
+                b = None
+            if b is not None and b.sha256 != sha:
+                b = None
+        if b is None:
+            import ray
+
+            if ref is None:
+                raise MonitorError(f"the model bundle {folder} is not on {os.uname().nodename}")
+            files = ray.get(ref) if not isinstance(ref, dict) else ref
+            dst = tempfile.mkdtemp(prefix="monitor-bundle-")
+            for name, data in files.items():
+                with open(os.path.join(dst, name), "wb") as fh:
+                    fh.write(data)
+            b = load_bundle(dst)
+            if b.sha256 != sha:
+                raise MonitorError(f"the model bundle shipped to {os.uname().nodename} changed on the way")
+            log.info("bundle %s loaded from the driver's copy (%s is not on this node)", b.name, folder)
+        out.append(b)
+    return out
+
+
+class ScoreActor:
+    """A Ray Data actor: the bundles loaded once, one planned batch per call -> pickled ``BatchScores``."""
+
+    def __init__(self, bundle_specs: Sequence[tuple[str, str, Any]], device: str, precision: str, batch_size: int,
+                 threads: int | None = None, per_node: int = 1):
+        import torch
+
+        from monitor.device import set_matmul_policy
+        from monitor.infer import Scorer, prepare_models
+
+        if device == "cpu":  # Ray sets one OpenMP thread per reserved CPU; the model gets its node's CPUs
+            torch.set_num_threads(int(threads) if threads else max(1, int(node_cpus()) // max(1, per_node)))
+        set_matmul_policy()
+        bundles = actor_bundles(bundle_specs)
+        nets, precision = prepare_models(bundles, device, precision)
+        self.scorer = Scorer(bundles, nets, device, precision, batch_size, pre=bundles[0].preprocessing)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _exit_once()
+        out = []
+        for b, blob in zip(batch["batch"], batch["rows"]):
+            rows: Rows = pickle.loads(blob)
+            scores = self.scorer.collect(self.scorer.submit(rows))
+            out.append(pickle.dumps(BatchScores(int(b), rows.first, scores, rows.nonfinite, rows.errors), protocol=5))
+        return {"batch": np.asarray(batch["batch"]), "scores": np.array(out, dtype=object)}
+
+
+def node_cpus() -> float:
+    """CPUs this Ray node offers (``ray start --num-cpus``), else the machine's cores."""
+    try:
+        import ray
+
+        me = ray.get_runtime_context().get_node_id()
+        for n in ray.nodes():
+            if n.get("NodeID") == me:
+                return float(n.get("Resources", {}).get("CPU", 0)) or float(os.cpu_count() or 1)
+    except Exception:  # noqa: BLE001 - outside Ray, or an older API
+        pass
+    return float(os.cpu_count() or 1)
+
+
+def _probe_gpu(bundle_specs: Sequence[tuple[str, str, Any]], precision: str, batch_size: int | str,
+               kind: str) -> tuple[str, int]:
+    """On a GPU worker: the resolved precision (by that GPU's capability) and ``--batch-size auto``."""
+    from monitor.infer import Scorer, prepare_models
+
+    bundles = actor_bundles(bundle_specs)
+    nets, precision = prepare_models(bundles, "cuda", precision)
+    s = Scorer(bundles, nets, "cuda", precision, 1, pre=bundles[0].preprocessing)
+    return precision, int(batch_size) if batch_size != "auto" else s.probe_batch_size(kind)
+
+
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A ``HOST:PORT`` that nothing listens on fails here in one line (``ray.init`` would retry for minutes)."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise MonitorError(f"--address must be auto or HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise MonitorError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+                           "`ray start --head` there, or check the address") from None
+
+
+def route_ray_logs() -> None:
+    """Ray's own Python loggers into monitor's log files only (not the console): ``logs.files_only``."""
+    from monitor.logs import files_only
+
+    files_only()
+
+
+class RayEngine:
+    """Decode in Ray tasks, score in Ray actors; the driver assembles files and calls back (see module doc).
+
+    ``address``: ``None`` starts a Ray instance on this machine (stopped on close), ``auto`` or
+    ``HOST:PORT`` joins a running cluster (an already initialised Ray in this process is used as it
+    is). ``actors``: scoring actors (default: GPUs // gpus_per_actor with GPUs, else one per node).
+    ``gpus_per_actor``: default 1 when the cluster has GPUs. ``threads``: torch threads per CPU actor
+    (default: the node's CPUs / its actors). ``decode_cpus``: CPUs each decode task reserves.
+    ``task_samples``: the decode tasks' decoded-sample budget (smaller: more, smaller units to spread over
+    the cluster; batches, and so scores, do not change). ``shuffle_seed`` (tests): feed the units shuffled.
+    """
+
+    name = "ray"
+
+    def __init__(self, bundles: Sequence, *, address: str | None = None, actors: int | None = None,
+                 gpus_per_actor: float | None = None, device: str = "auto", precision: str = "auto",
+                 batch_size: int | str = "auto", frontend: str = "auto", threads: int | None = None,
+                 decode_cpus: float = 0.5, shuffle_seed: int | None = None, init_kwargs: dict | None = None,
+                 task_samples: int = RAY_TASK_SAMPLES):
+        self.bundles = list(bundles)
+        missing = [b.name for b in self.bundles if b.path is None]
+        if missing:
+            raise MonitorError(f"the Ray engine loads bundles from their folders; {missing[0]} has none")
+        self.bundle_dirs = [str(b.path) for b in self.bundles]
+        self.pre = self.bundles[0].preprocessing
+        if batch_size != "auto":
+            try:
+                batch_size = int(batch_size)
+            except (TypeError, ValueError):
+                raise MonitorError(f"--batch-size must be a whole number or auto, got {batch_size!r}") from None
+            if batch_size < 1:
+                raise MonitorError(f"--batch-size must be >= 1, got {batch_size}")
+        if actors is not None and int(actors) < 1:
+            raise MonitorError(f"--actors must be >= 1, got {actors}")
+        if gpus_per_actor is not None and float(gpus_per_actor) < 0:
+            raise MonitorError(f"--gpus-per-actor must be >= 0, got {gpus_per_actor}")
+        if frontend not in ("auto", "cpu", "device"):
+            raise MonitorError(f"frontend must be auto, cpu or device, got {frontend!r}")
+        self.address, self.requested_device, self.requested_precision = address, device, precision
+        self.batch_size: int | str = batch_size
+        self.frontend_req, self.threads, self.decode_cpus = frontend, threads, float(decode_cpus)
+        self.shuffle_seed, self.task_samples = shuffle_seed, int(task_samples)
+        self.ray = import_ray()
+        self._started = False
+        self._specs: list | None = None
+        t0 = time.perf_counter()
+        self._connect(init_kwargs or {})
+        self.startup_s = time.perf_counter() - t0
+        try:
+            self._configure(device, precision, actors, gpus_per_actor, frontend)
+        except BaseException:
+            self.close()  # a Ray started here stops with a bad option
+            raise
+
+    def _configure(self, device: str, precision: str, actors: int | None, gpus_per_actor: float | None,
+                   frontend: str) -> None:
+        res = self.ray.cluster_resources()
+        self.cluster_cpus, self.cluster_gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+        alive = [n for n in self.ray.nodes() if n.get("Alive")]
+        self.nodes = len(alive)
+        node_cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in alive]
+        self.min_node_cpus = min([c for c in node_cpus if c > 0] or [1.0])
+        if device == "auto":
+            device = "cuda" if self.cluster_gpus > 0 else "cpu"
+        if device not in ("cpu", "cuda"):
+            raise MonitorError(f"the Ray engine scores on cpu or cuda, got --device {device}")
+        if device == "cuda" and self.cluster_gpus <= 0:
+            raise MonitorError("--device cuda: the Ray cluster has no GPUs")
+        self.device = device
+        on_gpu = device == "cuda"
+        self.gpus_per_actor = float(gpus_per_actor if gpus_per_actor is not None else (1.0 if on_gpu else 0.0))
+        if on_gpu and self.gpus_per_actor <= 0:
+            raise MonitorError("--device cuda needs --gpus-per-actor > 0")
+        if actors is None:
+            actors = max(1, int(self.cluster_gpus // self.gpus_per_actor)) if on_gpu else self.nodes
+        self.actors = int(actors)
+        self.frontend = ("device" if on_gpu else "cpu") if frontend == "auto" else frontend
+        self.precision = precision
+        if not on_gpu:
+            from monitor.device import resolve_precision
+
+            self.precision = resolve_precision(precision, "cpu")
+            if self.batch_size == "auto":
+                from monitor.infer import AUTO_BATCH_CPU
+
+                self.batch_size = AUTO_BATCH_CPU
+        log.info("Ray engine: %s (start-up %.1f s), %d node(s), %g CPUs, %g GPUs", self.address or "local instance",
+                 self.startup_s, self.nodes, self.cluster_cpus, self.cluster_gpus)
+
+    def _connect(self, init_kwargs: dict) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        # workers' output stays in Ray's session logs (log_to_driver off), not on the console
+        kw: dict[str, Any] = dict(log_to_driver=False, include_dashboard=False, configure_logging=False)
+        kw.update(init_kwargs)
+        check_reachable(self.address)
+        root = logging.getLogger()
+        keep = list(root.handlers), root.level
+        route_ray_logs()
+        try:
+            ctx = ray.init(address=self.address, **kw)
+        except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            where = self.address or "a new local instance"
+            raise MonitorError(f"cannot reach the Ray cluster at {where}: {text[:200]}") from None
+        finally:  # Ray may configure the root logger: ours stays as it was
+            for h in list(root.handlers):
+                if h not in keep[0]:
+                    root.removeHandler(h)
+            root.setLevel(keep[1])
+            route_ray_logs()
+        self._started = True
+        logs = getattr(ctx, "address_info", {}).get("session_dir") if ctx is not None else None
+        if logs:
+            log.info("Ray's own logs (workers, actors, Ray Data): %s/logs", logs)
+
+    def describe(self) -> dict[str, Any]:
+        self._resolve_gpu()  # GPU runs: precision and batch size as a GPU worker resolves them
+        return {"engine": self.name, "device": self.device, "precision": self.precision, "workers": 0,
+                "batch_size": self.batch_size, "actors": self.actors, "gpus_per_actor": self.gpus_per_actor,
+                "frontend": self.frontend, "address": self.address or "local", "nodes": self.nodes}
+
+    def _resolve_gpu(self) -> None:
+        """Precision and ``--batch-size auto`` measured on a GPU worker (the driver may have no GPU)."""
+        if self.device != "cuda" or (self.precision != "auto" and self.batch_size != "auto"):
+            return
+        kind = "waves" if self.frontend == "device" else "features"
+        probe = self.ray.remote(_probe_gpu).options(num_gpus=self.gpus_per_actor, max_retries=RETRIES)
+        self.precision, self.batch_size = self.ray.get(probe.remote(self.bundle_specs(), self.precision,
+                                                                     self.batch_size, kind))
+
+    def actor_cpus(self) -> float:
+        """A CPU actor's reservation: the smallest node's CPUs less one decode task, at least 0.5."""
+        return max(MIN_ACTOR_CPUS, self.min_node_cpus - self.decode_cpus)
+
+    def bundle_specs(self) -> list[tuple[str, str, Any]]:
+        """``(folder, sha256, ObjectRef of its bytes)`` per bundle; the bytes are put once per engine."""
+        if self._specs is None:
+            ship = self.address is not None or self.nodes > 1  # a local instance's one node has the folder
+            self._specs = [(d, b.sha256, self.ray.put(bundle_payload(b)) if ship else None)
+                           for d, b in zip(self.bundle_dirs, self.bundles)]
+        return self._specs
+
+    def run(self, jobs: Sequence[FileJob], on_file_done: Callable[[FileJob, FileScores], None],
+            on_segments: Callable[[int], None] | None = None) -> None:
+        jobs = list(jobs)
+        if not jobs:
+            return
+        ray = self.ray
+        from ray.data import DataContext
+
+        self._resolve_gpu()
+        bs = int(self.batch_size)
+        plan = plan_batches(jobs, self.pre, bs, self.task_samples)
+        groups = units(plan)
+        if self.shuffle_seed is not None:
+            np.random.default_rng(self.shuffle_seed).shuffle(groups)
+        items = [{"unit": pickle.dumps([plan.tasks[i] for i in u], protocol=5)} for u in groups]
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        output = "waves" if self.frontend == "device" else "features"
+        with warnings.catch_warnings():  # retry counts are ray_remote_args, deprecated from Ray 2.64 (pinned < 2.61)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            ds = ds.flat_map(_decode_unit, fn_kwargs=dict(pre=self.pre, output=output, batch_size=bs),
+                             num_cpus=self.decode_cpus, max_retries=RETRIES)
+            ds = ds.map_batches(
+                ScoreActor, fn_constructor_kwargs=dict(
+                    bundle_specs=self.bundle_specs(), device=self.device, precision=self.precision, batch_size=bs,
+                    threads=self.threads, per_node=-(-self.actors // max(1, self.nodes))),
+                batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.actors), batch_format="numpy",
+                num_cpus=0 if self.device == "cuda" else self.actor_cpus(),
+                num_gpus=self.gpus_per_actor if self.device == "cuda" else None,
+                max_restarts=RETRIES, max_task_retries=RETRIES)
+        asm = Assembler(plan, len(self.bundles[0].labels), in_order=False)
+        seen: set[int] = set()
+        for row in ds.iter_rows():
+            res: BatchScores = pickle.loads(row["scores"])
+            if res.batch in seen:
+                continue  # re-delivered (a retried task): already counted
+            seen.add(res.batch)
+            for job, scores in asm.add(res):
+                on_file_done(job, scores)
+            if on_segments:
+                on_segments(len(res.nonfinite))
+        if asm.pending:
+            raise MonitorError(f"the Ray engine lost {asm.pending} file(s): {plan.n_batches - len(seen)} batches "
+                               "never came back; run the same command again to resume")
+
+    def close(self) -> None:
+        self._specs = None
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = False
+
+    def __enter__(self) -> "RayEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
