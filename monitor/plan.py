@@ -3,7 +3,10 @@
 The driver numbers every segment of the files to do, in file order (``0 .. n_segments - 1``), cuts
 that sequence into batches of ``batch_size`` (batch ``b`` holds segments ``[b * batch_size,
 (b + 1) * batch_size)``; only the last is shorter), and groups the batches into decode tasks within a
-decoded-sample budget. A task never straddles a batch boundary: it is either one or more whole
+decoded-sample budget, where a segment counts at least ``1 / TASK_SEGMENTS`` of the budget: every segment
+becomes a full-size feature matrix whatever its length, so a card of short files must not pack hundreds
+of them into one task (1,000 files of 1.5 s put 333 segments in a task, and the run's peak memory grew by
+~550 MB). A task never straddles a batch boundary: it is either one or more whole
 batches, or, when one batch alone holds more audio than the budget (a batch of 384 kHz segments), a
 part of one batch. So a batch's rows are one task's slice or the concatenation of consecutive tasks.
 
@@ -29,6 +32,7 @@ import numpy as np
 from monitor.config import Preprocess
 
 TASK_SAMPLES = 8_000_000  # decoded samples (frames x channels) one decode task holds at once, ~32 MB float32
+TASK_SEGMENTS = 48  # at most this many segments per task: each counts at least task_samples / TASK_SEGMENTS
 
 
 @dataclass(frozen=True)
@@ -152,13 +156,15 @@ class BatchPlan:
 def plan_batches(jobs: Sequence[FileJob], pre: Preprocess, batch_size: int,
                  task_samples: int = TASK_SAMPLES) -> BatchPlan:
     """Number every segment of ``jobs`` in file order, cut batches of ``batch_size`` and group them into
-    decode tasks of at most ``task_samples`` decoded samples (at least one segment per task)."""
+    decode tasks of at most ``task_samples`` decoded samples (at least one segment per task), a segment
+    counting at least ``task_samples // TASK_SEGMENTS`` (so at most ``TASK_SEGMENTS`` per task)."""
     from monitor.audio import plan_segments
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     segs: list[tuple[int, int, int, int]] = []  # (file, index, start, end) in global order
-    cost: list[int] = []  # decoded samples per segment (frames x channels)
+    cost: list[int] = []  # decoded samples per segment (frames x channels), at least the floor
+    floor = max(1, int(task_samples) // TASK_SEGMENTS)
     firsts, counts = [], []
     for fi, j in enumerate(jobs):
         plan = plan_segments(int(j.frames), int(j.sample_rate_hz), pre.segment)
@@ -166,7 +172,7 @@ def plan_batches(jobs: Sequence[FileJob], pre: Preprocess, batch_size: int,
         counts.append(len(plan))
         for k, a, b in plan:
             segs.append((fi, int(k), int(a), int(b)))
-            cost.append((int(b) - int(a)) * max(1, int(j.channels)))
+            cost.append(max(floor, (int(b) - int(a)) * max(1, int(j.channels))))
     n = len(segs)
     tasks: list[DecodeTask] = []
 

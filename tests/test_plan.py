@@ -62,6 +62,18 @@ def test_plan_numbers_batches_and_budget():
     assert [len(small.tasks_of_batch(b)) for b in range(3)] == [1, 1, 1]
 
 
+def test_many_short_files_stay_within_the_segment_cap():
+    """Every segment becomes a full-size feature matrix: 1,000 files of 1.5 s are not one 333-segment task."""
+    from monitor.plan import TASK_SEGMENTS
+
+    jobs = [_job(f"{i:04d}.wav", 1.5, 16000) for i in range(1000)]
+    plan = plan_batches(jobs, PRE, 16)
+    _check_plan(plan, 8_000_000)
+    assert TASK_SEGMENTS == 48 and max(t.n for t in plan.tasks) == 48 and len(plan.tasks) == 21  # 3 batches each
+    long = plan_batches([_job("x", 3600.0, 48000)], PRE, 16)  # long files: the sample budget decides, as before
+    assert max(t.n for t in long.tasks) == 16  # 16 x 480 k samples; two batches would exceed 8 M
+
+
 def test_plan_is_pure_and_picklable():
     import pickle
 
