@@ -4,9 +4,8 @@ The driver numbers every segment of the files to do, in file order (``0 .. n_seg
 that sequence into batches of ``batch_size`` (batch ``b`` holds segments ``[b * batch_size,
 (b + 1) * batch_size)``; only the last is shorter), and groups the batches into decode tasks within a
 decoded-sample budget, where a segment counts at least ``1 / TASK_SEGMENTS`` of the budget: every segment
-becomes a full-size feature matrix whatever its length, so a card of short files must not pack hundreds
-of them into one task (1,000 files of 1.5 s put 333 segments in a task, and the run's peak memory grew by
-~550 MB). A task never straddles a batch boundary: it is either one or more whole
+becomes a full-size feature matrix whatever its length, so short files must not pack hundreds of them into
+one task. A task never straddles a batch boundary: it is either one or more whole
 batches, or, when one batch alone holds more audio than the budget (a batch of 384 kHz segments), a
 part of one batch. So a batch's rows are one task's slice or the concatenation of consecutive tasks.
 

@@ -103,7 +103,7 @@ def with_drop_path(model, rate: float):
     """The same weights in an AST built with stochastic depth ``rate`` (a no-op when it already has it)."""
     from monitor.model.ast import AST
 
-    if float(getattr(model, "drop_path_rate", 0.0)) == float(rate):
+    if model.drop_path_rate == float(rate):
         return model
     new = AST.from_geometry(model.geometry, drop_path_rate=rate)
     new.load_state_dict(model.state_dict())
