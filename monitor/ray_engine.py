@@ -23,7 +23,9 @@ What runs where:
 
 Scores stream back through ``iter_rows`` in whatever order they finish; a re-delivered batch (a task
 retried after a lost node) is ignored. Actors that die are restarted and their batches retried
-(``max_restarts`` / ``max_task_retries``); decode tasks are retried (``max_retries``). The results store
+(``max_restarts`` / ``max_task_retries``); decode tasks are retried (``max_retries``). When Ray still gives
+up on some work (an actor unreachable after its node died: ``ActorUnavailableError``), the driver streams
+the same plan's unfinished units again, so batch-mates and scores do not change. The results store
 is the checkpoint: a driver killed mid-run resumes on re-run like the local engine.
 
 Inputs must be readable at the same path (or URL) from every node: a shared/NAS mount or a bucket. The
@@ -82,6 +84,19 @@ def units(plan: BatchPlan) -> list[list[int]]:
     if cur:  # cannot happen for a plan from plan_batches; kept whole rather than lost
         out.append(cur)
     return out
+
+
+def unit_batches(plan: BatchPlan, unit: list[int]) -> set[int]:
+    """The planned batches a unit (task ids from ``units``) holds."""
+    bs = plan.batch_size
+    first, last = plan.tasks[unit[0]], plan.tasks[unit[-1]]
+    return set(range(first.first // bs, (last.first + last.n - 1) // bs + 1))
+
+
+def ray_fault_errors(ray) -> tuple[type[BaseException], ...]:
+    """Ray's errors for work lost with a node, an actor or an object (not the user's code's errors)."""
+    e = ray.exceptions
+    return (e.RayActorError, e.ObjectLostError, e.NodeDiedError, e.WorkerCrashedError)
 
 
 def split_batches(rows: Rows, batch_size: int) -> list[tuple[int, Rows]]:
@@ -387,7 +402,6 @@ class RayEngine:
         jobs = list(jobs)
         if not jobs:
             return
-        ray = self.ray
         from ray.data import DataContext
 
         self._resolve_gpu()
@@ -396,10 +410,42 @@ class RayEngine:
         groups = units(plan)
         if self.shuffle_seed is not None:
             np.random.default_rng(self.shuffle_seed).shuffle(groups)
-        items = [{"unit": pickle.dumps([plan.tasks[i] for i in u], protocol=5)} for u in groups]
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        asm = Assembler(plan, len(self.bundles[0].labels), in_order=False)
+        seen: set[int] = set()
+        lost = ray_fault_errors(self.ray)
+        for attempt in range(RETRIES + 1):
+            todo = [u for u in groups if not unit_batches(plan, u) <= seen]
+            if not todo:
+                break
+            try:
+                for res in self._stream(plan, todo):
+                    if res.batch in seen:
+                        continue  # re-delivered (a retried task): already counted
+                    seen.add(res.batch)
+                    for job, scores in asm.add(res):
+                        on_file_done(job, scores)
+                    if on_segments:
+                        on_segments(len(res.nonfinite))
+                break
+            except lost as exc:  # a node or actor Ray could not recover in place: the same plan's unfinished units again
+                if attempt == RETRIES:
+                    raise MonitorError(f"the Ray cluster kept losing work ({type(exc).__name__}); run the same "
+                                       "command again to resume from what is done") from exc
+                log.warning("Ray lost work (%s); streaming the %d unfinished unit(s) of the plan again",
+                            type(exc).__name__, len(todo))
+                log.debug("Ray fault", exc_info=True)
+        if asm.pending:
+            raise MonitorError(f"the Ray engine lost {asm.pending} file(s): {plan.n_batches - len(seen)} batches "
+                               "never came back; run the same command again to resume")
+
+    def _stream(self, plan: BatchPlan, todo: list[list[int]]):
+        """Decode ``todo`` (units of ``plan``) in Ray tasks, score them in the actor pool; yields
+        ``BatchScores`` as they arrive (any order, maybe re-delivered)."""
+        ray, bs = self.ray, plan.batch_size
+        items = [{"unit": pickle.dumps([plan.tasks[i] for i in u], protocol=5)} for u in todo]
         output = "waves" if self.frontend == "device" else "features"
         with warnings.catch_warnings():  # retry counts are ray_remote_args, deprecated from Ray 2.64 (pinned < 2.61)
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -414,20 +460,8 @@ class RayEngine:
                 num_cpus=0 if self.device == "cuda" else self.actor_cpus(),
                 num_gpus=self.gpus_per_actor if self.device == "cuda" else None,
                 max_restarts=RETRIES, max_task_retries=RETRIES)
-        asm = Assembler(plan, len(self.bundles[0].labels), in_order=False)
-        seen: set[int] = set()
         for row in ds.iter_rows():
-            res: BatchScores = pickle.loads(row["scores"])
-            if res.batch in seen:
-                continue  # re-delivered (a retried task): already counted
-            seen.add(res.batch)
-            for job, scores in asm.add(res):
-                on_file_done(job, scores)
-            if on_segments:
-                on_segments(len(res.nonfinite))
-        if asm.pending:
-            raise MonitorError(f"the Ray engine lost {asm.pending} file(s): {plan.n_batches - len(seen)} batches "
-                               "never came back; run the same command again to resume")
+            yield pickle.loads(row["scores"])
 
     def close(self) -> None:
         self._specs = None

@@ -179,6 +179,45 @@ def test_actor_that_dies_once_is_restarted_and_results_identical(ray_local, demo
     _same(ref, got)
 
 
+def test_work_ray_gives_up_on_is_streamed_again_from_the_same_plan(ray_local, demo, card):
+    """After a node dies Ray may give up on an actor's task (``ActorUnavailableError``: seen on the two-node
+    cluster): the driver streams the same plan's unfinished units again; identical scores, each segment once."""
+    from monitor.errors import MonitorError
+    from monitor.plan import plan_batches
+    from monitor.ray_engine import RETRIES, RayEngine, unit_batches, units
+
+    jobs = _jobs(card)[:5]
+    ref, _, n_ref = _local(demo, jobs, 2)
+    plan = plan_batches(jobs, demo[0].preprocessing, 2, 1_000_000)
+    assert unit_batches(plan, units(plan)[-1]) == {plan.n_batches - 1}
+    assert set().union(*(unit_batches(plan, u) for u in units(plan))) == set(range(plan.n_batches))
+    streams = []
+
+    class LosesWorkOnce(RayEngine):
+        def _stream(self, plan, todo):
+            streams.append(len(todo))
+            for k, res in enumerate(super()._stream(plan, todo)):
+                yield res
+                if len(streams) == 1 and k == 1:  # two batches in, the first stream fails as Ray's would
+                    raise ray.exceptions.ActorUnavailableError("lost with its node (test)", None)
+
+    got, _, n_got = _engine_run(LosesWorkOnce(demo, batch_size=2, task_samples=1_000_000), jobs)
+    assert streams[0] == len(units(plan)) and 0 < streams[1] < streams[0] and len(streams) == 2
+    assert n_got == n_ref  # no segment counted twice
+    _same(ref, got)
+
+    class AlwaysLoses(RayEngine):
+        def _stream(self, plan, todo):
+            streams.append(len(todo))
+            raise ray.exceptions.ActorUnavailableError("lost (test)", None)
+            yield  # a generator, like the real one
+
+    streams.clear()
+    with pytest.raises(MonitorError, match="kept losing work .*run the same command again"):
+        _engine_run(AlwaysLoses(demo, batch_size=2, task_samples=1_000_000), jobs)
+    assert len(streams) == RETRIES + 1
+
+
 def test_bad_options_fail_in_one_line(ray_local, demo):
     from monitor.errors import MonitorError
     from monitor.ray_engine import RayEngine
