@@ -5,7 +5,7 @@ in its own subprocess, the faster of two (CPU seconds of that process; peak RSS 
 pinned to 1 before torch loads):
 
 * production: exactly ``monitor run``'s CPU front end: ``plan.plan_batches`` (batches of 16, decode
-  tasks within the decoded-sample budget) and ``infer.decode_task`` on every task (seeking
+  tasks within the decoded-sample budget) and ``decode.decode_task`` on every task (seeking
   ``audio.read_frames`` -> ``frontend.prepare_wave``: mono, sanitise, resample, band-limit ->
   ``frontend.features``: mean removal, Kaldi fbank, pad/crop, normalise), with the time per stage;
 * naive: ``librosa.load(path, sr=16000)`` of the whole file (soxr HQ; warmed up first), the same band
@@ -111,7 +111,7 @@ def child_production(path: str, band, method: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from monitor.infer import decode_task
+    from monitor.decode import decode_task
     from monitor.plan import job_from_path, plan_batches
 
     pre = _pre(band, method)
@@ -294,7 +294,7 @@ def main() -> None:
         naive = _best(["naive", str(f1), str(warm), "none"])
         naive_band = _best(["naive", str(f1), str(warm), band_arg])
 
-    print(f"\nproduction front end (infer.decode_task over plan.plan_batches, resample={args.method}), one thread:")
+    print(f"\nproduction front end (decode.decode_task over plan.plan_batches, resample={args.method}), one thread:")
     for name, r in rows.items():
         st = r["stages"]
         print(f"  {name:<18} {r['audio_s'] / r['wall_s']:6.0f}x realtime  {r['wall_s']:6.1f} s  (read {st.get('read', 0):.1f} s, "

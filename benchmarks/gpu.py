@@ -181,11 +181,11 @@ def model_only(bundle: Path, device: str, precision: str, batch_size: int, secon
 
 
 def decode_rate(files: list[Path], output: str, max_tasks: int = 40) -> float:
-    """Segments/s of ``infer.decode_task`` on one core (this process pinned to one thread)."""
+    """Segments/s of ``decode.decode_task`` on one core (this process pinned to one thread)."""
     import torch
 
     from monitor.config import Preprocess
-    from monitor.infer import decode_task
+    from monitor.decode import decode_task
     from monitor.plan import job_from_path, plan_batches
 
     n_threads = torch.get_num_threads()
@@ -209,7 +209,7 @@ def gpu_frontend_rate(files: list[Path], device: str, batch: int, seconds: float
 
     from monitor.config import Preprocess
     from monitor.devfront import device_features
-    from monitor.infer import decode_task
+    from monitor.decode import decode_task
     from monitor.plan import job_from_path, plan_batches
 
     pre = Preprocess()
@@ -336,7 +336,7 @@ def main() -> None:
 
         stride, bundle, e2e = first
         if args.batch_size == "auto":
-            from monitor.infer import LocalEngine
+            from monitor.engine import LocalEngine
             from monitor.model.bundle import load_bundle
 
             with LocalEngine([load_bundle(str(bundle))], device=device, precision=args.precision, workers=0) as eng:

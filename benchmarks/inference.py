@@ -95,7 +95,7 @@ WHOLE: dict[str, float] = {}
 def monitor_run(inp: Path, out: Path, bundle: Path, batch_size: int, workers: int, precision: str) -> tuple[float, int]:
     """Seconds from the first decoded block to the last score (``run.json`` wall_s: worker start-up,
     decoding, front end, model), the span the HF loop measures; the whole call is kept in WHOLE."""
-    from monitor.pipeline import run
+    from monitor import run
 
     if out.exists():
         shutil.rmtree(out)
@@ -166,7 +166,7 @@ def main() -> None:
     with torch.inference_mode():
         logit_diff = (hf(x).logits - ours.eval()(x)).abs().max().item()
 
-    from monitor.infer import default_workers
+    from monitor.decode import default_workers
 
     auto = default_workers("cpu")
     workers = auto if args.workers is None else args.workers

@@ -73,7 +73,7 @@ def base384_bundle(dst: Path) -> Path:
 
 
 def timed_run(card: Path, out: Path, engine: str, models: list[str] | None) -> dict:
-    from monitor.pipeline import run
+    from monitor import run
 
     t0 = time.perf_counter()
     info = run(card, out, models=models, engine=engine, progress=False)
@@ -101,7 +101,7 @@ def main() -> int:
     rows = []
     try:
         # start-up of the Ray engine alone (a local instance, as `monitor run --engine ray` starts)
-        from monitor.pipeline import load_models
+        from monitor.model.ensemble import load_models
 
         t0 = time.perf_counter()
         eng = RayEngine(load_models(None))

@@ -8,11 +8,13 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "run", "load_bundle", "example_card"]
 
 
-def run(*args, **kwargs):
-    """Run the detector over an SD-card folder; see :func:`monitor.pipeline.run`."""
+def run(input_dir, out_dir, **options):
+    """Run the detector over an SD-card folder into ``out_dir``; ``options`` are ``monitor.config.RunConfig``'s
+    (``models``, ``batch_size``, ``thresholds``, ...). Returns the run's ``RunInfo``."""
+    from monitor.config import RunConfig
     from monitor.pipeline import run as _run
 
-    return _run(*args, **kwargs)
+    return _run(RunConfig(input_dir, out_dir, **options))
 
 
 def load_bundle(*args, **kwargs):

@@ -180,22 +180,25 @@ def _quote(s: str) -> str:
 
 def run_command(args: argparse.Namespace) -> int:
     """``monitor run``: log file in OUT_DIR, one-line errors, summary on stdout."""
+    from monitor.config import RunConfig
     from monitor.errors import MonitorError
     from monitor.logs import add_log_file
-    from monitor.pipeline import check_folders, run
+    from monitor.outdir import check_folders
+    from monitor.pipeline import run
 
-    src, dst = check_folders(args.input_dir, args.out)
+    command = " ".join(["monitor", *map(_quote, sys.argv[1:])])
+    cfg = RunConfig(args.input_dir, args.out, models=args.model, device=args.device, batch_size=args.batch_size,
+                    workers=args.workers, precision=args.precision, compile=args.compile,
+                    thresholds=dict(args.threshold), labels=None if args.labels is None else [args.labels],
+                    deployment=args.deployment, deployments=args.deployments, resume=not args.no_resume,
+                    prune=args.prune, engine=args.engine, address=args.address, actors=args.actors,
+                    gpus_per_actor=args.gpus_per_actor, command=command)
+    src, dst = check_folders(cfg.input_dir, cfg.out_dir)
     if add_log_file(dst / "monitor.log") is None:
         raise MonitorError(f"cannot write {dst / 'monitor.log'}; choose another --out")
-    command = " ".join(["monitor", *map(_quote, sys.argv[1:])])
     log.info("monitor %s: %s", __version__, command)
     try:
-        info = run(src, dst, models=args.model, device=args.device, batch_size=args.batch_size,
-                   workers=args.workers, thresholds=dict(args.threshold), resume=not args.no_resume,
-                   precision=args.precision, command=command, deployment=args.deployment, prune=args.prune,
-                   compile=args.compile, deployments=args.deployments,
-                   labels=None if args.labels is None else [args.labels], engine=args.engine,
-                   address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor)
+        info = run(cfg)
     except MonitorError:
         raise
     except Exception as exc:  # unexpected: full detail to the log file, one line to the user
@@ -211,7 +214,7 @@ def report_command(out_dir: Path, thresholds: dict[str, float], deployments: Pat
                    labels: list[str] | None = None) -> int:
     """``monitor report OUT_DIR``: rebuild every report from the results store with (new) thresholds."""
     from monitor.logs import add_log_file
-    from monitor.pipeline import rebuild_reports
+    from monitor.outdir import rebuild_reports
     from monitor.store import STORE_NAME
 
     if (Path(out_dir) / STORE_NAME).is_file():

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 from monitor.errors import MonitorError
 
@@ -132,6 +132,65 @@ class Preprocess:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "preprocessing") -> "Preprocess":
         return from_dict(cls, data, where)
+
+
+ENGINES = ("local", "ray")
+
+
+def check_batch_size(batch_size: int | str) -> int | str:
+    """``--batch-size``: a whole number >= 1 (an int, or its text) or ``auto``; else a one-line ``ConfigError``."""
+    if batch_size == "auto":
+        return batch_size
+    ok = isinstance(batch_size, int) and not isinstance(batch_size, bool) or (
+        isinstance(batch_size, str) and batch_size.strip().isdigit())
+    if not ok or int(batch_size) < 1:
+        raise ConfigError(f"--batch-size must be a whole number >= 1 or auto, got {batch_size!r}")
+    return int(batch_size)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``monitor run`` is told (the CLI's options; ``monitor.run(input_dir, out_dir, **options)``).
+
+    ``models``: bundle names or folders, several average as an ensemble (default: the bundled demo model);
+    ``thresholds``: label -> threshold (``all`` sets every label), kept in ``out_dir`` for later runs;
+    ``labels``: labels kept in every output (``["all"]``: every label); ``deployment``: this card's
+    deployment name; ``deployments``: a deployments table (CSV); ``resume=False`` re-scores this card's
+    files; ``prune`` removes results of files no longer on the card; ``engine``: ``local`` or ``ray``
+    (``address``, ``actors``, ``gpus_per_actor`` are Ray's); ``progress``: None shows a bar on a terminal.
+    """
+
+    input_dir: Path | str
+    out_dir: Path | str
+    models: Sequence[str] | None = None
+    device: str = "auto"
+    batch_size: int | str = "auto"
+    workers: int | None = None
+    precision: str = "auto"
+    compile: bool = False
+    thresholds: Mapping[str, float] | None = None
+    labels: Sequence[str] | None = None
+    deployment: str | None = None
+    deployments: Path | str | None = None
+    resume: bool = True
+    prune: bool = False
+    engine: str = "local"
+    address: str | None = None
+    actors: int | None = None
+    gpus_per_actor: float | None = None
+    progress: bool | None = None
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "local" and (self.address, self.actors, self.gpus_per_actor) != (None, None, None):
+            raise ConfigError("--address, --actors and --gpus-per-actor need --engine ray")
+        if self.engine == "ray" and self.compile:
+            raise ConfigError("--compile is not supported with --engine ray yet")
+        if self.engine == "ray" and self.workers is not None:
+            raise ConfigError("--workers applies to --engine local; Ray schedules decode tasks itself")
+        check_batch_size(self.batch_size)
 
 
 def _is_dataclass_type(tp: Any) -> bool:

@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from monitor.errors import MonitorError
+
 log = logging.getLogger(__name__)
 
 
@@ -35,8 +37,6 @@ def match_label(name: str, labels: Sequence[str], what: str = "--threshold") -> 
     naming the closest labels."""
     import difflib
 
-    from monitor.errors import MonitorError
-
     if name in labels:
         return name
     folded = [lab for lab in labels if lab.casefold() == name.casefold()]
@@ -50,6 +50,24 @@ def match_label(name: str, labels: Sequence[str], what: str = "--threshold") -> 
     raise MonitorError(f"{what} names unknown label {name!r}{hint}")
 
 
+def label_filter(names: Sequence[str], labels: Sequence[str] | None) -> list[str] | None:
+    """``--labels``: the model's own names of the labels to keep (case-insensitive, typos fail naming the
+    closest labels); ``None`` keeps the stored choice, ``["all"]`` keeps every label."""
+    if labels is None:
+        return None
+    wanted = [x.strip() for item in labels for x in str(item).split(",") if x.strip()]
+    if not wanted:
+        raise MonitorError("--labels needs at least one label name (or 'all')")
+    if [w.casefold() for w in wanted] == ["all"]:
+        return list(names)
+    out = []
+    for w in wanted:
+        lab = match_label(w, names, "--labels")
+        if lab not in out:
+            out.append(lab)
+    return out
+
+
 def resolve_thresholds(labels: Sequence[str], base: Mapping[str, float],
                        *overrides: Mapping[str, float] | None) -> dict[str, float]:
     """Per-label thresholds: ``base`` (the bundle's, one per label), then each of ``overrides`` in turn.
@@ -57,8 +75,6 @@ def resolve_thresholds(labels: Sequence[str], base: Mapping[str, float],
     In an override, the key ``all`` sets every label first; other keys name labels (case-insensitive
     when unambiguous; an unknown label fails naming the closest ones).
     """
-    from monitor.errors import MonitorError
-
     missing = [lab for lab in labels if lab not in base]
     if missing:
         raise MonitorError(f"no threshold for label {missing[0]!r}; the model bundle is incomplete")

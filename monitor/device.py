@@ -82,3 +82,13 @@ def autocast_dtype(precision: str):
     import torch
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def all_devices(device: str) -> list[str]:
+    """The devices a run scores on: every GPU for ``cuda``; a named one (``cuda:1``, ``cpu``) alone."""
+    if device == "cuda":
+        import torch
+
+        n = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(n)] if n > 1 else ["cuda"]
+    return [device]

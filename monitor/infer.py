@@ -1,199 +1,34 @@
-"""Batched inference: the planned batches (``monitor.plan``) decoded in worker processes and scored here.
+"""Scoring: models prepared for a device and precision, and the one ``Scorer`` of ``monitor run`` and of
+training's validation.
 
-The driver plans every batch before any work starts (``plan.plan_batches``); decode tasks run in
-worker processes (``workers > 0``) or in process and return one row per segment; the scorer pads
-each batch to ``batch_size`` rows so a segment's score never depends on its batch-mates (one shape,
-one kernel choice; int8 runs one segment per call). A segment whose file failed keeps its slot,
-zero-filled. Runs with 0 or N workers, resumed runs, and any engine that follows the same plan give
-bit-identical scores on CPU.
-
-On a GPU the split is: workers decode, mix, sanitise and resample to 16 kHz; the band limit, fbank and
-normalisation run batched on the GPU (``devfront``). Host batches go through pinned buffers, are
-copied on a side stream without blocking, and the next batch is prepared while the model runs: the
-host waits once per batch, for its scores. Every GPU of the machine gets a model replica and a thread.
+A segment's score never depends on its batch-mates (batches zero-padded to one shape; int8 one
+segment per call), so runs with 0 or N workers, resumed runs and any engine that follows the same
+plan give bit-identical scores on a CPU. On a GPU, host batches go through pinned buffers, are copied
+on a side stream without blocking, and the next batch is prepared while the model runs: the host waits
+once per batch, for its scores. ``score_planned`` scores planned batches on one device, or on several
+with one thread per device.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import logging
-import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from monitor.config import Preprocess
-from monitor.plan import (Assembler, BatchPlan, BatchScores, DecodeTask, FileJob, FileScores, Rows,  # noqa: F401
-                          iter_batches, plan_batches)
+from monitor.device import autocast_dtype, resolve_precision
+from monitor.errors import MonitorError
+from monitor.plan import BatchScores, Rows, slice_rows
 
 log = logging.getLogger(__name__)
 
 AUTO_BATCH_CPU = 16  # --batch-size auto on a CPU: the speed is flat from 2 to 16 (base384, 2 cores)
 AUTO_BATCH_CAP = 256  # --batch-size auto on a GPU: at most this many segments per batch
-OUTPUTS = ("features", "waves")
 
-
-# --- decoding and the CPU part of the front end ------------------------------------------------------
-
-def decode_task(task: DecodeTask, pre: Preprocess, output: str = "features") -> Rows:
-    """Decode a task's spans (seeking, never a whole file) and run the front end's CPU part.
-
-    ``output``: ``features`` (the whole front end: ``(n, target_frames, mel)``) or ``waves`` (16 kHz,
-    not band-limited, ``(n, samples)`` zero-padded, for ``devfront`` on the GPU). A span that cannot be
-    decoded gives zero rows carrying the reason; the other spans are unaffected.
-    """
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    with one_torch_thread():
-        return _decode_task(task, pre, output)
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """torch at one intra-op thread inside, restored after: the front end is per-core work, and in process
-    (``--workers 0``) torch has every core for the model; its small threaded matmuls and element-wise ops
-    then stall behind other processes on a busy machine (the decimation's matmul: 1.4 ms -> 300 ms)."""
-    import torch
-
-    n = torch.get_num_threads()
-    if n > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if n > 1:
-            torch.set_num_threads(n)
-
-
-def _decode_task(task: DecodeTask, pre: Preprocess, output: str) -> Rows:
-    from monitor.audio import read_frames
-    from monitor.frontend import features, prepare_wave
-
-    n = task.n
-    waves: list[np.ndarray | None] = [None] * n
-    nonfinite = np.zeros(n, np.int64)
-    errors = [""] * n
-    for sp in task.spans:
-        r0 = sp.first - task.first
-        try:
-            lo, hi = sp.bounds[0][1], max(b[2] for b in sp.bounds)
-            block = read_frames(sp.path, lo, hi)
-            if block.shape[0] < hi - lo:
-                log.debug("%s: expected %d frames, read %d", sp.rel, hi - lo, block.shape[0])
-            out = []
-            for _, a, b in sp.bounds:
-                part = block[a - lo:b - lo]
-                if part.shape[0] == 0:
-                    raise ValueError(f"no audio data at {a / sp.sample_rate_hz:.1f} s "
-                                     "(file shorter than its header says)")
-                out.append(prepare_wave(part, sp.sample_rate_hz, pre, band=output == "features"))
-            for k, (w, bad) in enumerate(out):
-                waves[r0 + k], nonfinite[r0 + k] = w, bad
-        except Exception as exc:  # one bad file never stops the run
-            log.debug("decoding %s failed", sp.rel, exc_info=True)
-            for k in range(sp.n):
-                waves[r0 + k], nonfinite[r0 + k], errors[r0 + k] = None, 0, _human(exc)
-    ok = [i for i in range(n) if waves[i] is not None]
-    fb = pre.fbank
-    if output == "features":
-        data = np.zeros((n, fb.target_frames, fb.num_mel_bins), np.float32)
-        if ok:
-            data[ok] = features([waves[i] for i in ok], pre).numpy()
-        return Rows(task.first, data, nonfinite, tuple(errors))
-    lengths = np.array([0 if w is None else len(w) for w in waves], np.int64)
-    width = int(lengths.max(initial=0)) or 1
-    data = np.zeros((n, width), np.float32)
-    for i in ok:
-        data[i, :lengths[i]] = waves[i]
-    lengths[[i for i in range(n) if waves[i] is None]] = width  # failed rows: zeros of the common width
-    return Rows(task.first, data, nonfinite, tuple(errors), lengths)
-
-
-def _human(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"could not decode audio: {text}"
-
-
-_WORKER: tuple[Preprocess, str] | None = None
-
-
-def _worker_init(pre: Preprocess, output: str) -> None:
-    global _WORKER
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides how to stop
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
-    torch.set_num_threads(1)
-    _WORKER = (pre, output)
-
-
-def _worker_run(task: DecodeTask) -> Rows:
-    assert _WORKER is not None
-    return decode_task(task, *_WORKER)
-
-
-class WorkerPool:
-    """Decode/front-end worker processes, spawned on construction so their start-up (importing torch,
-    ~2.5 s on 2 cores) overlaps the caller's discovery and model loading; ``workers <= 0``: in-process."""
-
-    def __init__(self, pre: Preprocess, workers: int, output: str = "features"):
-        self.pre, self.workers, self.output, self.pool = pre, int(workers), output, None
-        if self.workers > 0:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")  # never fork a process that holds torch/OpenMP threads
-            self.pool = ctx.Pool(self.workers, initializer=_worker_init, initargs=(pre, output))
-
-    def __enter__(self) -> "WorkerPool":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-            self.pool = None
-
-    def results(self, tasks: Iterable[DecodeTask]) -> Iterator[Rows]:
-        """Task results in task order; at most ``2 * workers`` tasks in flight (bounded memory)."""
-        if self.pool is None:
-            for t in tasks:
-                yield decode_task(t, self.pre, self.output)
-            return
-        pending: collections.deque = collections.deque()
-        it = iter(tasks)
-        for t in it:
-            pending.append(self.pool.apply_async(_worker_run, (t,)))
-            if len(pending) >= 2 * self.workers:
-                break
-        while pending:
-            res = pending.popleft().get()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(self.pool.apply_async(_worker_run, (nxt,)))
-            yield res
-
-
-def default_workers(device: str, cores: int | None = None) -> int:
-    """Decode/front-end processes for ``--workers`` auto.
-
-    With a GPU the CPU only decodes and resamples (the GPU runs the rest), and the GPU waits for it:
-    every core but one (the main process feeds the GPU). On a CPU the model's threads already use every
-    core: a worker only competes with them (measured on 2 cores, base384 fp32: 0.91-0.99x of in-process
-    decoding), so one worker from 4 cores up, else none.
-    """
-    cores = cores or os.cpu_count() or 1
-    if device == "cpu":
-        return 1 if cores >= 4 else 0
-    return max(0, cores - 1)
-
-
-# --- models and the scorer ----------------------------------------------------------------------------
 
 def prepare_models(bundles: Sequence, device: str, precision: str, compile: bool = False) -> tuple[list, str]:
     """Build each bundle's model for ``device``; returns (models, resolved precision).
@@ -203,8 +38,6 @@ def prepare_models(bundles: Sequence, device: str, precision: str, compile: bool
     """
     import torch
 
-    from monitor.device import resolve_precision
-    from monitor.errors import MonitorError
 
     precision = resolve_precision(precision, device)
     if compile and precision == "int8":
@@ -270,7 +103,6 @@ class Scorer:
         """``x`` (batch_size, T, F) on the device -> per model, float32 logits (batch_size or n rows)."""
         import torch
 
-        from monitor.device import autocast_dtype
 
         out = []
         for m in self.models:
@@ -375,9 +207,7 @@ class Scorer:
 
         n = rows.n
         if n > self.batch_size:
-            from monitor.plan import _slice
-
-            parts = [self.collect(self.submit(_slice(rows, i, min(n, i + self.batch_size))))
+            parts = [self.collect(self.submit(slice_rows(rows, i, min(n, i + self.batch_size))))
                      for i in range(0, n, self.batch_size)]
             return _Pending(n, done=np.concatenate(parts))
         try:
@@ -450,8 +280,7 @@ def to_scores(logits, task: str):
 
 # --- scoring planned batches on one or more devices ---------------------------------------------------
 
-def score_batches(batches: Iterable[tuple[int, Rows]], scorers: Sequence[Scorer],
-                  plan: BatchPlan) -> Iterator[BatchScores]:
+def score_planned(batches: Iterable[tuple[int, Rows]], scorers: Sequence[Scorer]) -> Iterator[BatchScores]:
     """Score planned batches; yields ``BatchScores`` (in batch order with one scorer; in finishing order
     with several, one thread per scorer). Each scorer keeps one batch in flight while the next is prepared."""
     if len(scorers) == 1:
@@ -547,112 +376,3 @@ def _score_threaded(batches: Iterable[tuple[int, Rows]], scorers: Sequence[Score
                 pass
         for t in threads:
             t.join(timeout=30)
-
-
-# --- the engine seam: what ``monitor run`` calls, whatever runs the work ------------------------------
-
-def all_devices(device: str) -> list[str]:
-    """The devices a run scores on: every GPU for ``cuda``; a named one (``cuda:1``, ``cpu``) alone."""
-    if device == "cuda":
-        import torch
-
-        n = torch.cuda.device_count()
-        return [f"cuda:{i}" for i in range(n)] if n > 1 else ["cuda"]
-    return [device]
-
-
-class LocalEngine:
-    """Decode and front end in worker processes (or in process), scoring in this process.
-
-    Worker processes start on construction, so their imports overlap the caller's discovery and
-    model loading. ``run`` plans the batches (``plan.plan_batches``), calls ``on_file_done(job,
-    FileScores)`` in job order as each file completes and ``on_segments(n)`` as segments are scored; an
-    exception raised by either stops the run (the caller's Ctrl-C handling raises ``KeyboardInterrupt``
-    from ``on_segments``).
-
-    ``batch_size``: an int, or ``auto`` (16 on a CPU; from free GPU memory, see
-    ``Scorer.probe_batch_size``). ``devices``: where to score (default: every GPU for ``cuda``).
-    ``frontend``: where fbank runs: ``cpu`` (in the workers), ``device`` (batched on the scoring
-    device, ``devfront``), ``auto`` (device on a GPU). ``compile``: ``torch.compile`` the models.
-    """
-
-    name = "local"
-
-    def __init__(self, bundles: Sequence, *, device: str = "auto", precision: str = "auto",
-                 batch_size: int | str = "auto", workers: int | None = None, compile: bool = False,
-                 devices: Sequence[str] | None = None, frontend: str = "auto"):
-        from monitor.device import pick_device, resolve_precision
-        from monitor.errors import MonitorError
-
-        self.bundles = list(bundles)
-        self.pre = self.bundles[0].preprocessing
-        self.device = pick_device(device)
-        self.devices = list(devices) if devices else all_devices(self.device)
-        self.precision = resolve_precision(precision, self.devices[0])
-        if frontend not in ("auto", "cpu", "device"):
-            raise MonitorError(f"frontend must be auto, cpu or device, got {frontend!r}")
-        on_gpu = self.devices[0].startswith("cuda")
-        self.frontend = ("device" if on_gpu else "cpu") if frontend == "auto" else frontend
-        if batch_size == "auto":
-            self.batch_size: int | str = "auto" if on_gpu else AUTO_BATCH_CPU
-        else:
-            try:
-                self.batch_size = int(batch_size)
-            except (TypeError, ValueError):
-                raise MonitorError(f"--batch-size must be a whole number or auto, got {batch_size!r}") from None
-            if self.batch_size < 1:
-                raise MonitorError(f"--batch-size must be >= 1, got {batch_size}")
-        self.compile = bool(compile)
-        self.workers = default_workers(self.device) if workers is None else int(workers)
-        self.pool = WorkerPool(self.pre, self.workers, "waves" if self.frontend == "device" else "features")
-
-    def describe(self) -> dict[str, Any]:
-        out = {"engine": self.name, "device": self.device, "precision": self.precision, "workers": self.workers,
-               "batch_size": self.batch_size, "devices": list(self.devices), "frontend": self.frontend,
-               "compile": self.compile}
-        if self.precision == "int8":
-            from monitor.int8 import available
-
-            out["int8_runtime"] = "onnxruntime" if available() else "torch"
-        return out
-
-    def scorers(self) -> list[Scorer]:
-        """A model replica and a scorer per device; resolves ``batch_size`` auto on the first."""
-        from monitor.device import set_matmul_policy
-
-        set_matmul_policy()
-        out = []
-        for dev in self.devices:
-            nets, _ = prepare_models(self.bundles, dev, self.precision, compile=self.compile)
-            out.append(Scorer(self.bundles, nets, dev, self.precision,
-                              self.batch_size if isinstance(self.batch_size, int) else 1, pre=self.pre))
-        if self.batch_size == "auto":
-            kind = "waves" if self.frontend == "device" else "features"
-            self.batch_size = min(s.probe_batch_size(kind) for s in out)
-        for s in out:
-            s.batch_size = int(self.batch_size)
-        return out
-
-    def run(self, jobs: Sequence[FileJob], on_file_done: Callable[[FileJob, FileScores], None],
-            on_segments: Callable[[int], None] | None = None) -> None:
-        jobs = list(jobs)
-        if not jobs:
-            return
-        scorers = self.scorers()
-        plan = plan_batches(jobs, self.pre, int(self.batch_size))
-        asm = Assembler(plan, len(self.bundles[0].labels))
-        batches = iter_batches(plan, self.pool.results(plan.tasks))
-        for res in score_batches(batches, scorers, plan):
-            for job, scores in asm.add(res):
-                on_file_done(job, scores)
-            if on_segments:
-                on_segments(len(res.nonfinite))
-
-    def close(self) -> None:
-        self.pool.__exit__()
-
-    def __enter__(self) -> "LocalEngine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -57,6 +57,12 @@ def files_only(names=("ray", "ray.data"), level: int = logging.INFO) -> None:
             h.addFilter(_NotFrom(names))
 
 
+def say(msg: str) -> None:
+    """A line for the person running the job (stderr, beside the progress bar, ``monitor: ...``) and the log."""
+    logging.getLogger("monitor").info("%s", msg)
+    print(f"monitor: {msg}", file=sys.stderr, flush=True)
+
+
 def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None) -> None:
     """Configure the root logger once: WARNING (``-v`` INFO, ``-vv`` DEBUG) on ``stream`` (stderr),
     everything from DEBUG in ``log_file`` if given."""

@@ -220,7 +220,7 @@ def set_verified(out_dir: Path, row: int, value: str, notes: str | None = None) 
     The verdict goes into the results store, where every rebuilt report finds it, and the workbook
     is rebuilt; verdicts typed into the workbook meanwhile are read in first, never lost.
     """
-    from monitor.pipeline import record_reviews
+    from monitor.outdir import record_reviews
 
     record_reviews(Path(out_dir), {int(row): value}, None if notes is None else {int(row): notes})
 
@@ -487,7 +487,7 @@ def show_detection(out_dir: str | Path, row: int, pad_s: float = 1.0, clips_dir:
 def record_verdicts(out_dir: str | Path, verdicts: dict[int, str], notes: dict[int, str] | None = None) -> int:
     """Record several rows' verdicts (and notes) in the results store and rebuild the reports; returns how many
     changed."""
-    from monitor.pipeline import record_reviews
+    from monitor.outdir import record_reviews
 
     return record_reviews(Path(out_dir), {int(k): v for k, v in verdicts.items()},
                           {int(k): v for k, v in (notes or {}).items()})
@@ -495,6 +495,6 @@ def record_verdicts(out_dir: str | Path, verdicts: dict[int, str], notes: dict[i
 
 def reviewed(out_dir: str | Path):
     """Every verdict kept for this output folder (typed in the workbook or recorded here), one row each."""
-    from monitor.results import load_reviews
+    from monitor.outdir import load_reviews
 
     return load_reviews(Path(out_dir))

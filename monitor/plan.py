@@ -242,7 +242,7 @@ class Batcher:
             lo, hi = self.plan.batch_range(b)
             e = min(end, hi)
             if b not in self._done and s not in self._parts.setdefault(b, {}):
-                self._parts[b][s] = _slice(rows, s - rows.first, e - rows.first)
+                self._parts[b][s] = slice_rows(rows, s - rows.first, e - rows.first)
                 self._have[b] = self._have.get(b, 0) + (e - s)
                 if self._have[b] == hi - lo:
                     parts = self._parts.pop(b)
@@ -253,7 +253,7 @@ class Batcher:
         return out
 
 
-def _slice(r: Rows, i: int, j: int) -> Rows:
+def slice_rows(r: Rows, i: int, j: int) -> Rows:
     if i == 0 and j == r.n:
         return r
     return Rows(r.first + i, r.data[i:j], r.nonfinite[i:j], r.errors[i:j],

@@ -44,9 +44,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from monitor.config import Preprocess
+from monitor.config import Preprocess, check_batch_size
+from monitor.decode import decode_task
+from monitor.device import resolve_precision, set_matmul_policy
+from monitor.engine import AUTO_BATCH_CPU, EngineInfo, OnFileDone, OnSegments, check_frontend
 from monitor.errors import MonitorError
-from monitor.plan import Assembler, BatchPlan, BatchScores, FileJob, FileScores, Rows, _slice, concat_rows, plan_batches
+from monitor.infer import Scorer, prepare_models
+from monitor.logs import files_only
+from monitor.model.bundle import load_bundle
+from monitor.plan import (Assembler, BatchPlan, BatchScores, FileJob, Rows, concat_rows, plan_batches,
+                          slice_rows)
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +110,13 @@ def split_batches(rows: Rows, batch_size: int) -> list[tuple[int, Rows]]:
     """A unit's rows (starting on a batch boundary) -> ``(batch, Rows)`` per planned batch."""
     out = []
     for i in range(0, rows.n, batch_size):
-        part = _slice(rows, i, min(rows.n, i + batch_size))
+        part = slice_rows(rows, i, min(rows.n, i + batch_size))
         out.append(((rows.first + i) // batch_size, part))
     return out
 
 
 def _decode_unit(row: dict[str, Any], pre: Preprocess, output: str, batch_size: int) -> list[dict[str, Any]]:
     """Ray Data ``flat_map``: a unit of decode tasks -> one row per planned batch."""
-    from monitor.infer import decode_task
-
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     if delay > 0:
         time.sleep(np.random.default_rng().uniform(0, delay))
@@ -146,8 +151,6 @@ def actor_bundles(specs: Sequence[tuple[str, str, Any]]) -> list:
     disk, the same install), else from the bytes the driver shipped (``(folder, sha256, ObjectRef)``),
     written to a temporary folder and loaded and checked as any bundle."""
     import tempfile
-
-    from monitor.model.bundle import load_bundle
 
     out = []
     for folder, sha, ref in specs:
@@ -184,9 +187,6 @@ class ScoreActor:
                  threads: int | None = None, per_node: int = 1):
         import torch
 
-        from monitor.device import set_matmul_policy
-        from monitor.infer import Scorer, prepare_models
-
         if device == "cpu":  # Ray sets one OpenMP thread per reserved CPU; the model gets its node's CPUs
             torch.set_num_threads(int(threads) if threads else max(1, int(node_cpus()) // max(1, per_node)))
         set_matmul_policy()
@@ -221,8 +221,6 @@ def node_cpus() -> float:
 def _probe_gpu(bundle_specs: Sequence[tuple[str, str, Any]], precision: str, batch_size: int | str,
                kind: str) -> tuple[str, int]:
     """On a GPU worker: the resolved precision (by that GPU's capability) and ``--batch-size auto``."""
-    from monitor.infer import Scorer, prepare_models
-
     bundles = actor_bundles(bundle_specs)
     nets, precision = prepare_models(bundles, "cuda", precision)
     s = Scorer(bundles, nets, "cuda", precision, 1, pre=bundles[0].preprocessing)
@@ -248,8 +246,6 @@ def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
 
 def route_ray_logs() -> None:
     """Ray's own Python loggers into monitor's log files only (not the console): ``logs.files_only``."""
-    from monitor.logs import files_only
-
     files_only()
 
 
@@ -278,19 +274,12 @@ class RayEngine:
             raise MonitorError(f"the Ray engine loads bundles from their folders; {missing[0]} has none")
         self.bundle_dirs = [str(b.path) for b in self.bundles]
         self.pre = self.bundles[0].preprocessing
-        if batch_size != "auto":
-            try:
-                batch_size = int(batch_size)
-            except (TypeError, ValueError):
-                raise MonitorError(f"--batch-size must be a whole number or auto, got {batch_size!r}") from None
-            if batch_size < 1:
-                raise MonitorError(f"--batch-size must be >= 1, got {batch_size}")
+        batch_size = check_batch_size(batch_size)
         if actors is not None and int(actors) < 1:
             raise MonitorError(f"--actors must be >= 1, got {actors}")
         if gpus_per_actor is not None and float(gpus_per_actor) < 0:
             raise MonitorError(f"--gpus-per-actor must be >= 0, got {gpus_per_actor}")
-        if frontend not in ("auto", "cpu", "device"):
-            raise MonitorError(f"frontend must be auto, cpu or device, got {frontend!r}")
+        check_frontend(frontend)
         self.address, self.requested_device, self.requested_precision = address, device, precision
         self.batch_size: int | str = batch_size
         self.frontend_req, self.threads, self.decode_cpus = frontend, threads, float(decode_cpus)
@@ -332,12 +321,8 @@ class RayEngine:
         self.frontend = ("device" if on_gpu else "cpu") if frontend == "auto" else frontend
         self.precision = precision
         if not on_gpu:
-            from monitor.device import resolve_precision
-
             self.precision = resolve_precision(precision, "cpu")
             if self.batch_size == "auto":
-                from monitor.infer import AUTO_BATCH_CPU
-
                 self.batch_size = AUTO_BATCH_CPU
         log.info("Ray engine: %s (start-up %.1f s), %d node(s), %g CPUs, %g GPUs", self.address or "local instance",
                  self.startup_s, self.nodes, self.cluster_cpus, self.cluster_gpus)
@@ -370,11 +355,11 @@ class RayEngine:
         if logs:
             log.info("Ray's own logs (workers, actors, Ray Data): %s/logs", logs)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> EngineInfo:
         self._resolve_gpu()  # GPU runs: precision and batch size as a GPU worker resolves them
-        return {"engine": self.name, "device": self.device, "precision": self.precision, "workers": 0,
-                "batch_size": self.batch_size, "actors": self.actors, "gpus_per_actor": self.gpus_per_actor,
-                "frontend": self.frontend, "address": self.address or "local", "nodes": self.nodes}
+        return EngineInfo(self.name, self.device, self.precision, self.batch_size, frontend=self.frontend,
+                          actors=self.actors, gpus_per_actor=self.gpus_per_actor, address=self.address or "local",
+                          nodes=self.nodes)
 
     def _resolve_gpu(self) -> None:
         """Precision and ``--batch-size auto`` measured on a GPU worker (the driver may have no GPU)."""
@@ -397,8 +382,7 @@ class RayEngine:
                            for d, b in zip(self.bundle_dirs, self.bundles)]
         return self._specs
 
-    def run(self, jobs: Sequence[FileJob], on_file_done: Callable[[FileJob, FileScores], None],
-            on_segments: Callable[[int], None] | None = None) -> None:
+    def run(self, jobs: Sequence[FileJob], on_file_done: OnFileDone, on_segments: OnSegments | None = None) -> None:
         jobs = list(jobs)
         if not jobs:
             return

@@ -327,25 +327,3 @@ def load_results(store, thresholds: Mapping[str, float], run: RunInfo) -> Result
     run = dataclasses.replace(run, warnings=warnings)
     return build_results(recordings, segments, labels, {lab: thresholds[lab] for lab in labels}, run,
                          reviews_frame(store.reviews()), store.review_dates())
-
-
-def load_reviews(out_dir: Path | str):
-    """Every reviewer verdict kept in ``OUT_DIR``'s results store (training from reviews reads them here).
-
-    Columns: ``deployment, file`` (relative to the card), ``path`` (the audio file's absolute path at
-    the last run), ``label, start_s, end_s, verified`` (yes / no / unsure / ''), ``notes``. Verdicts
-    typed into ``report.xlsx`` since the last rebuild are read in first.
-    """
-    from monitor.pipeline import open_out
-
-    with open_out(Path(out_dir), harvest=True) as store:
-        df = reviews_frame(store.reviews())
-        where = {(f["deployment"], f["file"]): f["input_dir"] for f in store.files()}
-    df["path"] = [_join(where[(d, f)], f) if where.get((d, f)) else "" for d, f in zip(df["deployment"],
-                                                                                           df["file"])]
-    return df[["deployment", "file", "path", "label", "start_s", "end_s", "verified", "notes"]]
-
-
-def _join(input_dir: str, rel: str) -> str:
-    """A file's path from its input folder: a local path, or a URL (``s3://b/card`` + ``x.wav``)."""
-    return f"{input_dir.rstrip('/')}/{rel}" if "://" in input_dir else str(Path(input_dir) / rel)

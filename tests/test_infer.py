@@ -96,7 +96,7 @@ def test_int8_quantises_and_stays_close(scorers):
 
 def test_worker_pool_equals_in_process(tmp_path):
     from monitor.config import BandConfig, Preprocess
-    from monitor.infer import WorkerPool
+    from monitor.decode import WorkerPool
     from monitor.plan import job_from_path, plan_batches
 
     pre = Preprocess(band=BandConfig(low_hz=200.0, high_hz=6000.0))
@@ -117,7 +117,7 @@ def test_worker_pool_equals_in_process(tmp_path):
 
 
 def test_default_workers():
-    from monitor.infer import default_workers
+    from monitor.decode import default_workers
 
     assert [default_workers("cpu", c) for c in (1, 2, 3, 4, 16)] == [0, 0, 0, 1, 1]  # the model uses the cores
     assert [default_workers("cuda", c) for c in (1, 2, 8, 16)] == [0, 1, 7, 15]  # the GPU waits for decoding

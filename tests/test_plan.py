@@ -158,7 +158,7 @@ def test_assembler_any_order_redelivery_and_errors():
 def test_failed_file_keeps_its_slots(tmp_path):
     """A file that fails part-way (its header promises more audio than it holds) keeps every planned slot,
     zero-filled, so every later batch holds the same segments as planned."""
-    from monitor.infer import WorkerPool
+    from monitor.decode import WorkerPool
     from monitor.plan import iter_batches, job_from_path
 
     good1 = write_wav(tmp_path / "a.wav", 25.0, 16000, noise=0.05, seed=1)

@@ -50,7 +50,7 @@ def ray_local(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo():
-    from monitor.pipeline import load_models
+    from monitor.model.ensemble import load_models
 
     return load_models(None)
 
@@ -92,7 +92,7 @@ def _engine_run(engine, jobs):
 
 
 def _local(demo, jobs, batch_size):
-    from monitor.infer import LocalEngine
+    from monitor.engine import LocalEngine
 
     return _engine_run(LocalEngine(demo, device="cpu", workers=0, batch_size=batch_size), jobs)
 
@@ -156,7 +156,7 @@ def test_ray_engine_out_of_order_equals_local(ray_local, demo, card):
     jobs = _jobs(card)
     ref, ref_order, n_ref = _local(demo, jobs, 3)
     eng = RayEngine(demo, batch_size=3, decode_cpus=0.25, shuffle_seed=1, task_samples=1_000_000)
-    assert eng.describe()["engine"] == "ray" and eng.describe()["batch_size"] == 3
+    assert eng.describe().engine == "ray" and eng.describe().batch_size == 3
     us = units(plan_batches(jobs, demo[0].preprocessing, 3, 1_000_000))
     assert len(us) > 5 and any(len(u) > 1 for u in us)  # the 384 kHz file's batch is cut into parts
     shuffled = list(us)
@@ -262,7 +262,7 @@ def test_monitor_run_ray_equals_local(ray_local, demo, card, tmp_path):
     """`monitor run`'s code path (pipeline.run): every CSV and the store's contents identical."""
     import json
 
-    from monitor.pipeline import run
+    from monitor import run
 
     a, b = tmp_path / "local", tmp_path / "ray"
     run(card, a, batch_size=4, workers=0, progress=False)

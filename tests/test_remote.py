@@ -90,7 +90,7 @@ def test_metadata_and_seeking_reads_through_fsspec_equal_the_disk(card):
 
 
 def test_run_on_file_and_memory_urls_equals_the_plain_path(card, tmp_path):
-    from monitor.pipeline import run
+    from monitor import run
 
     before = {p: p.read_bytes() for p in card.rglob("*") if p.is_file()}
     ref = tmp_path / "plain"
@@ -110,7 +110,7 @@ def test_run_on_file_and_memory_urls_equals_the_plain_path(card, tmp_path):
 
 def test_url_errors_are_one_line(tmp_path):
     from monitor.errors import MonitorError
-    from monitor.pipeline import check_folders
+    from monitor.outdir import check_folders
 
     with pytest.raises(MonitorError, match="input folder not found"):
         check_folders(f"file://{tmp_path}/nowhere", tmp_path / "out")

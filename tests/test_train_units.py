@@ -754,7 +754,7 @@ def test_training_reads_and_prepares_segments_as_monitor_run(tmp_path, wav_write
     """One reader and one front end: a training segment's features equal monitor run's (infer.decode_task)."""
     from monitor.config import FbankConfig, Preprocess
     from monitor.features import normalize
-    from monitor.infer import decode_task
+    from monitor.decode import decode_task
     from monitor.plan import job_from_path, plan_batches
     from monitor.train.dataset import SegmentDataset
 

@@ -1,0 +1,357 @@
+"""The output folder's one owner: checks, the lock, the results store, the reviewer's workbooks and the
+reports. Nothing else writes into ``OUT``.
+
+One output folder holds many cards. Everything is regenerated from the store (one ``results.Results``):
+CSVs, the workbook, Raven tables, plots, ``run.json``. Verdicts typed into ``report.xlsx`` (and into side
+copies written while it was open) are read into the store before any workbook is replaced; a workbook
+someone changed is backed up first; an open or unreadable one is left alone and the new one written
+beside it. Thresholds, the deployments table and the label choice given once are kept in the store for
+later runs and rebuilds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from monitor.deployments import DeploymentTable, read_deployments
+from monitor.detect import label_filter, match_label, resolve_thresholds
+from monitor.errors import MonitorError
+from monitor.remote import check_input_url, is_url
+from monitor.report import write_reports
+from monitor.report.review_io import WorkbookUnreadable, lock_files, read_workbook_reviews
+from monitor.report.safe import atomic_path
+from monitor.results import VERIFIED_CHOICES, RunInfo, load_results, reviews_frame
+from monitor.store import STORE_NAME, DirLock, ResultsStore, Review
+
+log = logging.getLogger(__name__)
+
+WORKBOOK = "report.xlsx"
+FAILED_SHOWN = 5  # failed files named in the final summary (the rest are counted)
+
+
+# --- the folders ------------------------------------------------------------------------------------------
+
+def check_folders(input_dir: Path | str, out_dir: Path | str) -> tuple[Path | str, Path]:
+    """Resolve and validate; output inside the input folder is refused (the card is read-only to us), and an
+    output folder that cannot be written fails here, in one line, before any work. ``input_dir`` may be an
+    fsspec URL (a str with ``://``: ``monitor.remote``); it is returned as a URL."""
+    if is_url(input_dir):
+        url = check_input_url(str(input_dir))
+        if url.startswith("file://"):  # a local folder all the same: the same rule about --out
+            check_folders(Path(url[len("file://"):]), out_dir)
+        dst = Path(out_dir).expanduser().resolve()
+        check_writable(dst)
+        return url, dst
+    input_dir, out_dir = Path(input_dir).expanduser(), Path(out_dir).expanduser()
+    if not input_dir.is_dir():
+        raise MonitorError(f"input folder not found: {input_dir}")
+    src, dst = input_dir.resolve(), out_dir.resolve()
+    if dst == src or dst.is_relative_to(src):
+        raise MonitorError(
+            f"--out {out_dir} is inside the input folder {input_dir}; monitor never writes to the card: "
+            "choose an output folder elsewhere"
+        )
+    check_writable(dst)
+    return src, dst
+
+
+def check_writable(dst: Path) -> None:
+    """Create ``dst`` if needed and prove a file can be written there; else one-line ``MonitorError``."""
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        probe = dst / f".monitor-write-test.{os.getpid()}"
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise MonitorError(f"cannot write to the output folder {dst} ({os_reason(exc)}); choose another --out"
+                           ) from None
+
+
+def os_reason(exc: OSError) -> str:
+    """An ``OSError`` in words (read-only, full disk, ...)."""
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the disk"
+    if exc.errno == errno.EFBIG:
+        return "file too large for the disk or its limits"
+    return exc.strerror or str(exc)
+
+
+@contextlib.contextmanager
+def open_out(out_dir: Path, *, create: bool = False) -> Iterator[ResultsStore]:
+    """Lock ``out_dir`` and open its results store (``create``: a new one if there is none)."""
+    out_dir = Path(out_dir)
+    if not create and not (out_dir / STORE_NAME).is_file():
+        raise MonitorError(f"no results store in {out_dir}; run `monitor run INPUT --out {out_dir}` first")
+    with DirLock(out_dir):
+        store = ResultsStore(out_dir / STORE_NAME)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+# --- what the folder remembers: thresholds, deployments table, label choice ------------------------------
+
+def remember_choices(store: ResultsStore, table: DeploymentTable | None, keep: list[str] | None) -> None:
+    """A new deployments table or label choice replaces the stored one (kept for later runs and rebuilds)."""
+    if table is not None:
+        store.set_meta("deployments", table.to_json())
+    if keep is not None:
+        names = store.get_meta("labels") or []
+        store.set_meta("label_filter", None if keep == list(names) else keep)
+
+
+def stored_deployments(store: ResultsStore) -> DeploymentTable:
+    return DeploymentTable.from_json(store.get_meta("deployments"))
+
+
+def current_thresholds(store: ResultsStore, info: RunInfo, new: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The bundle's thresholds, then those set with ``--threshold`` in earlier runs or rebuilds (kept in the
+    store until new ones are given), then ``new`` (which are stored in turn)."""
+    labels = list(store.get_meta("labels") or info.labels)
+    base = store.get_meta("bundle_thresholds") or info.thresholds
+    thr = resolve_thresholds(labels, base, store.user_thresholds(), new)
+    if new:
+        named = {k if k == "all" else match_label(k, labels): float(v) for k, v in new.items()}
+        store.set_user_thresholds({**store.user_thresholds(), **named})
+    return thr
+
+
+# --- the reviewer's workbooks: read back before one is replaced -------------------------------------------
+
+@dataclass
+class Workbooks:
+    """The workbooks found in ``OUT`` at one harvest: sha256 of each, and why one could not be read."""
+
+    sha256: dict[str, str] = dataclasses.field(default_factory=dict)
+    unreadable: dict[str, str] = dataclasses.field(default_factory=dict)
+    changed: int = 0  # verdicts and review dates read into the store
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _deployments_by_file(store: ResultsStore) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for f in store.files():
+        out.setdefault(f["file"], []).append(f["deployment"])
+    return out
+
+
+def harvest_reviews(store: ResultsStore, out_dir: Path) -> Workbooks:
+    """Read verdicts typed into ``report.xlsx`` (and into side copies written while it was open) into the
+    store. Workbooks untouched since monitor wrote them are skipped. In a workbook of the latest build a
+    cleared cell clears that verdict; in an older one only filled cells count."""
+    state = store.get_meta("workbooks") or {}
+    names = sorted({WORKBOOK, *state}, key=lambda n: _mtime(out_dir / n))
+    found = Workbooks()
+    known: dict[str, list[str]] | None = None
+    for name in names:
+        path = out_dir / name
+        if not path.is_file():
+            continue
+        sha = found.sha256[name] = _sha256(path)
+        seen = state.get(name, {})
+        if sha in (seen.get("sha256"), seen.get("harvested_sha256")):
+            continue  # as monitor wrote it, or already read in
+        try:
+            wb = read_workbook_reviews(path)
+        except WorkbookUnreadable as exc:
+            found.unreadable[name] = str(exc)
+            log.warning("%s could not be read (%s): its verdicts, if any, were not read", name, exc)
+            continue
+        if known is None:
+            known = _deployments_by_file(store)
+        full = bool(wb.build) and wb.build == store.get_meta("report_build")
+        rows = []
+        for r in wb.reviews:
+            if not r.deployment:
+                deps = known.get(r.file, [])
+                if len(deps) != 1:
+                    continue  # a workbook from before deployments, and the file is ambiguous or gone
+                r = dataclasses.replace(r, deployment=deps[0])
+            if full or r.verified or r.notes:
+                rows.append(r)
+        n = store.put_reviews(rows, source=name)
+        dates = []
+        for d, f, lab, v in wb.dates:
+            if not d:
+                deps = known.get(f, [])
+                if len(deps) != 1:
+                    continue
+                d = deps[0]
+            if full or v:
+                dates.append((d, f, lab, v))
+        n += store.put_review_dates(dates, source=name)
+        if n:
+            log.info("read %d verdict(s) and review dates from %s into the results store", n, name)
+        found.changed += n
+        state[name] = {**seen, "harvested_sha256": sha}
+        store.set_meta("workbooks", state)
+    return found
+
+
+def _workbook_target(store: ResultsStore, out_dir: Path, found: Workbooks) -> Path:
+    """Where the new workbook goes: ``report.xlsx``, backed up first when someone changed it since it was
+    built; beside it when it is open in Excel/LibreOffice or unreadable (it is then left as it is)."""
+    main = out_dir / WORKBOOK
+    if not main.is_file():
+        return main
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    locks = lock_files(main)
+    reason = ""
+    if locks:
+        reason = f"it is open in a spreadsheet program ({locks[0].name})"
+    elif WORKBOOK in found.unreadable:
+        reason = f"it could not be read ({found.unreadable[WORKBOOK]})"
+    if reason:
+        side = out_dir / f"report-{stamp}.xlsx"
+        log.warning("report.xlsx was not replaced because %s; the new report is %s", reason, side.name)
+        return side
+    state = (store.get_meta("workbooks") or {}).get(WORKBOOK, {})
+    if state.get("sha256") != found.sha256.get(WORKBOOK):
+        backups = out_dir / "backups"
+        backups.mkdir(exist_ok=True)
+        dest = backups / f"report-{stamp}.xlsx"
+        shutil.copy2(main, dest)
+        log.info("the previous report.xlsx was kept as %s", dest.relative_to(out_dir))
+    return main
+
+
+def _remember_workbook(store: ResultsStore, path: Path, build: str) -> None:
+    state = store.get_meta("workbooks") or {}
+    state[path.name] = {"build": build, "sha256": _sha256(path)}  # as written: nothing to read back yet
+    store.set_meta("workbooks", state)
+    store.set_meta("report_build", build)
+
+
+# --- the reports ------------------------------------------------------------------------------------------
+
+def write_outputs(out_dir: Path, store: ResultsStore, thresholds: Mapping[str, float], info: RunInfo,
+                  found: Workbooks | None = None) -> RunInfo:
+    """Regenerate every report from the store (one ``Results``), then ``run.json`` (atomically).
+
+    Verdicts typed into the workbook since it was built are read into the store first (unless the caller
+    just did: ``found``); an output folder that fills up or turns read-only fails in one line, the store intact.
+    """
+    found = found if found is not None else harvest_reviews(store, out_dir)
+    build = uuid.uuid4().hex[:12]
+    results = load_results(store, thresholds, dataclasses.replace(info, report_build=build))
+    rec = results.recordings
+    status = rec["status"].value_counts().to_dict() if len(rec) else {}
+    counts = {"found": int(len(rec)), **{s: int(status.get(s, 0)) for s in ("ok", "skipped", "failed", "missing")},
+              "segments": int(len(results.segments)), "detections": int(len(results.detections)),
+              "detections_per_label": results.detections_per_label(), "reviews": int(len(results.reviews)),
+              "failed_files": results.failed[:FAILED_SHOWN]}
+    info = dataclasses.replace(results.run, counts=counts)
+    results.run = info
+    try:
+        written = write_reports(out_dir, results, workbook=_workbook_target(store, out_dir, found))
+        _remember_workbook(store, written[WORKBOOK], build)
+        write_json_atomic(out_dir / "run.json", info.to_json())
+    except OSError as exc:
+        raise MonitorError(f"could not write the reports in {out_dir} ({os_reason(exc)}); the results store is "
+                           "intact: free space or fix the folder, then run `monitor report` on it") from None
+    store.set_meta("run_info", info.to_json())
+    return info
+
+
+def rebuild_reports(out_dir: Path, thresholds: Mapping[str, float] | None = None,
+                    deployments: Path | str | None = None, labels: Sequence[str] | None = None) -> RunInfo:
+    """``monitor report OUT_DIR``: rebuild all reports from the store; new thresholds, a new deployments table
+    (time zones, places; deployment names stay as assigned when the files were analysed) and a new label
+    choice are kept for later runs."""
+    out_dir = Path(out_dir)
+    table = read_deployments(deployments) if deployments else None
+    with open_out(out_dir) as store:
+        check_writable(out_dir)
+        info = RunInfo.from_json(store.get_meta("run_info"))
+        remember_choices(store, table, label_filter(store.get_meta("labels") or info.labels, labels))
+        return write_outputs(out_dir, store, current_thresholds(store, info, thresholds), info)
+
+
+def record_reviews(out_dir: Path, verdicts: Mapping[int, str], notes: Mapping[int, str] | None = None,
+                   source: str = "notebook") -> int:
+    """Verdicts for rows of ``detections.csv`` (0-based) into the results store, then every report rebuilt.
+
+    ``verdicts``: row -> yes / no / unsure (or '' to clear); ``notes``: row -> text. Returns verdicts written.
+    """
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    notes = dict(notes or {})
+    bad = [v for v in verdicts.values() if v not in (*VERIFIED_CHOICES, "")]
+    if bad:
+        raise MonitorError(f"Verified must be one of {', '.join(VERIFIED_CHOICES)}, got {bad[0]!r}")
+    with open_out(out_dir) as store:
+        found = harvest_reviews(store, out_dir)  # what a reviewer typed into the workbook comes first
+        det = pd.read_csv(out_dir / "detections.csv", keep_default_na=False, dtype={"deployment": str, "file": str})
+        rows = []
+        for row in sorted(set(verdicts) | set(notes)):
+            if not 0 <= int(row) < len(det):
+                raise MonitorError(f"row {row} is not a detection (detections.csv has {len(det)} rows)")
+            d = det.iloc[int(row)]
+            old_v, old_n = str(d.get("verified", "")), str(d.get("notes", ""))
+            rows.append(Review(str(d["deployment"]), str(d["file"]), str(d["label"]), float(d["start_s"]),
+                               float(d["end_s"]), verdicts.get(row, old_v), notes.get(row, old_n)))
+        n = store.put_reviews(rows, source=source)
+        info = RunInfo.from_json(store.get_meta("run_info"))
+        write_outputs(out_dir, store, current_thresholds(store, info), info, found)
+    return n
+
+
+def load_reviews(out_dir: Path | str):
+    """Every reviewer verdict kept in ``OUT_DIR``'s results store (training from reviews reads them here).
+
+    Columns: ``deployment, file`` (relative to the card), ``path`` (the audio file's absolute path at
+    the last run), ``label, start_s, end_s, verified`` (yes / no / unsure / ''), ``notes``. Verdicts
+    typed into ``report.xlsx`` since the last rebuild are read in first.
+    """
+    out_dir = Path(out_dir)
+    with open_out(out_dir) as store:
+        harvest_reviews(store, out_dir)
+        df = reviews_frame(store.reviews())
+        where = {(f["deployment"], f["file"]): f["input_dir"] for f in store.files()}
+    df["path"] = [_join(where[(d, f)], f) if where.get((d, f)) else "" for d, f in zip(df["deployment"],
+                                                                                           df["file"])]
+    return df[["deployment", "file", "path", "label", "start_s", "end_s", "verified", "notes"]]
+
+
+def _join(input_dir: str, rel: str) -> str:
+    """A file's path from its input folder: a local path, or a URL (``s3://b/card`` + ``x.wav``)."""
+    return f"{input_dir.rstrip('/')}/{rel}" if "://" in input_dir else str(Path(input_dir) / rel)
