@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from monitor import __version__
+from monitor.config import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     mim.add_argument("--input-tdim", type=int, default=1024)
     mim.add_argument("--task", default="multilabel", choices=["multilabel", "multiclass"])
     mim.add_argument("--threshold", type=float, default=None,
-                     help="one threshold for every label (default: 0.3 for the AudioSet labels, else 0.5)")
+                     help="one threshold for every label (default: 0.3 for the AudioSet labels, "
+                          f"else {DEFAULT_THRESHOLD:g})")
     mim.add_argument("--low-hz", type=float, default=None)
     mim.add_argument("--high-hz", type=float, default=None)
-    mim.add_argument("--norm-mean", type=float, default=None, help="fbank mean (default: AudioSet's -4.2677393)")
-    mim.add_argument("--norm-std", type=float, default=None, help="fbank std (default: AudioSet's 4.5689974)")
+    mim.add_argument("--norm-mean", type=float, default=None, help=f"fbank mean (default: AudioSet's {AUDIOSET_MEAN})")
+    mim.add_argument("--norm-std", type=float, default=None, help=f"fbank std (default: AudioSet's {AUDIOSET_STD})")
     return p
 
 

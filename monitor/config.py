@@ -68,11 +68,14 @@ class BandConfig:
             raise ConfigError(f"band.order must be in 1..16, got {self.order}")
 
 
+MODEL_RATE_HZ = 16000  # the rate every bundle so far resamples to (AST: 16 kHz)
+
+
 @dataclass(frozen=True)
 class ResampleConfig:
     """Target rate and method: ``poly`` (scipy.signal.resample_poly) or ``soxr`` if installed."""
 
-    sample_rate_hz: int = 16000
+    sample_rate_hz: int = MODEL_RATE_HZ
     method: str = "poly"
 
     def __post_init__(self) -> None:
@@ -81,6 +84,8 @@ class ResampleConfig:
         if self.method not in ("poly", "soxr"):
             raise ConfigError(f"resample.method must be 'poly' or 'soxr', got {self.method!r}")
 
+
+DEFAULT_THRESHOLD = 0.5  # a label's detection threshold when nothing calibrated one
 
 # AudioSet statistics used by the official AST recipes.
 AUDIOSET_MEAN = -4.2677393

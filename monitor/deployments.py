@@ -29,6 +29,8 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping, Sequence
 
+from monitor.errors import MonitorError
+
 COLUMNS = ("deployment", "device_id", "folder", "time_zone", "latitude", "longitude", "start", "end")
 IGNORED_COLUMNS = ("notes", "note", "comment", "comments", "site", "description")
 _OFFSET = re.compile(r"^(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?$", re.I)
@@ -173,8 +175,6 @@ class DeploymentTable:
 
 
 def _float(v: str, what: str, line: int, path: Path) -> float | None:
-    from monitor.errors import MonitorError
-
     if v is None or not str(v).strip():
         return None
     try:
@@ -185,8 +185,6 @@ def _float(v: str, what: str, line: int, path: Path) -> float | None:
 
 def read_deployments(path: Path | str) -> DeploymentTable:
     """Read and check a deployments CSV (one-line ``MonitorError`` naming the line for any mistake)."""
-    from monitor.errors import MonitorError
-
     path = Path(path)
     if not path.is_file():
         raise MonitorError(f"deployments table not found: {path}")

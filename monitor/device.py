@@ -16,6 +16,8 @@ Precision rule (both engines):
 
 from __future__ import annotations
 
+from monitor.errors import MonitorError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
@@ -51,8 +53,6 @@ def resolve_precision(requested: str, device: str, capability: tuple[int, int] |
 
     ``capability`` defaults to the device's own (pass it to test the rule without a GPU).
     """
-    from monitor.errors import MonitorError
-
     if requested not in PRECISIONS:
         raise MonitorError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     dev = str(device)

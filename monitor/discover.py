@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from monitor.remote import file_size, is_url, list_files, open_input
+
 log = logging.getLogger(__name__)
 
 # File extensions of each libsndfile major format (keys of ``soundfile.available_formats()``).
@@ -84,8 +86,6 @@ def discover(root: Path | str) -> Discovery:
     Symlinks are followed, but every folder and file is visited once (keyed by device and inode), so
     a link that loops back or a second link to the same file is listed as skipped, not walked again.
     """
-    from monitor.remote import discover_url, is_url
-
     if is_url(root):  # an fsspec URL (bucket, file://, memory://): listed through fsspec
         return discover_url(str(root))
     root = Path(root)
@@ -145,6 +145,30 @@ def discover(root: Path | str) -> Discovery:
     return out
 
 
+def discover_url(url: str) -> Discovery:
+    """``discover`` for an fsspec URL: every file under it, recursively, sorted; non-recordings listed in
+    ``skipped`` with the same reasons as on a disk (hidden folders are not searched)."""
+    out = Discovery()
+    hidden: set[str] = set()
+    for path, rel, size, mtime_ns in list_files(url):
+        parts = rel.split("/")
+        dot = next((i for i, part in enumerate(parts[:-1]) if part.startswith(".")), None)
+        if dot is not None:
+            folder = "/".join(parts[:dot + 1])
+            if folder not in hidden:
+                hidden.add(folder)
+                out.skipped.append(Skipped(folder, "hidden folder, not searched"))
+            continue
+        reason = _reason_for(parts[-1], size)
+        if reason:
+            out.skipped.append(Skipped(rel, reason))
+            continue
+        out.recordings.append(Found(path, rel, size, mtime_ns))
+    out.recordings.sort(key=lambda f: f.rel)
+    out.skipped.sort(key=lambda s: s.rel)
+    return out
+
+
 FINGERPRINT_BYTES = 1 << 16
 
 
@@ -154,11 +178,9 @@ def fingerprint(path: Path | str, size: int | None = None) -> str:
     a copy of the same file, with a new mtime, does not. '' when the file cannot be read."""
     import hashlib
 
-    from monitor.remote import is_url, open_input, url_fs
-
     try:
         if size is None:
-            size = url_fs(str(path))[0].size(str(path)) if is_url(path) else os.path.getsize(path)
+            size = file_size(str(path)) if is_url(path) else os.path.getsize(path)
         h = hashlib.sha256(str(size).encode())
         with open_input(path, FINGERPRINT_BYTES) as fh:
             h.update(fh.read(FINGERPRINT_BYTES))

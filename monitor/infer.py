@@ -22,6 +22,7 @@ import numpy as np
 from monitor.config import Preprocess
 from monitor.device import autocast_dtype, resolve_precision
 from monitor.errors import MonitorError
+from monitor.int8 import prepare_int8
 from monitor.plan import BatchScores, Rows, slice_rows
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ def prepare_models(bundles: Sequence, device: str, precision: str, compile: bool
     for b in bundles:
         m = b.build_model(device="cpu")
         if precision == "int8":  # ONNX Runtime with monitor[int8], else torch's dynamic quantisation
-            from monitor.int8 import prepare_int8
-
             m, _ = prepare_int8(b, m, torch.get_num_threads())
         m = m.to(device).eval()
         if compile:

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from monitor.audio import plan_segments, probe
 from monitor.config import Preprocess
 
 TASK_SAMPLES = 8_000_000  # decoded samples (frames x channels) one decode task holds at once, ~32 MB float32
@@ -157,8 +158,6 @@ def plan_batches(jobs: Sequence[FileJob], pre: Preprocess, batch_size: int,
     """Number every segment of ``jobs`` in file order, cut batches of ``batch_size`` and group them into
     decode tasks of at most ``task_samples`` decoded samples (at least one segment per task), a segment
     counting at least ``task_samples // TASK_SEGMENTS`` (so at most ``TASK_SEGMENTS`` per task)."""
-    from monitor.audio import plan_segments
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     segs: list[tuple[int, int, int, int]] = []  # (file, index, start, end) in global order
@@ -393,8 +392,6 @@ def iter_batches(plan: BatchPlan, results: Iterator[Rows]) -> Iterator[tuple[int
 
 def job_from_path(path: Path | str, rel: str | None = None, key: Any = None) -> FileJob:
     """A ``FileJob`` from a file's header (tests and benchmarks)."""
-    from monitor.audio import probe
-
     info = probe(path)
     return FileJob(key if key is not None else rel or Path(path).name, str(path), rel or Path(path).name,
                    info.frames, info.channels, info.sample_rate_hz)

@@ -40,7 +40,7 @@ import os
 import pickle
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -158,7 +158,8 @@ def actor_bundles(specs: Sequence[tuple[str, str, Any]]) -> list:
         if os.path.isfile(os.path.join(folder, "bundle.json")):
             try:
                 b = load_bundle(folder)
-            except Exception:  # noqa: BLE001 - another bundle at that path on this node: use the shipped one
+            except MonitorError as exc:  # another bundle at that path on this node: use the shipped one
+                log.info("bundle at %s on this node not used (%s); loading the driver's copy", folder, exc)
                 b = None
             if b is not None and b.sha256 != sha:
                 b = None
@@ -213,8 +214,8 @@ def node_cpus() -> float:
         for n in ray.nodes():
             if n.get("NodeID") == me:
                 return float(n.get("Resources", {}).get("CPU", 0)) or float(os.cpu_count() or 1)
-    except Exception:  # noqa: BLE001 - outside Ray, or an older API
-        pass
+    except Exception as exc:  # noqa: BLE001 - outside Ray, or an older API
+        log.debug("Ray did not say this node's CPUs (%s); using the machine's cores", exc)
     return float(os.cpu_count() or 1)
 
 

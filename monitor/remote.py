@@ -1,8 +1,9 @@
 """Inputs beyond a local disk: fsspec URLs (``s3://``, ``gs://``, ``file://``, ``memory://``, ...) as the
 input of ``monitor run``.
 
-A plain path (a local disk, a NAS mount) never comes here: it keeps the ``os``/``open`` code path and
-needs no fsspec. A URL is listed recursively (``discover_url``), its files' headers are read through a
+Only I/O lives here: a plain path (a local disk, a NAS mount) never comes here: it keeps the ``os``/``open``
+code path and needs no fsspec. A URL is listed recursively (``list_files``; ``discover`` decides what is a
+recording), its files' headers are read through a
 file object (``open_input``: the RIFF walker and soundfile take file objects), and decoding seeks inside
 the file through the same kind of object, opened with a read-ahead cache whose blocks are sized for
 reading 10 s segments of long WAVs (a 384 kHz 16-bit segment is 7.7 MB). The input is only ever read.
@@ -99,36 +100,19 @@ def _mtime_ns(info: dict[str, Any]) -> int:
     return 0
 
 
-def discover_url(url: str):
-    """``discover`` for a URL: every file under it, recursively, sorted; non-recordings listed in ``skipped``
-    with the same reasons as on a disk (hidden folders are not searched)."""
-    from monitor.discover import Discovery, Found, Skipped, _reason_for
-
+def list_files(url: str) -> list[tuple[str, str, int, int]]:
+    """Every file under ``url``, recursively, sorted: ``(file URL, path relative to url, size bytes, mtime ns)``."""
     fs, root = url_fs(url)
     root = root.rstrip("/")
-    out = Discovery()
     try:
         listing = fs.find(root, withdirs=False, detail=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - credentials, network: one line
         raise MonitorError(f"cannot list {url}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                            ) from None
-    hidden: set[str] = set()
-    for p, info in sorted(listing.items()):
-        rel = posixpath.relpath(p, root) if root else p
-        parts = rel.split("/")
-        dot = next((i for i, part in enumerate(parts[:-1]) if part.startswith(".")), None)
-        if dot is not None:
-            folder = "/".join(parts[:dot + 1])
-            if folder not in hidden:
-                hidden.add(folder)
-                out.skipped.append(Skipped(folder, "hidden folder, not searched"))
-            continue
-        size = int(info.get("size") or 0)
-        reason = _reason_for(parts[-1], size)
-        if reason:
-            out.skipped.append(Skipped(rel, reason))
-            continue
-        out.recordings.append(Found(fs.unstrip_protocol(p), rel, size, _mtime_ns(info)))  # type: ignore[arg-type]
-    out.recordings.sort(key=lambda f: f.rel)
-    out.skipped.sort(key=lambda s: s.rel)
-    return out
+    return [(fs.unstrip_protocol(p), posixpath.relpath(p, root) if root else p, int(info.get("size") or 0),
+             _mtime_ns(info)) for p, info in sorted(listing.items())]
+
+
+def file_size(url: str) -> int:
+    fs, p = url_fs(url)
+    return int(fs.size(p))

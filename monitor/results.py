@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from monitor.deployments import DeploymentTable, offset_text, to_local
+from monitor.detect import detections_table, hms, iso, parse_iso, wall_clock
+from monitor.store import start_ms
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +200,6 @@ def segments_frame(deployments: Sequence[str], files: Sequence[str], index, star
     """Segments DataFrame; ``starts`` maps (deployment, file) -> the recording's aware start datetime or None."""
     import pandas as pd
 
-    from monitor.detect import iso, wall_clock
-
     cols: dict[str, Any] = {"deployment": list(deployments), "file": list(files),
                             "segment": np.asarray(index, np.int64), "start_s": np.asarray(start_s, float),
                             "end_s": np.asarray(end_s, float)}
@@ -222,8 +223,6 @@ def build_results(recordings, segments, labels: Sequence[str], thresholds: Mappi
                   reviews=None, review_dates: Mapping[tuple[str, str, str], str] | None = None) -> Results:
     """Positives, detection events and the reviews joined onto them, from recordings + segments."""
 
-    from monitor.detect import detections_table
-    from monitor.store import start_ms
 
     labels = list(labels)
     thr = {lab: float(thresholds[lab]) for lab in labels}
@@ -251,8 +250,6 @@ def build_results(recordings, segments, labels: Sequence[str], thresholds: Mappi
 
 def _why(r, det, segments, positives, labels: Sequence[str], thr: Mapping[str, float]) -> str:
     """Why a review is not on a detection row, in words."""
-    from monitor.detect import hms
-
     here = det[(det["deployment"] == r.deployment) & (det["file"] == r.file) & (det["label"] == r.label)
                & (det["start_s"] <= r.start_s + 1e-6) & (det["end_s"] > r.start_s + 1e-6)]
     if len(here):
@@ -272,8 +269,6 @@ def local_times(rows: list[dict[str, Any]], table) -> list[str]:
     """Recorder clocks -> each deployment's local time, in place on recording rows (``start_time``,
     ``utc_offset``, ``time_zone``; the recorder's own start kept in ``recorder_start_time``), and places from
     the deployments table where the files give none. Returns warnings for recorders left on UTC."""
-    from monitor.deployments import offset_text, to_local
-    from monitor.detect import iso, parse_iso
 
     utc: dict[str, int] = {}
     for row in rows:
@@ -300,8 +295,6 @@ def local_times(rows: list[dict[str, Any]], table) -> list[str]:
 def load_results(store, thresholds: Mapping[str, float], run: RunInfo) -> Results:
     """Read the whole store once into a ``Results`` (the reports' only source): times in each deployment's
     local time, only the chosen labels (``--labels``), every review."""
-    from monitor.deployments import DeploymentTable
-    from monitor.detect import parse_iso
 
     names = list(store.get_meta("labels") or run.labels)
     keep = store.get_meta("label_filter") or names

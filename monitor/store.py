@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from monitor.deployments import default_deployment
 from monitor.errors import MonitorError
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,6 @@ class ResultsStore:
     def _migrate_v1(self) -> None:
         """Schema 1 (one card per folder, keyed by file) -> 2: every row gets its deployment by the
         rule of ``monitor.deployments``; nothing is dropped."""
-        from monitor.deployments import default_deployment
-
         info = self.get_meta("run_info") or {}
         input_dir = str(info.get("input_dir") or "")
         card = Path(input_dir).name if input_dir else ""

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from monitor.errors import MonitorError
+from monitor.metadata.record import read_metadata
+from monitor.discover import discover
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +18,6 @@ TABLE = ["file", "recorder", "device_id", "firmware", "start_time", "temperature
 
 
 def _files(paths: list[Path]) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
-    from monitor.discover import discover
-
     files, skipped = [], []
     for p in paths:
         if p.is_dir():
@@ -37,8 +37,6 @@ def _cell(v: object) -> str:
 
 def metadata_command(paths: list[Path], as_json: bool = False) -> int:
     """Print one record per file (``--json``: one JSON object a line); skipped files with reasons."""
-    from monitor.metadata import read_metadata
-
     files, skipped = _files(paths)
     rows = []
     for path, rel in files:

@@ -7,6 +7,8 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from monitor.metadata.audiomoth import format_offset
+
 log = logging.getLogger(__name__)
 
 MAX_OFFSET = timedelta(hours=14)  # UTC-12 .. UTC+14 exist on Earth
@@ -56,8 +58,6 @@ def parse_timestamp(text: str) -> tuple[datetime | None, str]:
         off = sign * timedelta(hours=int(hh), minutes=int(mm))
         if abs(off) > MAX_OFFSET:
             return None, ""
-    from monitor.metadata.audiomoth import format_offset
-
     return dt.replace(tzinfo=timezone(off)), format_offset(off)
 
 

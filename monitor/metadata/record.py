@@ -18,6 +18,7 @@ from monitor.metadata.filenames import parse_filename
 from monitor.metadata.gpscsv import read_gps_csv
 from monitor.metadata.guano import parse_guano
 from monitor.metadata.riff import RiffInfo, walk_riff
+from monitor.remote import is_url, open_input
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,6 @@ def _header(path: Path, riff: RiffInfo, rec: RecordingMetadata) -> None:
     try:
         import soundfile as sf
 
-        from monitor.remote import is_url, open_input
-
         if is_url(path):
             with open_input(path) as fh, sf.SoundFile(fh) as info:
                 rate, channels, frames = info.samplerate, info.channels, info.frames
@@ -102,24 +101,23 @@ def _header(path: Path, riff: RiffInfo, rec: RecordingMetadata) -> None:
         rec.warnings.append(f"no audio header ({text[:80]})")
 
 
-def _vorbis_comment(path: Path) -> dict[str, str]:
-    """FLAC/Ogg tags via soundfile (mutagen adds nothing we need here)."""
+def _vorbis_comment(path: Path, rec: RecordingMetadata) -> dict[str, str]:
+    """FLAC/Ogg tags via soundfile (mutagen adds nothing we need here); a file whose tags cannot be read gets
+    a warning saying why."""
+    import soundfile as sf
+
     try:
-        import soundfile as sf
-
-        from monitor.remote import open_input
-
         with open_input(path) as fh, sf.SoundFile(fh) as f:
             return {k: v for k, v in f.copy_metadata().items() if v}
-    except Exception:  # noqa: BLE001
+    except (OSError, RuntimeError, sf.LibsndfileError) as exc:
+        text = (str(exc).splitlines() or [type(exc).__name__])[0]
+        rec.warnings.append(f"tags could not be read ({text[-80:]})")
         return {}
 
 
 def read_metadata(path: Path | str, rel: str | None = None) -> RecordingMetadata:
     """Everything the file's header, comment, GUANO and name say. Never raises. ``path``: a local path or an
     fsspec URL (``monitor.remote``)."""
-    from monitor.remote import is_url
-
     path = path if is_url(path) else Path(path)  # type: ignore[assignment]
     rec = RecordingMetadata(file=rel if rel is not None else _name(path))
     try:
@@ -148,7 +146,7 @@ def _read(path: Path | str, rec: RecordingMetadata) -> None:
         sources.append(("gps_csv", gps))
     comment = riff.info.get("ICMT", "")
     if not riff.form:
-        tags = _vorbis_comment(path)
+        tags = _vorbis_comment(path, rec)
         comment = tags.get("comment", "")
         if tags.get("artist", "").startswith("AudioMoth "):
             riff.info["IART"] = tags["artist"]

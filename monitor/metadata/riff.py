@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from monitor.remote import open_input
+
 log = logging.getLogger(__name__)
 
 MAX_META_BYTES = 1 << 20  # never read more than this of any metadata chunk
@@ -109,8 +111,6 @@ def _unfinished(fh, payload_at: int, size: int, file_size: int) -> bool:
 
 def walk_riff(path: str | Path) -> RiffInfo:
     """Walk the chunks of ``path``. Never raises for bad content; problems become ``warnings``."""
-    from monitor.remote import open_input
-
     out = RiffInfo()
     try:
         fh = open_input(path, 1 << 16)  # a local path, or an fsspec URL (small blocks: chunk headers)

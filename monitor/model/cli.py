@@ -170,7 +170,7 @@ def _head_rows(src: Path, sd: dict | None) -> int | None:
 def _import(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from monitor.config import AUDIOSET_MEAN, AUDIOSET_STD, BandConfig
+    from monitor.config import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_THRESHOLD, BandConfig
     from monitor.model import audioset
     from monitor.model.bundle import save_bundle
     from monitor.model.checkpoints import (from_hf_checkpoint, from_official_checkpoint, load_state_dict_file,
@@ -227,7 +227,7 @@ def _import(args: argparse.Namespace) -> int:
         print(f"preprocess  {audioset.PREPROCESSING_SOURCE}; 10 s windows")
     threshold = args.threshold
     if threshold is None:
-        threshold = audioset.DEFAULT_THRESHOLD if is_as else 0.5
+        threshold = audioset.DEFAULT_THRESHOLD if is_as else DEFAULT_THRESHOLD
         print(f"thresholds  {threshold:g} for every label (a default, not calibrated; --threshold X to set another)")
     prov: dict[str, Any] = {"imported_from": src.name, "format": fmt,
                             "source_sha256": sha256_file(src) if src.is_file() else "",

@@ -2,7 +2,7 @@
 
 ``write_reports`` is called at the end of every run and by ``monitor report OUT_DIR``. Every file
 is written to a temp file in OUT_DIR and renamed, so an interrupted write leaves the previous
-report intact. Heavy imports (pandas, openpyxl, matplotlib) happen inside the functions.
+report intact.
 """
 
 from __future__ import annotations
@@ -11,28 +11,28 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
+from monitor.config import Preprocess
+from monitor.report import plots
+from monitor.report.presence import presence
+from monitor.report.raven import write_raven
+from monitor.report.tables import write_tables
+from monitor.report.workbook import write_workbook
+
 log = logging.getLogger(__name__)
 
 
 def raven_band_hz(preprocessing: Mapping[str, Any]) -> tuple[float, float]:
     """(low, high) for Raven selections: the model's band; no edge -> 0 / Nyquist after resampling."""
-    pre = preprocessing or {}
-    band = pre.get("band") or {}
-    sr_hz = float((pre.get("resample") or {}).get("sample_rate_hz") or 16000)
-    low = band.get("low_hz")
-    high = band.get("high_hz")
-    return float(low or 0.0), float(min(high, sr_hz / 2) if high else sr_hz / 2)
+    pre = Preprocess.from_dict(dict(preprocessing or {}))
+    nyquist_hz = pre.resample.sample_rate_hz / 2
+    low, high = pre.band.low_hz, pre.band.high_hz
+    return float(low or 0.0), float(min(high, nyquist_hz) if high else nyquist_hz)
 
 
 def write_reports(out_dir: Path, results: Any, *, workbook: Path | None = None) -> dict[str, Path]:
     """Write recordings/segments/detections CSVs, the workbook, raven/ and (with matplotlib) plots/ from one
     ``results.Results``. ``workbook``: where the workbook goes (default ``out_dir/report.xlsx``); the
     returned mapping names it under ``report.xlsx``."""
-    from monitor.report.presence import presence
-    from monitor.report.raven import write_raven
-    from monitor.report.tables import write_tables
-    from monitor.report.workbook import write_workbook
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = write_tables(out_dir, results)
@@ -42,10 +42,8 @@ def write_reports(out_dir: Path, results: Any, *, workbook: Path | None = None) 
     paths["raven"] = out_dir / "raven"
     for p in write_raven(out_dir, results.detections, low_hz, high_hz):
         paths[f"raven/{p.name}"] = p
-    try:
-        from monitor.report.plots import write_plots
-    except ImportError:
-        log.warning("matplotlib is not installed: no PNG plots in plots/ (pip install 'monitor[plots]')")
+    if plots.available():
+        paths.update(plots.write_plots(out_dir, tables))
     else:
-        paths.update(write_plots(out_dir, tables))
+        log.warning("matplotlib is not installed: no PNG plots in plots/ (pip install 'monitor[plots]')")
     return paths

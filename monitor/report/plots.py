@@ -2,23 +2,25 @@
 
 One panel per deployment (its own local time), survey nights on a categorical axis (only nights with
 recordings, so bars never shrink to hairlines over a long gap between cards), side-by-side bars per
-detected label. Importing this module raises ImportError when matplotlib is missing; ``write_reports``
-then says so.
+detected label. Without matplotlib ``available()`` is False and ``write_reports`` says so in one warning.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
-import matplotlib
-
 from monitor.report.presence import ALL, HOURS, MEASURES, Presence
 
-matplotlib.use("Agg")
 log = logging.getLogger(__name__)
 
 MAX_PANELS = 12  # deployments drawn; the rest are counted in the title
+
+
+def available() -> bool:
+    """True when matplotlib (the ``plots`` extra) is installed."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def write_plots(out_dir: Path, p: Presence) -> dict[str, Path]:
@@ -26,6 +28,9 @@ def write_plots(out_dir: Path, p: Presence) -> dict[str, Path]:
 
     Nothing is drawn (and ``{}`` returned) when no detection could be placed in time.
     """
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 

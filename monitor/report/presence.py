@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Mapping
 
+from monitor.detect import parse_iso
 from monitor.report.sheet import Col, header_cells, start_sheet, title_cell, widths
 from monitor.results import MANY_LABELS
 
@@ -61,8 +62,6 @@ def _times(keys: Any, offsets_s: Any, starts: Mapping[tuple[str, str], datetime 
 
 def recording_starts(recordings: Any) -> dict[tuple[str, str], datetime | None]:
     """(deployment, file) -> the recording's local start (aware when its UTC offset is known), or None."""
-    from monitor.detect import parse_iso
-
     return {(d, f): parse_iso(t) for d, f, t in zip(recordings["deployment"], recordings["file"],
                                                     recordings["start_time"])}
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 
+from monitor.report.fastrows import Pending, column_styles
 from monitor.report.safe import text_cell
 
 HEADER_FILL = "305496"
@@ -233,8 +234,6 @@ def write_table(ws: Any, cols: Sequence[Col], rows: Iterable[Sequence[Any]], *, 
         ws.append(out)
         n += 1
     if fast:
-        from monitor.report.fastrows import Pending, column_styles
-
         rest = rows[1:]
         heights = {}
         if wrapped:
