@@ -161,7 +161,8 @@ class RunConfig:
     ``thresholds``: label -> threshold (``all`` sets every label), kept in ``out_dir`` for later runs;
     ``labels``: labels kept in every output (``["all"]``: every label); ``deployment``: this card's
     deployment name; ``deployments``: a deployments table (CSV); ``resume=False`` re-scores this card's
-    files; ``prune`` removes results of files no longer on the card; ``engine``: ``local`` or ``ray``
+    files; ``prune`` archives results of files no longer on the card; ``move`` re-files files already stored
+    under another deployment (else refused); ``engine``: ``local`` or ``ray``
     (``address``, ``actors``, ``gpus_per_actor`` are Ray's); ``progress``: None shows a bar on a terminal.
     """
 
@@ -179,6 +180,7 @@ class RunConfig:
     deployments: Path | str | None = None
     resume: bool = True
     prune: bool = False
+    move: bool = False
     engine: str = "local"
     address: str | None = None
     actors: int | None = None

@@ -17,11 +17,25 @@ QUIET_LOGGERS = ("matplotlib", "PIL", "numba", "urllib3", "filelock", "fsspec", 
 
 
 class _ConsoleFormatter(logging.Formatter):
-    """One line per message on the terminal: tracebacks go only to the log file."""
+    """One line per message on the terminal, in one style (``monitor: warning: ...``); tracebacks go only to
+    the log file."""
+
+    PREFIX = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
+
+    def __init__(self, prefix: str = "monitor: ") -> None:
+        super().__init__("%(message)s")
+        self.prefix = prefix
 
     def format(self, record: logging.LogRecord) -> str:
         record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
-        return super().format(record)
+        return self.prefix + self.PREFIX.get(record.levelno, "") + super().format(record)
+
+
+class _NotSaid(logging.Filter):
+    """Drops records that ``say``/``error`` already printed (they still reach the log files)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "said", False)
 
 
 def quiet_third_party() -> None:
@@ -57,10 +71,32 @@ def files_only(names=("ray", "ray.data"), level: int = logging.INFO) -> None:
             h.addFilter(_NotFrom(names))
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def listing(items: list[str], shown: int = 5) -> str:
+    """The first ``shown`` items and how many more."""
+    head = ", ".join(items[:shown])
+    return head + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
 def say(msg: str) -> None:
     """A line for the person running the job (stderr, beside the progress bar, ``monitor: ...``) and the log."""
-    logging.getLogger("monitor").info("%s", msg)
+    logging.getLogger("monitor").info("%s", msg, extra={"said": True})
     print(f"monitor: {msg}", file=sys.stderr, flush=True)
+
+
+def error(msg: str) -> None:
+    """A whole-run failure in one line (``monitor: error: ...`` on stderr), also in the log files."""
+    logging.getLogger("monitor").error("%s", msg, extra={"said": True})
+    print(f"monitor: error: {msg}", file=sys.stderr, flush=True)
+
+
+def warn(msg: str) -> None:
+    """A warning for the person running the job (``monitor: warning: ...``) and the log."""
+    logging.getLogger("monitor").warning("%s", msg)
 
 
 def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None) -> None:
@@ -73,7 +109,8 @@ def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None)
         h.close()
     console = logging.StreamHandler(stream or sys.stderr)
     console.setLevel(logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG)
-    console.setFormatter(_ConsoleFormatter("%(levelname)s: %(message)s"))
+    console.setFormatter(_ConsoleFormatter())
+    console.addFilter(_NotSaid())
     root.addHandler(console)
     quiet_third_party()
     if log_file is not None:
@@ -87,10 +124,21 @@ def set_console_level(level: int) -> None:
             h.setLevel(level)
 
 
+def log_file_handler(path: Path) -> logging.Handler | None:
+    """The handler already writing to ``path``, if any."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == Path(path).resolve():
+            return h
+    return None
+
+
 def add_log_file(path: Path) -> logging.Handler | None:
     """Send full detail (tracebacks included) to ``path``; returns the handler, or None when the file
     cannot be opened (a read-only or full output folder: the caller reports that in one line)."""
     path = Path(path)
+    h = log_file_handler(path)
+    if h is not None:  # once per file
+        return h
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(path, encoding="utf-8")
@@ -117,7 +165,8 @@ def notebook_logging(level: int = logging.INFO) -> None:
     if not any(getattr(h, "_monitor_notebook", False) for h in root.handlers):
         h = logging.StreamHandler(sys.stdout)
         h.setLevel(level)
-        h.setFormatter(_ConsoleFormatter("%(message)s"))
+        h.setFormatter(_ConsoleFormatter(prefix=""))
+        h.addFilter(_NotSaid())
         h._monitor_notebook = True  # type: ignore[attr-defined]
         root.addHandler(h)
     quiet_third_party()

@@ -28,6 +28,7 @@ from monitor.deployments import read_deployments
 from monitor.detect import label_filter, resolve_thresholds
 from monitor.engine import Engine, EngineInfo, LocalEngine
 from monitor.errors import MonitorError
+from monitor.logs import listing
 from monitor.model.bundle import Bundle
 from monitor.model.ensemble import ensemble_hash, load_models
 from monitor.outdir import (check_folders, current_thresholds, open_out, remember_choices, stored_deployments,
@@ -76,11 +77,15 @@ def run(cfg: RunConfig) -> RunInfo:
         thr = current_thresholds(store, RunInfo(labels=names), cfg.thresholds)
         info = _run_info(src, dst, bundles, thr, cfg.command, started)
         run_id = store.begin_run(str(src), info.to_json())
+        warnings: list[str] = []
         with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
             # the engine starts first: its worker processes' imports overlap discovery and model loading
             with make_engine(bundles, cfg) as engine:
                 plan = scan_card(src, store, bundles[0].preprocessing, model_hash, stop.state, cfg.deployment,
-                                 cfg.prune, cfg.resume, stored_deployments(store))
+                                 cfg.prune, cfg.resume, stored_deployments(store), cfg.move)
+                if table is not None and plan.unmatched_rows:
+                    warnings.append(f"deployments table {Path(cfg.deployments).name}: "
+                                    f"{listing(plan.unmatched_rows)} matched no file of this card")
                 stats, interrupted = score_planned(engine, plan, store, bundles, cfg.progress, stop.state)
             interrupted = interrupted or stop.state["flag"]
             e = stats.engine
@@ -88,9 +93,10 @@ def run(cfg: RunConfig) -> RunInfo:
                 info, ended=_now(), completed=not interrupted, files_done=stats.done + stats.resumed,
                 files_left=stats.todo - stats.done, resumed_files=stats.resumed, deployments=stats.deployments,
                 wall_s=round(stats.wall_s, 3), audio_s=round(stats.audio_s, 3), engine=e.engine, device=e.device,
-                precision=e.precision, workers=e.workers, batch_size=e.batch_size)
-            info = write_outputs(dst, store, thr, info)
-            store.end_run(run_id, not interrupted, info.to_json())
+                precision=e.precision, workers=e.workers, batch_size=e.batch_size, card=plan.card,
+                card_name=plan.card_name)
+            info = write_outputs(dst, store, thr, info, warnings=warnings)
+            store.end_run(run_id, not interrupted, info.to_json(), plan.card)
     if interrupted:
         raise Interrupted(
             f"interrupted: {info.files_done} of {info.files_done + info.files_left} files finished and saved; "
@@ -154,11 +160,12 @@ def score_planned(engine: Engine, plan: WorkPlan, store: ResultsStore, bundles: 
         meta = metas.pop(job.rel)
         status, reason = file_outcome(res, n_labels)
         if status == "failed":
-            store.put_file(job.key, "failed", reason, meta, input_dir=plan.input_dir)
+            store.put_file(job.key, "failed", reason, meta, input_dir=plan.input_dir, card=plan.card)
             log.info("failed %s: %s", job.rel, reason)
         else:
             segs = list(zip(res.index, res.start_s, res.end_s, res.scores))
-            store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite, input_dir=plan.input_dir)
+            store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite, input_dir=plan.input_dir,
+                           card=plan.card)
         stats.done += 1
 
     interrupted = bool(stop["flag"])
