@@ -127,14 +127,17 @@ def scan_card(src: Path | str, store: ResultsStore, pre: Preprocess, model_hash:
 
     ident = _Identity()
     card, elsewhere = which_card(store, entries, ident)
-    if elsewhere:
-        moves = [(dep, key.file, key.deployment) for _, key, dep in elsewhere]
-        where = sorted({dep for _, _, dep in elsewhere})
+    moves = [(dep, key.file, key.deployment) for _, key, dep in elsewhere]
+    if card is not None:  # this card's other files (CONFIG.TXT ...) stored under another deployment follow
+        moves += [(dep, key.file, key.deployment) for _, key in skipped for dep, row in store.deployments_of(key.file)
+                  if dep != key.deployment and row["card"] == card]
+    if moves:
+        where = sorted({m[0] for m in moves})
         if not move:
             raise MonitorError(
-                f"{plural(len(elsewhere), 'file')} of this card {'is' if len(elsewhere) == 1 else 'are'} already in "
+                f"{plural(len(moves), 'file')} of this card {'is' if len(moves) == 1 else 'are'} already in "
                 f"{store.path.parent} under deployment {listing(where, 3)} (first: {moves[0][0]}/{moves[0][1]}), "
-                f"not {moves[0][2]}: counting {'it' if len(elsewhere) == 1 else 'them'} again would count "
+                f"not {moves[0][2]}: counting {'it' if len(moves) == 1 else 'them'} again would count "
                 "them twice; add --move to re-file their results and verdicts, or run without --deployment")
         store.move_files(moves)
         say(f"moved {plural(len(moves), 'file')} (results and verdicts) from deployment {listing(where, 3)} to "
