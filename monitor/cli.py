@@ -241,7 +241,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return report_command(args.out_dir, dict(args.threshold), args.deployments,
                               None if args.labels is None else [args.labels])
     if args.command == "recipes":
-        from monitor.resources import recipes_command
+        from monitor.train.recipes import recipes_command
 
         return recipes_command(args)
     if args.command == "example-card":

@@ -252,7 +252,7 @@ def offer_download(path: str | Path):
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None):
     """A training recipe (a packaged recipe's name or a YAML file) with ``section.key=value`` overrides."""
-    from monitor.resources import load_recipe as _load
+    from monitor.train.recipes import load_recipe as _load
 
     return _load(name_or_path, list(overrides or []))
 

@@ -425,7 +425,7 @@ def train(cfg, out_dir: Path, *, name: str, resume: bool = False, folds: int | N
 def train_command(args) -> int:
     """CLI entry: ``args.config``, ``args.out``, ``args.resume``, ``args.folds``, ``args.plan``, ``args.set``."""
     from monitor.logs import add_log_file, set_console_level
-    from monitor.resources import load_recipe
+    from monitor.train.recipes import load_recipe
 
     cfg = load_recipe(args.config, list(getattr(args, "set", None) or []))  # a file, or a packaged recipe's name
     name = cfg.export.name or Path(args.config).stem
