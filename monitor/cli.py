@@ -256,7 +256,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "report":
         return report_command(args)
     if args.command == "recipes":
-        from monitor.resources import recipes_command
+        from monitor.train.recipes import recipes_command
 
         return recipes_command(args)
     if args.command == "example-card":

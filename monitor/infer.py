@@ -11,6 +11,7 @@ with one thread per device.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -123,6 +124,30 @@ class Scorer:
         with torch.inference_mode():
             x = self._features_on_device(Rows(0, feats, np.zeros(n, np.int64), ("",) * n))
             return [lg[:n].cpu() for lg in self._forward(x)]
+
+    def embed(self, feats: np.ndarray) -> list:
+        """``feats`` (n, T, F) features or (n, samples) 16 kHz waves, any n -> per model, float32 embeddings
+        ``(n, width)`` on the CPU: ``m.forward_head(m.forward_features(x), pre_logits=True)`` (timm's names; for
+        an AST the pooled tokens ``mlp_head`` sees). As ``logits`` computes: in zero-padded batches of
+        ``batch_size`` (int8: one segment per call), the same device and autocast, so an embedding never
+        depends on its batch-mates."""
+        import torch
+
+        dtype = None if self.precision == "int8" else autocast_dtype(self.precision)
+        parts: list[list] = [[] for _ in self.models]
+        with torch.inference_mode():
+            for k in range(0, feats.shape[0], self.batch_size):
+                n = min(self.batch_size, feats.shape[0] - k)
+                x = self._features_on_device(Rows(0, feats[k:k + n], np.zeros(n, np.int64), ("",) * n))
+                step = 1 if self.precision == "int8" else x.shape[0]
+                for out, m in zip(parts, self.models):
+                    amp = contextlib.nullcontext() if dtype is None else torch.autocast(self._dev.type, dtype=dtype)
+                    with amp:
+                        e = torch.cat([m.forward_head(m.forward_features(x[i:i + step]), pre_logits=True)
+                                       for i in range(0, x.shape[0], step)])
+                    out.append(e[:n].float().cpu())
+        return [torch.cat(p) if p else torch.zeros((0, getattr(m, "num_features", 0)))
+                for p, m in zip(parts, self.models)]
 
     def __call__(self, feats: np.ndarray) -> np.ndarray:
         """``feats`` (n <= batch_size, T, F) -> scores (n, labels).

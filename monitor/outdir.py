@@ -27,11 +27,11 @@ from typing import Any, Iterator, Mapping, Sequence
 from monitor.deployments import DeploymentTable, read_deployments
 from monitor.detect import label_filter, match_label, resolve_thresholds
 from monitor.errors import MonitorError
+from monitor.fileio import atomic_write_text, sha256_file
 from monitor.logs import add_log_file, listing, log_file_handler, plural, remove_handler, say, warn
 from monitor.remote import check_input_url, is_url
 from monitor.report import write_reports
 from monitor.report.review_io import WorkbookUnreadable, lock_files, read_workbook_reviews
-from monitor.report.safe import atomic_path
 from monitor.results import VERIFIED_CHOICES, Results, RunInfo, load_results, reviews_frame
 from monitor.store import STORE_NAME, DirLock, ResultsStore, Review, when
 
@@ -128,8 +128,7 @@ def open_out(out_dir: Path, *, create: bool = False) -> Iterator[ResultsStore]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 # --- what the folder remembers: thresholds, deployments table, label choice ------------------------------
@@ -168,16 +167,6 @@ class Workbooks:
     sha256: dict[str, str] = dataclasses.field(default_factory=dict)
     unreadable: dict[str, str] = dataclasses.field(default_factory=dict)
     changed: int = 0  # verdicts and review dates read into the store
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _mtime(p: Path) -> float:
@@ -219,7 +208,7 @@ def harvest_reviews(store: ResultsStore, out_dir: Path) -> Workbooks:
         path = out_dir / name
         if not path.is_file():
             continue
-        sha = found.sha256[name] = _sha256(path)
+        sha = found.sha256[name] = sha256_file(path)
         seen = state.get(name, {})
         if sha in (seen.get("sha256"), seen.get("harvested_sha256")):
             continue  # as monitor wrote it, or already read in
@@ -326,7 +315,7 @@ def _remember_workbook(store: ResultsStore, path: Path, build: str, results: Res
     """What monitor wrote into a workbook (its hash, verdicts, review dates and card folders): later only what a
     reviewer changed is read back."""
     state = store.get_meta("workbooks") or {}
-    state[path.name] = {"build": build, "sha256": _sha256(path), "contents": True,
+    state[path.name] = {"build": build, "sha256": sha256_file(path), "contents": True,
                         "folders": {str(c.id): c.link_base for c in results.cards}}
     store.set_workbook_contents(path.name, store.reviews(), [(*k, v) for k, v in store.review_dates().items()])
     store.set_meta("workbooks", state)

@@ -209,7 +209,7 @@ def test_run_with_the_pulled_model_scores_as_the_official_recipe(pulled, officia
 def test_fine_tuning_starts_from_the_pulled_checkpoint(pulled, official_pth, monkeypatch):
     """model.init: audioset with the pull name uses the cached raw checkpoint (no network), new head."""
     from monitor.train.config import build_config
-    from monitor.train.engine import build_model
+    from monitor.train.model_init import build_model
 
     root, _ = pulled
     monkeypatch.setenv("MONITOR_CACHE", str(root / "cache"))

@@ -21,7 +21,12 @@ from typing import Any, Mapping
 
 from monitor.config import ConfigError, Preprocess
 from monitor.errors import BundleError
+from monitor.fileio import sha256_file
+from monitor.model.ast import AST
+from monitor.model.checkpoints import PRETRAINED, checkpoint_path, monitor_cache
 from monitor.model.geometry import Geometry, expected_shapes
+from monitor.model.labels import summarise
+from monitor.resources import models_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +77,6 @@ class Bundle:
         import torch
         from safetensors.torch import load_file
 
-        from monitor.model.ast import AST
-
         if self.path is None:
             raise BundleError(f"bundle {self.name} has no folder to load weights from; save it first")
         with torch.device("meta"):  # shapes only: every weight comes from the file (base384: ~5 s of init saved)
@@ -86,12 +89,6 @@ class Bundle:
                               "the bundle is damaged or from another model")
         model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in sd.items()}, assign=True)
         return model.to(device).eval()
-
-    def scores(self, logits):
-        """Logits (..., labels) -> probabilities: sigmoid (multilabel) or softmax over labels (multiclass)."""
-        from monitor.infer import to_scores
-
-        return to_scores(logits, self.task)
 
 
 def _need(data: Mapping[str, Any], key: str, typ: type | tuple, where: str = "bundle.json") -> Any:
@@ -184,9 +181,6 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
 def bundle_search_path() -> list[Path]:
     """Where bundle names are looked up, in order: ``$MONITOR_MODELS``, the bundled models (inside the
     installed package, or a checkout's ``models/``), the cache."""
-    from monitor.model.checkpoints import monitor_cache
-    from monitor.resources import models_dir
-
     paths = [Path(p).expanduser() for p in os.environ.get("MONITOR_MODELS", "").split(os.pathsep) if p]
     paths.append(models_dir())
     paths.append(monitor_cache() / "models")
@@ -209,12 +203,8 @@ def resolve(name_or_path: str | Path) -> Path:
             if (base / name / "bundle.json").is_file():
                 return base / name
     if name == DEFAULT_MODEL:
-        from monitor.resources import models_dir
-
         raise BundleError(f"the bundled default model {DEFAULT_MODEL!r} is missing from this installation "
                           f"({models_dir()}); reinstall monitor, or pass --model NAME_OR_PATH")
-    from monitor.model.checkpoints import PRETRAINED
-
     if name in PRETRAINED:  # a published checkpoint whose bundle is not made yet
         raise BundleError(f"{name} is a published AudioSet checkpoint that is not pulled yet; run "
                           f"`monitor models pull {name}` once (it downloads the checkpoint and makes its bundle)")
@@ -259,14 +249,6 @@ def check_weights(b: Bundle, weights: Path) -> None:
                               "bundle.json and model.safetensors do not belong together")
         if header[k].get("dtype") != DTYPES[b.weights_dtype]:
             raise BundleError(f"{where}: tensor {k} is {header[k].get('dtype')}, bundle.json says {b.weights_dtype}")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_bundle(name_or_path: str | Path) -> Bundle:
@@ -331,7 +313,7 @@ def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         save_file(sd, str(tmp / WEIGHTS))
-        b.weights_sha256 = _sha256_file(tmp / WEIGHTS)
+        b.weights_sha256 = sha256_file(tmp / WEIGHTS)
         (tmp / "bundle.json").write_text(json.dumps(b.to_json(), indent=2) + "\n", encoding="utf-8")
         if out_dir.is_dir():
             for p in out_dir.iterdir():  # keep files written beside the bundle (model card, curves)
@@ -355,9 +337,6 @@ def list_models() -> list[dict[str, Any]]:
     Each row: name, kind (bundle / bundle (invalid) / checkpoint), version, labels (up to 4, else the count
     and the first 3), path, default, cached (bool; bundles are always on disk).
     """
-    from monitor.model.checkpoints import PRETRAINED, checkpoint_path
-    from monitor.model.labels import summarise
-
     rows, seen = [], set()
     for base in bundle_search_path():
         if not base.is_dir():

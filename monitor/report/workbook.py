@@ -21,7 +21,8 @@ from typing import Any, Mapping, Sequence
 from monitor.detect import hms, parse_iso
 from monitor.report.fastrows import splice
 from monitor.report.presence import UNKNOWN_DEVICE, Presence, presence, write_presence_sheet
-from monitor.report.safe import atomic_path, link_formula
+from monitor.fileio import atomic_path
+from monitor.report.safe import link_formula
 from monitor.report.sheet import (DATE, DATETIME, DURATION, SCORE, TEMPERATURE, Col, is_missing, start_sheet,
                                   write_table)
 from monitor.results import MANY_LABELS, VERIFIED_CHOICES

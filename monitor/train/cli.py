@@ -23,10 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from monitor.errors import MonitorError
+from monitor.logs import add_log_file, set_console_level
+from monitor.train.calibrate import calibrate
+from monitor.train.config import cache_dir_for, config_yaml
+from monitor.train.dataset import SegmentDataset, compute_stats
+from monitor.train.export import export_bundle, json_safe, write_val_scores
+from monitor.train.fit import fit
+from monitor.train.metrics import MAXIMISE, SUMMARY_KEYS, evaluate_scores
+from monitor.train.recipes import load_recipe
+from monitor.train.sources import load_source, load_test_folder
+from monitor.train.splits import assign_splits, kfold, load_split, save_split, warn_leaks
+from monitor.train.table import same_audio, summary, target_matrix
 
 log = logging.getLogger(__name__)
 
-SUMMARY_KEYS = ("mAP", "mAUC", "d_prime", "accuracy", "exact_match", "macro_f1")
 DONE = "train_done.json"
 
 
@@ -37,8 +47,6 @@ def load_data(cfg):
     by the data itself (``val`` from ``data.val_manifest``, ``test`` from ``split.test_folder``), else ''."""
     import numpy as np
     import pandas as pd
-
-    from monitor.train.data import load_source, load_test_folder, same_audio
 
     table, labels, fixed_val = load_source(cfg)
     fixed = [""] * len(table)
@@ -61,7 +69,6 @@ def load_data(cfg):
 
 def split_rows(cfg, table, labels, fixed, out_dir: Path | None = None, resume: bool = False):
     """``train``/``val``/``test`` per row; saved to ``splits.csv`` and reloaded on resume (it never changes)."""
-    from monitor.train.splits import assign_splits, load_split, save_split, warn_leaks
 
     path = Path(out_dir) / "splits.csv" if out_dir is not None else None
     if resume and path is not None and path.is_file():
@@ -84,8 +91,6 @@ def fold_rows(cfg, table, labels, fixed, k: int, out_dir: Path | None = None, re
 
     import numpy as np
     import pandas as pd
-
-    from monitor.train.splits import assign_splits, kfold, warn_leaks
 
     if k < 2:
         raise MonitorError("--folds needs K >= 2")
@@ -116,8 +121,6 @@ def plan_table(table, labels, split):
     """One row per training window: ``file, start_s, end_s, group, split`` and per label 1, 0 or '' (unknown)."""
     import numpy as np
     import pandas as pd
-
-    from monitor.train.data import target_matrix
 
     y = target_matrix(table, labels)
     df = pd.DataFrame({"file": table["file"], "start_s": table["start_s"], "end_s": table["end_s"],
@@ -182,12 +185,6 @@ def run_one(cfg, out_dir: Path, table, labels, split, *, name: str, resume: bool
 
     Returns {"bundle", "metrics" (validation summary), "test_metrics", "result": FitResult, "thresholds"}.
     """
-    from monitor.train.calibrate import calibrate
-    from monitor.train.config import config_yaml
-    from monitor.train.data import summary
-    from monitor.train.engine import fit
-    from monitor.train.export import export_bundle, write_val_scores
-    from monitor.train.metrics import evaluate_scores
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(config_yaml(cfg), encoding="utf-8")
@@ -229,23 +226,16 @@ def run_one(cfg, out_dir: Path, table, labels, split, *, name: str, resume: bool
     out = {"bundle": str(bundle.path), "metrics": metrics["summary"] if metrics else None,
            "test_metrics": test_metrics["summary"] if test_metrics else None, "thresholds": thr,
            "history": result.history, "weights": result.chosen}
-    (out_dir / DONE).write_text(json.dumps(_json_safe(out), indent=2) + "\n")
+    (out_dir / DONE).write_text(json.dumps(json_safe(out), indent=2) + "\n")
     if not cfg.export.keep_checkpoint:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # resume state: the bundle holds the weights
     return {**out, "result": result}
-
-
-def _json_safe(x):
-    from monitor.train.export import _json_safe as safe
-
-    return safe(x)
 
 
 # --- cross-validation ----------------------------------------------------------------------------------
 
 def shared_norm_stats(cfg, table, labels, rows, out_dir: Path, resume: bool, cache_dir: str | None):
     """One normalisation for every fold (so fold bundles share preprocessing): the training data of all folds."""
-    from monitor.train.dataset import SegmentDataset, compute_stats
 
     mode = cfg.data.norm_stats
     if mode == "auto":
@@ -272,8 +262,6 @@ def choose_epoch(histories: list[list[dict[str, Any]]], metric: str) -> tuple[in
     undefined metric falls back to val_loss."""
     import numpy as np
 
-    from monitor.train.engine import MAXIMISE
-
     n = min(len(h) for h in histories)
 
     def curve(key):
@@ -296,11 +284,6 @@ def cross_validate(cfg, out_dir: Path, table, labels, fixed, k: int, *, name: st
 
     import numpy as np
     import pandas as pd
-
-    from monitor.train.calibrate import calibrate
-    from monitor.train.config import cache_dir_for
-    from monitor.train.data import target_matrix
-    from monitor.train.splits import save_split
 
     fold = fold_rows(cfg, table, labels, fixed, k, out_dir, resume)
     cache_dir = cache_dir_for(cfg, out_dir)
@@ -366,7 +349,7 @@ def cross_validate(cfg, out_dir: Path, table, labels, fixed, k: int, *, name: st
             res = run_one(final_cfg, fdir, table, labels, split, name=name, resume=resume, progress=progress,
                           norm_stats=norm, select=False, cache_dir=cache_dir, thresholds=thr, cv=cv)
         out.update(bundle=res["bundle"], test_metrics=res["test_metrics"])
-    (out_dir / DONE).write_text(json.dumps(_json_safe(out), indent=2) + "\n")
+    (out_dir / DONE).write_text(json.dumps(json_safe(out), indent=2) + "\n")
     return out
 
 
@@ -424,8 +407,6 @@ def train(cfg, out_dir: Path, *, name: str, resume: bool = False, folds: int | N
 
 def train_command(args) -> int:
     """CLI entry: ``args.config``, ``args.out``, ``args.resume``, ``args.folds``, ``args.plan``, ``args.set``."""
-    from monitor.logs import add_log_file, set_console_level
-    from monitor.resources import load_recipe
 
     cfg = load_recipe(args.config, list(getattr(args, "set", None) or []))  # a file, or a packaged recipe's name
     name = cfg.export.name or Path(args.config).stem
