@@ -23,10 +23,10 @@ from monitor.config import ConfigError, Preprocess
 from monitor.errors import BundleError
 from monitor.fileio import sha256_file
 from monitor.model.ast import AST
-from monitor.model.checkpoints import PRETRAINED, checkpoint_path, monitor_cache
+from monitor.model.checkpoints import PRETRAINED, checkpoint_path
 from monitor.model.geometry import Geometry, expected_shapes
 from monitor.model.labels import summarise
-from monitor.resources import models_dir
+from monitor.resources import models_dir, monitor_cache
 
 log = logging.getLogger(__name__)
 
