@@ -80,7 +80,8 @@ def run(cfg: RunConfig) -> RunInfo:
         run_id = store.begin_run(str(src), info.to_json())
         warnings: list[str] = []
         if not models.calibrated:
-            warnings.append(f"thresholds of the {len(models.given)} models given with --model: {models.thresholds_from}")
+            warnings.append(f"thresholds of the {len(models.given)} models given with --model: "
+                            f"{models.thresholds_from}")
         with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
             # the engine starts first: its worker processes' imports overlap discovery and model loading
             with make_engine(bundles, cfg) as engine:

@@ -27,6 +27,7 @@ import numpy as np
 
 from monitor import __version__
 from monitor.errors import MonitorError
+from monitor.logs import plural
 from monitor.model.bundle import load_bundle
 from monitor.model.ensemble import OUT_OF_FOLD, save_ensemble
 from monitor.train.calibrate import calibrate
@@ -172,7 +173,7 @@ def cross_validate(cfg, out_dir: Path, table, labels, fixed, k: int, *, name: st
     thr, cal = calibrate(y[rows_oof], oof[rows_oof], labels, c.method, c.precision, c.default)
     oof_metrics = evaluate_scores(y[rows_oof], oof[rows_oof], labels, cfg.task, thr)
     write_rows(out_dir / "oof_per_label.csv", oof_metrics["per_label"])
-    text = (f"{k}-fold grouped cross-validation chose {epoch} epochs on the fold-averaged {metric}: "
+    text = (f"{k}-fold grouped cross-validation chose {plural(epoch, 'epoch')} on the fold-averaged {metric}: "
             + mean_std_text(mean, std) + ".")
     cv = {"folds": k, "epoch": epoch, "metric": metric, "mean": mean, "std": std}
     test_metrics = None
@@ -231,15 +232,17 @@ def export_ensemble(cfg, out_dir: Path, k: int, *, name: str, table, fold, thres
         splits=dict(counts=counts, seed=cfg.split.seed,
                     test_groups=sorted(set(table["group"][fold < 0]))[:500]),
         metrics=json_safe(pack(oof_metrics)), test_metrics=json_safe(pack(test_metrics)),
-        test_per_model=json_safe(test_per_fold), cross_validation=json_safe({x: v for x, v in cv.items() if x != "text"}),
+        test_per_model=json_safe(test_per_fold),
+        cross_validation=json_safe({x: v for x, v in cv.items() if x != "text"}),
         calibration=json_safe(calibration), config=json_safe(cfg.to_dict()),
     )
     note = (f"calibrated ({cfg.calibrate.method}) on the out-of-fold scores: each of the {counts['cross-validated']} "
             f"cross-validated segments scored by the one fold model that did not train on it")
     bundle = save_ensemble(out_dir / "bundle", members, name=name, version=cfg.export.version, thresholds=thresholds,
                            rule=OUT_OF_FOLD, note=note, provenance=provenance)
-    text = cv["text"] + (f" The {k} fold models form this ensemble (the mean of their probabilities); its thresholds "
-                         f"are {note}.")
+    text = cv["text"] + (f" The {k} fold models (each with its {members[0].provenance.get('weights', 'last')} "
+                         "weights, as scored on its validation fold) form this ensemble (the mean of their "
+                         f"probabilities); its thresholds are {note}.")
     if test_metrics:
         text += " Test split per model: " + "; ".join(
             f"{r['model']} mAP {fmt(r.get('mAP'))}" for r in test_per_fold) + " (test_metrics.csv)."
@@ -247,7 +250,8 @@ def export_ensemble(cfg, out_dir: Path, k: int, *, name: str, table, fold, thres
                       thresholds, init, cfg.export.intended_use, f"an ensemble of the {k} fold models", test_metrics,
                       "", {"text": text})
     card = card.replace("## Validation (chose the epoch and the thresholds: optimistic)",
-                        "## Out-of-fold validation (chose the epoch and the thresholds: optimistic)")
+                        "## Out-of-fold validation (chose the thresholds: optimistic)")
+    card = card.replace("at the thresholds chosen on validation.", "at the thresholds chosen on the out-of-fold scores.")
     (Path(bundle.path) / "model_card.md").write_text(card, encoding="utf-8")
     (out_dir / "model_card.md").write_text(card, encoding="utf-8")
     share_permissions(Path(bundle.path))

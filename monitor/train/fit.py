@@ -35,7 +35,7 @@ from monitor.config import Preprocess
 from monitor.device import autocast_dtype, pick_device
 from monitor.errors import MonitorError
 from monitor.fileio import atomic_write, atomic_write_text
-from monitor.logs import warn
+from monitor.logs import plural, warn
 from monitor.train.augment import augment_batch
 from monitor.train.checkpoints import (CHECKPOINT_VERSION, history_row_safe, log_size, restore_rng, resume_keys,
                                        rng_state, save_weights, truncate_steps, update_average)
@@ -136,7 +136,7 @@ def fit(cfg: TrainConfig, out_dir: Path, *, table, labels: list[str], split, res
     if warmup_clamped(o, steps_per_epoch):
         warn(f"optim.warmup_steps {o.warmup_steps} is not shorter than the run ({o.epochs} epochs x {steps_per_epoch} "
              f"steps = {o.epochs * steps_per_epoch} optimiser steps), so the LR would never reach optim.lr and the "
-             f"{o.scheduler} schedule never start: clamped to {warm} steps (a tenth of the run); set "
+             f"{o.scheduler} schedule never start: clamped to {plural(warm, 'step')} (a tenth of the run); set "
              "optim.warmup_fraction (e.g. 0.1) to size it with the run")
     if o.scheduler == "multistep" and warm > o.lr_decay_start_epoch * steps_per_epoch:
         peak = lr_factor(warm - 1, steps_per_epoch, o)

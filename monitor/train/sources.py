@@ -16,8 +16,8 @@ from monitor.discover import discover
 from monitor.errors import MonitorError
 from monitor.train.annotations import from_annotations
 from monitor.train.reviews import from_report
-from monitor.train.table import (MIN_CLIP_S, LeftOut, cap_per_label, clip_windows, group_of, make_table,
-                                 probe_or_skip, same_audio)
+from monitor.train.table import (DUPLICATE, MIN_CLIP_S, NOT_AUDIO, LeftOut, cap_per_label, clip_windows, group_of,
+                                 make_table, probe_or_skip, same_audio)
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,24 @@ def from_folders(root: Path, seg: SegmentConfig, labels: list[str] | None = None
     tags: dict[Path, set[str]] = {}
     for name in use:
         tag = set() if (name == negative_class and not multiclass) else {name}
-        for p in sorted(Path(f.path) for f in discover(root / name).recordings):
+        found = discover(root / name)
+        for p in sorted(Path(f.path) for f in found.recordings):
             tags.setdefault(p, set()).update(tag)
+        for sk in found.skipped:  # not audio monitor decodes (an .m4a, a text file): said, never silently
+            if not sk.rel.split("/")[-1].startswith("."):
+                left_out.add(root / name / sk.rel, NOT_AUDIO, sk.reason)
     canon = same_audio(sorted(tags))
     merged: dict[Path, set[str]] = {}
     copies: dict[Path, list[Path]] = {}
     for p in sorted(tags):
         merged.setdefault(canon[p], set()).update(tags[p])
         copies.setdefault(canon[p], []).append(p)
-    multi = {c: ps for c, ps in copies.items() if len(ps) > 1}
+    for c, ps in copies.items():  # a second copy in the same label folder adds nothing: counted, not used
+        folders = [q.relative_to(root).parts[0] for q in ps]
+        for k, q in enumerate(ps):
+            if folders[k] in folders[:k]:
+                left_out.add(q, DUPLICATE, f"the same audio as {c.relative_to(root).as_posix()}")
+    multi = {c: ps for c, ps in copies.items() if len(set(q.relative_to(root).parts[0] for q in ps)) > 1}
     if multi:
         c, ps = next(iter(multi.items()))
         log.warning("%d recordings are in several label folders (e.g. %s); each becomes one row per window "

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 COLUMNS = ["file", "start_s", "end_s", "labels", "group", "unknown"]
 TOO_SHORT = "shorter than data.min_clip_s"
 UNREADABLE = "unreadable"
+NOT_AUDIO = "not a recording"
+DUPLICATE = "duplicate"
 
 
 @dataclass
