@@ -20,7 +20,8 @@ import torch
 from monitor.errors import MonitorError
 
 FROG = ["coastal-plains-leopard-frog__coastal-plains-leopard-frog-1.wav",
-        "eastern-cricket-frog__eastern-cricket-frog-1.mp3", "green-treefrog__green-treefrog-2.mpga", "squirrel-treefrog__squirrel-treefrog-5.mp3",
+        "eastern-cricket-frog__eastern-cricket-frog-1.mp3", "green-treefrog__green-treefrog-2.mpga",
+        "squirrel-treefrog__squirrel-treefrog-5.mp3",
         "eastern-narrowmouth-toad__eastern-narrowmouth-toad-3.mp3", "american-bullfrog__american-bullfrog-2.mp3"]
 SEG = "segment:\n  window_s: 5.0\n  hop_s: 5.0\n  min_segment_s: 2.0\nfbank:\n  target_frames: 512\n"
 TINY = "model:\n  size: tiny224\n  depth: 1\n  fstride: 16\n  tstride: 16\n  init: scratch\n"
@@ -130,7 +131,7 @@ def test_ensemble_detections_do_not_depend_on_the_order_of_model(cv_run, tmp_pat
     for f in ("detections.csv", "segments.csv"):
         assert (tmp_path / "ab" / f).read_bytes() == (tmp_path / "ba" / f).read_bytes(), f
     ja, jb = (json.loads((tmp_path / n / "run.json").read_text()) for n in ("ab", "ba"))
-    assert ja["thresholds"] == jb["thresholds"] and ja["model"]["sha256"] == jb["model"]["sha256"]
+    assert ja["thresholds"] == jb["thresholds"] and ja["model"] == jb["model"] and ja["models"] == jb["models"]
     ta, tb = (json.loads((x / "bundle.json").read_text())["thresholds"] for x in (a, b))
     assert ja["thresholds"] == pytest.approx({k: (ta[k] + tb[k]) / 2 for k in ta})  # the median of two: their mean
     assert "median" in ja["thresholds_from"] and "not calibrated" in ja["thresholds_from"]
@@ -330,6 +331,12 @@ def test_one_verdict_vocabulary_for_every_reader(tmp_path, wav_writer, caplog):
     assert [(r.start_s, r.labels) for r in table.itertuples()] == [(0.0, ("frog",)), (4.0, ())]  # x: yes, like Excel
     assert "'nope' (1x, e.g. r.wav frog at 2 s)" in caplog.text and "not yes, no or unsure" in caplog.text
     assert group_name("KNOLL", "KNOLL/2024/a.wav") == "KNOLL/2024/a.wav"  # not KNOLL/KNOLL/...
+    from monitor.train.reviews import targets_from_reviews
+
+    store_shape = pd.DataFrame([dict(deployment="KNOLL", file="KNOLL/r.wav", path=str(tmp_path / "card" / "r.wav"),
+                                     label="frog", start_s=0.0, end_s=2.0, verified="yes", notes="")])
+    table, _ = targets_from_reviews(store_shape, None, SegmentConfig(2.0, 2.0, 1.0), ["frog"])
+    assert table["group"].tolist() == ["KNOLL/r.wav"]
     assert group_name("site1", "d1/r.wav") == "site1/d1/r.wav" and group_name("", "r.wav") == "r.wav"
 
 
@@ -337,5 +344,56 @@ def test_recipes_list_keeps_a_colon_inside_parentheses():
     from monitor.train.recipes import first_clause, list_recipes
 
     accent = next(r for r in list_recipes() if r["name"] == "accent")
-    assert accent["summary"].startswith("Accent (or another speaker trait: dialect, age band, sex, language) from")
+    assert accent["summary"] == "Accent (or another speaker trait: dialect, age band, sex, language) from folders of " \
+        "utterances"
     assert first_clause("A. B") == "A" and first_clause("Label x: then") == "Label x"
+
+
+def test_ensemble_bundle_format_identity_and_refusals(tmp_path):
+    from monitor.config import FbankConfig, Preprocess
+    from monitor.errors import BundleError
+    from monitor.model.ast import AST
+    from monitor.model.bundle import load_bundle, save_bundle
+    from monitor.model.ensemble import ensemble_hash, load_ensemble, save_ensemble
+
+    pre = Preprocess(fbank=FbankConfig(target_frames=64))
+    members = []
+    for k in (1, 2):
+        torch.manual_seed(k)
+        net = AST(2, 16, 16, 128, 64, "tiny224", depth=1)
+        members.append(save_bundle(tmp_path / "run" / f"fold_{k}" / "bundle", net, name=f"m{k}", version="1",
+                                   labels=["frog", "bird"], task="multilabel", preprocessing=pre,
+                                   thresholds={"frog": 0.2 * k, "bird": 0.9 - 0.2 * k}))
+    outside = save_bundle(tmp_path / "elsewhere", AST(2, 16, 16, 128, 64, "tiny224", depth=1), name="m3", version="1",
+                          labels=["frog", "bird"], task="multilabel", preprocessing=pre,
+                          thresholds={"frog": 0.5, "bird": 0.5})
+    ens = save_ensemble(tmp_path / "run" / "bundle", [*members, outside], name="cv", version="2",
+                        thresholds={"frog": 0.3, "bird": 0.6}, rule="out-of-fold", note="calibrated")
+    data = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())
+    assert [m["path"] for m in data["ensemble"]["members"]] == ["../fold_1/bundle", "../fold_2/bundle",
+                                                               str(tmp_path / "elsewhere")]  # outside the run: absolute
+    assert ens.is_ensemble and [m.name for m in ens.members] == ["m1", "m2", "m3"] and ens.architecture is None
+    assert ens.to_json() == data
+    data["ensemble"]["members"].reverse()  # the members' order changes nothing about its identity
+    (tmp_path / "run" / "bundle" / "bundle.json").write_text(json.dumps(data))
+    assert load_bundle(tmp_path / "run").sha256 == ens.sha256
+    with pytest.raises(BundleError, match="no weights of its own"):
+        ens.build_model()
+    bad = dict(data, weights={"file": "model.safetensors", "dtype": "float32"})
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "bundle.json").write_text(json.dumps(bad))
+    with pytest.raises(BundleError, match="no weights of its own"):
+        load_bundle(tmp_path / "bad")
+    nested = dict(data, ensemble={**data["ensemble"], "members": [{"path": str(tmp_path / "run" / "bundle"),
+                                                                    "sha256": ens.sha256}]})
+    (tmp_path / "bad" / "bundle.json").write_text(json.dumps(nested))
+    with pytest.raises(BundleError, match="itself an ensemble"):
+        load_bundle(tmp_path / "bad")
+    # by hand: one identity and one set of thresholds whatever the order
+    a, b = str(members[0].path), str(members[1].path)
+    ab, ba = load_ensemble([a, b]), load_ensemble([b, a])
+    assert ab.sha256 == ba.sha256 == ensemble_hash([members[1], members[0]]) and ab.thresholds == ba.thresholds
+    assert ab.thresholds == pytest.approx({"frog": 0.3, "bird": 0.6}) and not ab.calibrated
+    assert [m.sha256 for m in ab.members] == [m.sha256 for m in ba.members]
+    one = load_ensemble([str(tmp_path / "run")])
+    assert one.calibrated and one.sha256 == ens.sha256 and len(one.members) == 3 and "calibrated" in one.thresholds_from

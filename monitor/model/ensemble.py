@@ -31,7 +31,7 @@ OUT_OF_FOLD = "out-of-fold"
 
 @dataclass
 class Models:
-    """What ``monitor run`` scores with: the bundles as given, the members scored (flat, sha256 order), the
+    """What ``monitor run`` scores with: the bundles given (by name), the members scored (flat, sha256 order), the
     thresholds for their averaged score and how they were chosen, and the identity the results store binds."""
 
     given: list[Bundle]
@@ -80,7 +80,8 @@ def _rule(b: Bundle) -> str:
 def load_ensemble(names: Sequence[str] | None) -> Models:
     """The bundles named (default: the bundled demo model) as one model: a single bundle, an ensemble bundle,
     or several of either averaged together (thresholds: per label the median of the given bundles')."""
-    given = [load_bundle(n) for n in (names or [DEFAULT_MODEL])]
+    given = sorted((load_bundle(n) for n in (names or [DEFAULT_MODEL])),  # named in one order, whatever the order
+                   key=lambda b: (b.name, b.version, b.sha256))
     members = sorted((m for b in given for m in (b.members if b.is_ensemble else [b])), key=lambda m: m.sha256)
     _check_members(members)
     if len(given) == 1:
