@@ -46,7 +46,7 @@ class LeftOut:
 
     def add(self, file: str | Path, reason: str, detail: str = "") -> None:
         self.rows.append((str(file), reason, detail))
-        log.info("left out %s: %s%s", file, reason, f" ({detail})" if detail else "")
+        log.debug("left out %s: %s%s", file, reason, f" ({detail})" if detail else "")
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
