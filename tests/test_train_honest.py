@@ -224,6 +224,8 @@ def test_short_clips_train_padded_and_every_clip_left_out_is_counted(short_clips
     assert summary["left_out"] == why and summary["segments"] == 12
     meta = json.loads((out / "bundle" / "bundle.json").read_text())
     assert meta["provenance"]["data"]["left_out"]["shorter than data.min_clip_s"] == 2
+    gone = next(ln for ln in (out / "model_card.md").read_text().splitlines() if ln.startswith("Recordings left out"))
+    assert "2 shorter than data.min_clip_s" in gone and "1 unreadable" in gone and "1 duplicate" in gone
     # warm-up longer than the run (2 epochs x 2 steps): clamped with a warning, the peak LR reached
     assert "optim.warmup_steps 20 is not shorter than the run" in proc.stderr
     assert "clamped to 1 step (a tenth of the run)" in proc.stderr
