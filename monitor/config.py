@@ -163,7 +163,9 @@ class RunConfig:
     deployment name; ``deployments``: a deployments table (CSV); ``resume=False`` re-scores this card's
     files; ``prune`` archives results of files no longer on the card; ``move`` re-files files already stored
     under another deployment (else refused); ``engine``: ``local`` or ``ray``
-    (``address``, ``actors``, ``gpus_per_actor`` are Ray's); ``progress``: None shows a bar on a terminal.
+    (``address``, ``actors``, ``gpus_per_actor`` are Ray's); ``progress``: None shows a bar on a terminal;
+    ``screen``: a distilled student bundle (``monitor distill``) that scores every segment first, the model
+    only those it escalates (``monitor.cascade``).
     """
 
     input_dir: Path | str
@@ -187,6 +189,7 @@ class RunConfig:
     gpus_per_actor: float | None = None
     progress: bool | None = None
     command: str = ""
+    screen: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

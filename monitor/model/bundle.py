@@ -32,6 +32,7 @@ from monitor.model.ast import AST
 from monitor.model.checkpoints import PRETRAINED, checkpoint_path
 from monitor.model.geometry import Geometry, expected_shapes
 from monitor.model.labels import summarise
+from monitor.model.screen import parse_screen
 from monitor.resources import models_dir, monitor_cache
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ DEFAULT_MODEL = "demo-frog-bird"
 WEIGHTS = "model.safetensors"
 TASKS = ("multilabel", "multiclass")
 TOP_KEYS = ("format_version", "name", "version", "labels", "task", "architecture", "preprocessing", "thresholds",
-            "weights", "provenance", "ensemble")
+            "weights", "provenance", "ensemble", "screen")
 ENSEMBLE_KEYS = ("members", "thresholds", "thresholds_note", "combine")
 DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
@@ -65,6 +66,7 @@ class Bundle:
     weights_sha256: str = ""  # of model.safetensors; recorded in bundle.json and checked on load
     ensemble: dict[str, Any] | None = None  # an ensemble bundle's section as written (members by path and sha256)
     members: list["Bundle"] = field(default_factory=list)  # an ensemble's member bundles, loaded and verified
+    screen: dict[str, Any] | None = None  # a distilled student's screen section (``monitor distill``), as written
 
     @property
     def is_ensemble(self) -> bool:
@@ -88,6 +90,8 @@ class Bundle:
             d["weights"] = {"file": self.weights_file, "dtype": self.weights_dtype,
                             **({"sha256": self.weights_sha256} if self.weights_sha256 else {})}
         d["provenance"] = self.provenance
+        if self.screen is not None:
+            d["screen"] = self.screen
         return d
 
     def build_model(self, device: str = "cpu"):
@@ -181,7 +185,10 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
     for k, v in thr.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
             raise BundleError(f"bundle.json: threshold for {k!r} must be a number in 0..1, got {v!r}")
+    screen = parse_screen(data["screen"], labels) if "screen" in data else None
     if ens is not None:
+        if screen is not None:
+            raise BundleError("bundle.json: an ensemble bundle cannot be a screen (a screen is one distilled student)")
         if "weights" in data:
             raise BundleError("bundle.json: an ensemble bundle has no weights of its own; drop 'weights' (its members "
                               "hold theirs)")
@@ -206,7 +213,7 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
     if not isinstance(prov, dict):
         raise BundleError("bundle.json: 'provenance' must be an object")
     return Bundle(name, version, list(labels), task, arch, pre, {k: float(v) for k, v in thr.items()}, prov,
-                  folder, weights_file=wfile, weights_dtype=dtype)
+                  folder, weights_file=wfile, weights_dtype=dtype, screen=screen)
 
 
 def _parse_ensemble(ens: Any) -> dict[str, Any]:
@@ -388,7 +395,7 @@ def _load(folder: Path, member: bool = False) -> Bundle:
 
 def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: list[str], task: str,
                 preprocessing: Preprocess, thresholds: Mapping[str, float], provenance: Mapping[str, Any] | None = None,
-                fp16: bool = False) -> Bundle:
+                fp16: bool = False, screen: Mapping[str, Any] | None = None) -> Bundle:
     """Write ``bundle.json`` + ``model.safetensors`` (in a temp folder, then renamed); returns the loaded bundle.
 
     The architecture is ``model.geometry``. An existing bundle at ``out_dir`` is replaced (other
@@ -405,7 +412,7 @@ def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: 
         raise BundleError("save_bundle needs a monitor AST (model.geometry holds its shape)")
     b = Bundle(name, version, list(labels), task, arch, preprocessing,
                {k: float(thresholds[k]) for k in labels if k in thresholds}, dict(provenance or {}),
-               weights_dtype="float16" if fp16 else "float32")
+               weights_dtype="float16" if fp16 else "float32", screen=None if screen is None else dict(screen))
     parse_bundle(json.loads(json.dumps(b.to_json())))  # the same checks as on load, before writing anything
     dtype = torch.float16 if fp16 else torch.float32
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}

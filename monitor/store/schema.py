@@ -1,6 +1,8 @@
 """The store's tables and the upgrades from older schemas (nothing is ever dropped on the way).
 
-Schema 3 (this one) adds cards: every file belongs to the card (SD card) it was read from, so the next
+Schema 4 (this one) adds ``segments.scored_by``: '' where the run's model scored a segment, else the name of
+the screen (a distilled student, ``monitor run --screen``) that alone scored it; such rows are never
+detections. Schema 3 added cards: every file belongs to the card (SD card) it was read from, so the next
 card of a recorder adds to its deployment and only a re-scanned card can have missing files; an archive
 of what ``--prune`` removed; what each workbook was last known to hold (so an older workbook never undoes
 a newer verdict); the card-folder cells a reviewer edited; and files moved between deployments.
@@ -18,10 +20,12 @@ from monitor.store.base import now_iso
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 FILE_COLUMNS = ("deployment, file, size, mtime_ns, model_hash, status, reason, metadata, n_segments, nonfinite, "
                 "done_at, input_dir, missing_since, fingerprint, card")
+
+SEGMENT_COLUMNS = "deployment, file, segment, start_s, end_s, scores, scored_by"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,6 +47,7 @@ CREATE TABLE IF NOT EXISTS segments (
     deployment TEXT NOT NULL, file TEXT NOT NULL, segment INTEGER NOT NULL,
     start_s REAL NOT NULL, end_s REAL NOT NULL,
     scores BLOB NOT NULL,
+    scored_by TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (deployment, file, segment)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reviews (
@@ -85,7 +90,8 @@ CREATE TABLE IF NOT EXISTS pruned_files (
 );
 CREATE TABLE IF NOT EXISTS pruned_segments (
     deployment TEXT NOT NULL, file TEXT NOT NULL, segment INTEGER NOT NULL,
-    start_s REAL NOT NULL, end_s REAL NOT NULL, scores BLOB NOT NULL, pruned_at TEXT NOT NULL
+    start_s REAL NOT NULL, end_s REAL NOT NULL, scores BLOB NOT NULL, pruned_at TEXT NOT NULL,
+    scored_by TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS workbook_reviews (
     workbook TEXT NOT NULL, deployment TEXT NOT NULL, file TEXT NOT NULL, label TEXT NOT NULL,
@@ -119,7 +125,7 @@ def create(db: sqlite3.Connection) -> None:
 
 
 def upgrade(db: sqlite3.Connection, path: Path) -> None:
-    """Bring an older store to schema 3 in one transaction (called with the tables as they are)."""
+    """Bring an older store to schema 4 in one transaction (called with the tables as they are)."""
     cols = columns(db, "files")
     if not cols:
         return  # a new store
@@ -130,6 +136,12 @@ def upgrade(db: sqlite3.Connection, path: Path) -> None:
     if "card" not in cols:
         log.info("upgrading the results store %s to schema %d (cards)", path, SCHEMA_VERSION)
         _v2_to_v3(db)
+    for table in ("segments", "pruned_segments"):
+        if columns(db, table) and "scored_by" not in columns(db, table):
+            if table == "segments":
+                log.info("upgrading the results store %s to schema %d (which model scored each segment)", path,
+                         SCHEMA_VERSION)
+            db.execute(f"ALTER TABLE {table} ADD COLUMN scored_by TEXT NOT NULL DEFAULT ''")
     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
 
 
