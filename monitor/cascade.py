@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from monitor.audio import plan_segments
+from monitor.device import pick_device
 from monitor.engine import Engine, EngineInfo, OnFileDone, OnSegments
 from monitor.errors import MonitorError
 from monitor.int8 import available as int8_available
@@ -81,7 +82,7 @@ def screen_info(screen: Bundle) -> dict[str, Any]:
 def screen_precision(requested: str, device: str) -> str:
     """The student's precision: int8 on a CPU when ONNX Runtime is installed (the faster path for the student
     there: ``benchmarks/cascade.py``), else what the run asked for."""
-    if device in ("auto", "cpu") and requested in ("auto", "fp32", "int8") and int8_available():
+    if pick_device(device) == "cpu" and requested in ("auto", "fp32", "int8") and int8_available():
         return "int8"
     return requested
 
@@ -135,8 +136,11 @@ class CascadeEngine:
         return dataclasses.replace(t, extra=extra)
 
     def summary(self) -> dict[str, Any]:
-        """What ``run.json``'s ``screen`` records about this run: segments screened and escalated."""
-        return {"segments_screened": self.segments, "segments_escalated": self.escalated,
+        """What ``run.json``'s ``screen`` records about this run: the student's precision, segments screened
+        and escalated."""
+        s = self.student.describe()
+        return {"precision": s.precision + (f" ({s.int8_runtime})" if s.int8_runtime else ""),
+                "segments_screened": self.segments, "segments_escalated": self.escalated,
                 "escalated_fraction": round(self.escalated / self.segments, 6) if self.segments else 0.0}
 
     def run(self, jobs: Sequence[FileJob], on_file_done: OnFileDone, on_segments: OnSegments | None = None) -> None:

@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one config value (YAML syntax), e.g. --set optim.epochs=2")
 
     ds = sub.add_parser("distill", help="train a small student that screens segments for a model (monitor run --screen)")
-    ds.add_argument("teacher", help="the model to screen for (bundle name or folder; a run folder; an ensemble bundle)")
+    ds.add_argument("teacher", nargs="+", help="the model to screen for, as given to monitor run --model (bundle name "
+                    "or folder, a run folder, an ensemble bundle; several: their ensemble)")
     ds.add_argument("--audio", type=Path, nargs="+", required=True, metavar="DIR",
                     help="folders of your own recordings (unlabelled: the teacher labels them)")
     ds.add_argument("--out", type=Path, required=True, metavar="RUN",

@@ -30,6 +30,7 @@ import numpy as np
 from monitor import __version__
 from monitor.card import scan_card
 from monitor.decode import decode_task
+from monitor.device import pick_device
 from monitor.engine import LocalEngine
 from monitor.errors import MonitorError
 from monitor.fileio import atomic_write_text
@@ -72,6 +73,8 @@ def teacher_scores(models: Models, audio: Sequence[Path], folder: Path, stop: di
                    precision: str = "auto", batch_size: int | str = "auto") -> int:
     """The teacher's scores for every segment of ``audio`` into the results store in ``folder`` (files already
     there are skipped: the cache). Returns the files scored now."""
+    from tqdm.auto import tqdm
+
     done = 0
     pre = models.preprocessing
     with open_out(folder, create=True) as store:
@@ -94,11 +97,17 @@ def teacher_scores(models: Models, audio: Sequence[Path], folder: Path, stop: di
                                    input_dir=plan.input_dir, card=plan.card)
                     done += 1
 
-                def on_segments(_: int) -> None:
+                bar = tqdm(total=plan.segments, unit="seg", desc="teacher", dynamic_ncols=True, disable=None)
+
+                def on_segments(k: int, bar=bar) -> None:
+                    bar.update(k)
                     if stop["flag"]:
                         raise KeyboardInterrupt
 
-                engine.run(plan.jobs, on_file_done, on_segments)
+                try:
+                    engine.run(plan.jobs, on_file_done, on_segments)
+                finally:
+                    bar.close()
         return done
 
 
@@ -168,7 +177,7 @@ def review_targets(targets: np.ndarray, table: dict[str, Any], labels: Sequence[
     return changed
 
 
-def distill(teacher: str, audio: Sequence[Path], out_dir: Path, *, plan: StudentPlan | None = None,
+def distill(teacher: str | Sequence[str], audio: Sequence[Path], out_dir: Path, *, plan: StudentPlan | None = None,
             reviews: Sequence[Path] = (), held_out: float = 0.25, recall: float = 0.99, name: str | None = None,
             device: str = "cpu", precision: str = "auto", resume: bool = True) -> Bundle:
     """The whole of ``monitor distill`` (see the module docstring); returns the student bundle (``RUN/bundle``)."""
@@ -180,7 +189,7 @@ def distill(teacher: str, audio: Sequence[Path], out_dir: Path, *, plan: Student
     for d in audio:
         if not Path(d).is_dir():
             raise MonitorError(f"--audio {d}: no such folder")
-    models = load_ensemble([teacher])
+    models = load_ensemble([teacher] if isinstance(teacher, (str, Path)) else list(teacher))
     labels, pre = models.labels, models.preprocessing
     tthr = [float(models.thresholds[lab]) for lab in labels]
     out_dir = Path(out_dir)
@@ -214,7 +223,8 @@ def distill(teacher: str, audio: Sequence[Path], out_dir: Path, *, plan: Student
         model, init = build_student(models.members, plan)
         try:
             trained = train_student(model, init, feats, targets, pos.any(1), train_rows, val_rows, models.task, plan,
-                                    out_dir, resume=resume, stop=lambda: stop.state["flag"])
+                                    out_dir, resume=resume, stop=lambda: stop.state["flag"],
+                                    device=pick_device(device))
         except KeyboardInterrupt:
             raise MonitorError("interrupted: the student's last epoch is saved; run the same command again to "
                                "resume") from None
@@ -296,5 +306,5 @@ def distill_command(args) -> int:
         + ", ".join(f"{k}={v:.3g}" for k, v in sc.get("thresholds", {}).items())
         + f"; on held-out recordings it keeps {rec} of the teacher's positive segments and sends "
         f"{sc.get('escalation', 0):.1%} of segments to the teacher")
-    say(f"use it: monitor run CARD --out OUT --model {args.teacher} --screen {b.path}")
+    say(f"use it: monitor run CARD --out OUT {' '.join('--model ' + t for t in args.teacher)} --screen {b.path}")
     return 0

@@ -96,28 +96,31 @@ def draw_epoch(n_rows: int, positive: np.ndarray, rng: np.random.Generator) -> n
 
 
 def predict(model, feats, rows: np.ndarray, task: str, batch_size: int = 32) -> np.ndarray:
-    """Probabilities (len(rows), labels) of ``model`` on ``feats[rows]`` (float16 features, fp32 model)."""
+    """Probabilities (len(rows), labels) of ``model`` (fp32, on its device) on ``feats[rows]`` (float16 features)."""
     out = []
     model.eval()
+    dev = next(model.parameters()).device
     with torch.inference_mode():
         for k in range(0, len(rows), batch_size):
-            x = torch.from_numpy(np.asarray(feats[rows[k:k + batch_size]], dtype=np.float32))
-            lg = model(x)
-            out.append((torch.sigmoid(lg) if task == "multilabel" else torch.softmax(lg, -1)).numpy())
+            x = torch.from_numpy(np.asarray(feats[rows[k:k + batch_size]], dtype=np.float32)).to(dev)
+            lg = model(x).float()
+            out.append((torch.sigmoid(lg) if task == "multilabel" else torch.softmax(lg, -1)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.label_dim), np.float32)
 
 
 def train_student(model, init: str, feats, targets: np.ndarray, positive: np.ndarray, train_rows: np.ndarray,
                   val_rows: np.ndarray, task: str, plan: StudentPlan, out_dir: Path, resume: bool = True,
-                  stop: Callable[[], bool] | None = None) -> Trained:
-    """Fit ``model`` to ``targets`` (soft, (n, labels)) on ``train_rows`` of ``feats``; best held-out loss wins."""
+                  stop: Callable[[], bool] | None = None, device: str = "cpu") -> Trained:
+    """Fit ``model`` to ``targets`` (soft, (n, labels)) on ``train_rows`` of ``feats`` on ``device`` (fp32); the best
+    held-out loss wins. Returns the model on the CPU."""
     loss_fn = _loss(task)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
     rng = np.random.default_rng(plan.seed)
     ckpt = out_dir / CHECKPOINT
     start, best, best_loss, history, bad = 0, None, float("inf"), [], 0
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = state["rng"]
@@ -125,7 +128,7 @@ def train_student(model, init: str, feats, targets: np.ndarray, positive: np.nda
                                                 state["bad"])
         log.info("student: resumed after epoch %d", start)
     steps = max(1, -(-len(train_rows) // plan.batch_size)) * plan.epochs
-    y_all = torch.from_numpy(np.asarray(targets, dtype=np.float32))
+    y_all = torch.from_numpy(np.asarray(targets, dtype=np.float32)).to(device)
     for epoch in range(start, plan.epochs):
         if bad >= plan.patience:
             break
@@ -140,8 +143,8 @@ def train_student(model, init: str, feats, targets: np.ndarray, positive: np.nda
                 warm = max(1, steps // 20)
                 grp["lr"] = plan.lr * (min(1.0, (step + 1) / warm) if step < warm else
                                        0.5 * (1 + np.cos(np.pi * (step - warm) / max(1, steps - warm))))
-            x = torch.from_numpy(np.asarray(feats[idx], dtype=np.float32))
-            loss = loss_fn(model(x), y_all[idx])
+            x = torch.from_numpy(np.asarray(feats[idx], dtype=np.float32)).to(device)
+            loss = loss_fn(model(x), y_all[torch.from_numpy(idx).to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -151,14 +154,15 @@ def train_student(model, init: str, feats, targets: np.ndarray, positive: np.nda
                 raise KeyboardInterrupt
         val = predict(model, feats, val_rows, task)
         with torch.no_grad():
-            vl = float(loss_fn(torch.logit(torch.from_numpy(val).clamp(1e-6, 1 - 1e-6)) if task == "multilabel"
-                               else torch.log(torch.from_numpy(val).clamp_min(1e-9)), y_all[val_rows]))
+            v = torch.from_numpy(val).to(device)
+            vl = float(loss_fn(torch.logit(v.clamp(1e-6, 1 - 1e-6)) if task == "multilabel" else
+                               torch.log(v.clamp_min(1e-9)), y_all[torch.from_numpy(val_rows).to(device)]))
         row = {"epoch": epoch + 1, "train_loss": total / max(1, len(order)), "val_loss": vl,
                "seconds": round(time.perf_counter() - t0, 1)}
         history.append(row)
         if vl < best_loss - 1e-6:
             best_loss, bad = vl, 0
-            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad += 1
         log.info("student epoch %d: train loss %.4f, held-out loss %.4f (%.0f s)", epoch + 1, row["train_loss"], vl,
@@ -170,4 +174,4 @@ def train_student(model, init: str, feats, targets: np.ndarray, positive: np.nda
     if best is not None:
         model.load_state_dict(best)
     best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"] if history else 0
-    return Trained(model.eval(), init, best_epoch, history)
+    return Trained(model.cpu().eval(), init, best_epoch, history)
