@@ -122,7 +122,7 @@ def agreement(full: Path, cas: Path) -> dict:
 
 
 def timing_teacher(work: Path, pre) -> Path:
-    """base384, stride 10 (the AudioSet model's geometry), random weights, the trained teacher's labels and front end."""
+    """base384, stride 10 (the AudioSet model's geometry), random weights; the trained teacher's labels, front end."""
     out = work / "base384-teacher"
     if (out / "bundle.json").is_file():
         return out

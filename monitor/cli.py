@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (YAML syntax), e.g. --set optim.epochs=2")
 
-    ds = sub.add_parser("distill", help="train a small student that screens segments for a model (monitor run --screen)")
+    ds = sub.add_parser("distill", help="train a small student that screens segments for a model "
+                        "(monitor run --screen)")
     ds.add_argument("teacher", nargs="+", help="the model to screen for, as given to monitor run --model (bundle name "
                     "or folder, a run folder, an ensemble bundle; several: their ensemble)")
     ds.add_argument("--audio", type=Path, nargs="+", required=True, metavar="DIR",
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--init", default="auto", choices=["auto", "teacher", "scratch"],
                     help="auto: the teacher's first blocks when it has the student's size and stride, else scratch")
     ds.add_argument("--epochs", type=int, default=30)
-    ds.add_argument("--patience", type=int, default=6, help="stop after this many epochs without a better held-out loss")
+    ds.add_argument("--patience", type=int, default=6,
+                    help="stop after this many epochs without a better held-out loss")
     ds.add_argument("--batch-size", type=int, default=16)
     ds.add_argument("--lr", type=float, default=5e-4)
     ds.add_argument("--seed", type=int, default=0)

@@ -241,7 +241,8 @@ def recordings_frame(rows: Sequence[Mapping[str, Any]]):
 
 
 def segments_frame(deployments: Sequence[str], files: Sequence[str], index, start_s, end_s, scores: np.ndarray,
-                   labels: Sequence[str], starts: Mapping[tuple[str, str], Any], scored_by: Sequence[str] | None = None):
+                   labels: Sequence[str], starts: Mapping[tuple[str, str], Any],
+                   scored_by: Sequence[str] | None = None):
     """Segments DataFrame; ``starts`` maps (deployment, file) -> the recording's aware start datetime or None;
     ``scored_by`` (per row: '' for the run's model, else the screen's name) adds that column."""
     import pandas as pd

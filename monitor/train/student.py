@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,6 +55,10 @@ class Trained:
     init: str
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
 def _loss(task: str):
@@ -119,8 +124,13 @@ def train_student(model, init: str, feats, targets: np.ndarray, positive: np.nda
     rng = np.random.default_rng(plan.seed)
     ckpt = out_dir / CHECKPOINT
     start, best, best_loss, history, bad = 0, None, float("inf"), [], 0
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+    ident = {"plan": asdict(plan), "init": init, "train": _digest(train_rows), "val": _digest(val_rows),
+             "targets": _digest(np.asarray(targets, np.float32))}
+    state = torch.load(ckpt, map_location=device, weights_only=False) if resume and ckpt.is_file() else None
+    if state is not None and state.get("ident") != ident:
+        log.warning("student: %s is from other options or data; training from the start", ckpt)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = state["rng"]
@@ -168,7 +178,8 @@ def train_student(model, init: str, feats, targets: np.ndarray, positive: np.nda
         log.info("student epoch %d: train loss %.4f, held-out loss %.4f (%.0f s)", epoch + 1, row["train_loss"], vl,
                  row["seconds"])
         with atomic_path(ckpt) as tmp:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state,
+            torch.save({"ident": ident, "model": model.state_dict(), "opt": opt.state_dict(),
+                        "rng": rng.bit_generator.state,
                         "epoch": epoch + 1, "best": best, "best_loss": best_loss, "history": history, "bad": bad},
                        tmp)
     if best is not None:
