@@ -4,8 +4,9 @@ Cards (``benchmarks/sparse_card.py``): hours of field-like background (the real 
 ``../shared/data/recordings`` over synthetic pink noise, 48 kHz AudioMoth-like WAVs) with labelled calls from
 ``../shared/data/clips`` inserted at known times in a chosen fraction of the 10 s segments.
 
-* A trained teacher, for agreement: a tiny224 AST (4 blocks, stride 16, like the bundled demo model) trained
-  with ``monitor train`` on a card of its own (calls in 35 % of segments, annotations from the card's truth).
+* A trained teacher, for agreement: the bundled demo model (tiny224, 4 blocks, stride 16, trained on the clips
+  alone) fine-tuned with ``monitor train`` on a card of its own (calls in 35 % of segments, annotations from the
+  card's truth), so it also knows what no call sounds like.
 * The student: ``monitor distill TEACHER --audio DISTILL_CARD --init scratch`` (tiny224, 2 blocks, stride 16,
   from scratch: the path a base384 teacher takes), on a 5 % card whose calls come from one half of the clips.
 * Agreement on held-out cards (other background, the other half of the clips) at 1 %, 5 % and 20 % call
@@ -48,9 +49,9 @@ TEACHER_YAML = """data:
   annotations: {truth}
   cache_dir: {cache}
 split: {{val_fraction: 0.2, seed: 0}}
-model: {{size: tiny224, depth: 4, fstride: 16, tstride: 16, init: scratch}}
+model: {{size: tiny224, depth: 4, fstride: 16, tstride: 16, init: bundle, checkpoint: demo-frog-bird}}
 augment: {{freqm: 24, timem: 96, mixup: 0.3, gain_db: 3.0}}
-optim: {{lr: 0.0005, warmup_fraction: 0.1, scheduler: cosine, epochs: {epochs}, batch_size: 16}}
+optim: {{lr: 0.0002, warmup_fraction: 0.1, scheduler: cosine, epochs: {epochs}, batch_size: 16}}
 loss: {{kind: bce, balanced_sampling: true}}
 eval: {{metric: mAP, patience: 6}}
 calibrate: {{method: f1}}
@@ -158,7 +159,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=60.0, help="each held-out card")
     ap.add_argument("--teacher-minutes", type=float, default=10.0, help="teacher-only speed runs")
     ap.add_argument("--distill-minutes", type=float, default=120.0)
-    ap.add_argument("--teacher-epochs", type=int, default=14)
+    ap.add_argument("--teacher-epochs", type=int, default=10)
     ap.add_argument("--student-epochs", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=2, help="speed runs, alternating, best of each")
     ap.add_argument("--quick", action="store_true")

@@ -5,7 +5,7 @@ Background: the real soundscapes in ``../shared/data/recordings`` (scikit-maad, 
 random offsets, resampled to the card's rate, at random gains, over synthetic pink noise (wind, a distant
 road) at a random level per file. Calls: excerpts (at most 8 s) of the labelled clips in
 ``../shared/data/clips/{frog,bird}``, placed wholly inside a segment at a random offset and a random
-signal-to-noise ratio (0 to 15 dB against that segment's background). Files are AudioMoth-like: 16-bit mono
+signal-to-noise ratio (5 to 20 dB against that segment's background). Files are AudioMoth-like: 16-bit mono
 WAVs named ``YYYYMMDD_HHMMSS.WAV``. ``clip_half`` 0 or 1 takes every other clip (sorted by name), so a card to
 distil on and a card to measure on can hold different calls.
 """
@@ -101,7 +101,7 @@ def make_card(dst: Path, minutes: float, density: float, seed: int = 0, sr: int 
             call = c[a:a + length]
             at = s * seg_n + int(rng.integers(0, seg_n - len(call) + 1))
             bg = x[s * seg_n:(s + 1) * seg_n]
-            snr = float(rng.uniform(0.0, 15.0))
+            snr = float(rng.uniform(5.0, 20.0))
             gain = np.sqrt(np.mean(bg ** 2)) * 10 ** (snr / 20) / (np.sqrt(np.mean(call ** 2)) + 1e-12)
             x[at:at + len(call)] += call * gain
             truth.append({"file": name, "segment": s, "label": lab, "start_s": at / sr, "end_s": (at + len(call)) / sr,

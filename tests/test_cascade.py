@@ -267,3 +267,28 @@ def test_ray_engine_equals_local(runs, cards, teacher, screen, tmp_path):
     assert _scores(out) == _scores(cas)
     pd.testing.assert_frame_equal(pd.read_csv(out / "segments.csv"), pd.read_csv(cas / "segments.csv"),
                                   check_exact=True)
+
+
+def test_a_screen_for_an_ensemble_teacher(teacher, screen, tmp_path):
+    """Several --model (or an ensemble bundle) are one teacher: a screen records the ensemble's identity, so it
+    serves that ensemble, in any order, and no single member of it."""
+    from monitor.cascade import load_screen
+    from monitor.errors import MonitorError
+    from monitor.model.ensemble import load_ensemble
+
+    other = tmp_path / "other"
+    shutil.copytree(teacher, other)
+    data = json.loads((other / "bundle.json").read_text())
+    data["name"] = "tiny-teacher-2"
+    (other / "bundle.json").write_text(json.dumps(data))
+    both = load_ensemble([str(teacher), str(other)])
+    ens = tmp_path / "ens-screen"
+    shutil.copytree(screen, ens)
+    data = json.loads((ens / "bundle.json").read_text())
+    data["screen"]["teacher"] = {"name": "tiny-teacher + tiny-teacher-2", "version": "1.0.0", "sha256": both.sha256}
+    (ens / "bundle.json").write_text(json.dumps(data))
+    assert load_screen(str(ens), load_ensemble([str(other), str(teacher)])).screen["teacher"]["sha256"] == both.sha256
+    with pytest.raises(MonitorError, match="was distilled from tiny-teacher \\+ tiny-teacher-2"):
+        load_screen(str(ens), load_ensemble([str(teacher)]))
+    with pytest.raises(MonitorError, match="is not a screen"):
+        load_screen(str(teacher), load_ensemble([str(teacher)]))
