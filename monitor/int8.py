@@ -127,6 +127,9 @@ class OrtModel:
         so = ort.SessionOptions()
         so.intra_op_num_threads = max(1, int(threads))
         so.log_severity_level = 3
+        # no spin-waiting between calls: in a cascade a second session (and the in-process front end) runs between
+        # this session's calls, and a spinning thread pool takes their cores; each call is long (10-500 ms)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
