@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from monitor import __version__
-from monitor.config import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_THRESHOLD
+from monitor.config import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_THRESHOLD, PROGRESS_EVERY_S
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--engine ray: scoring actors (default: one per GPU, else one per node)")
     r.add_argument("--gpus-per-actor", type=float, default=None,
                    help="--engine ray: GPUs each scoring actor holds (default 1 when the cluster has GPUs)")
+    r.add_argument("--progress-every", type=float, default=PROGRESS_EVERY_S, metavar="SECONDS",
+                   help=f"without a terminal (batch jobs): a progress line on stderr and in monitor.log this often, "
+                        f"and at each 10%% (default {PROGRESS_EVERY_S:g}; 0: none)")
 
     m = sub.add_parser("metadata", help="print recorder metadata of files or folders")
     m.add_argument("paths", nargs="+", type=Path)
@@ -194,7 +197,7 @@ def run_command(args: argparse.Namespace) -> int:
                     thresholds=dict(args.threshold), labels=None if args.labels is None else [args.labels],
                     deployment=args.deployment, deployments=args.deployments, resume=not args.no_resume,
                     prune=args.prune, engine=args.engine, address=args.address, actors=args.actors,
-                    gpus_per_actor=args.gpus_per_actor, command=command)
+                    gpus_per_actor=args.gpus_per_actor, progress_every_s=args.progress_every, command=command)
     src, dst = check_folders(cfg.input_dir, cfg.out_dir)
     if add_log_file(dst / "monitor.log") is None:
         raise MonitorError(f"cannot write {dst / 'monitor.log'}; choose another --out")

@@ -140,6 +140,7 @@ class Preprocess:
 
 
 ENGINES = ("local", "ray")
+PROGRESS_EVERY_S = 60.0  # without a terminal: a progress line at least this often (--progress-every)
 
 
 def check_batch_size(batch_size: int | str) -> int | str:
@@ -162,7 +163,8 @@ class RunConfig:
     ``labels``: labels kept in every output (``["all"]``: every label); ``deployment``: this card's
     deployment name; ``deployments``: a deployments table (CSV); ``resume=False`` re-scores this card's
     files; ``prune`` removes results of files no longer on the card; ``engine``: ``local`` or ``ray``
-    (``address``, ``actors``, ``gpus_per_actor`` are Ray's); ``progress``: None shows a bar on a terminal.
+    (``address``, ``actors``, ``gpus_per_actor`` are Ray's); ``progress``: None shows a bar on a terminal and
+    progress lines every ``progress_every_s`` elsewhere (0: no lines).
     """
 
     input_dir: Path | str
@@ -184,6 +186,7 @@ class RunConfig:
     actors: int | None = None
     gpus_per_actor: float | None = None
     progress: bool | None = None
+    progress_every_s: float = PROGRESS_EVERY_S
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -191,6 +194,8 @@ class RunConfig:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine == "local" and (self.address, self.actors, self.gpus_per_actor) != (None, None, None):
             raise ConfigError("--address, --actors and --gpus-per-actor need --engine ray")
+        if not self.progress_every_s >= 0:
+            raise ConfigError(f"--progress-every must be >= 0 seconds (0: no progress lines), got {self.progress_every_s}")
         if self.engine == "ray" and self.compile:
             raise ConfigError("--compile is not supported with --engine ray yet")
         if self.engine == "ray" and self.workers is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Callable
 
 QUIET_LOGGERS = ("matplotlib", "PIL", "numba", "urllib3", "filelock", "fsspec", "asyncio", "h5py", "git",
                  "httpx", "httpcore", "huggingface_hub", "ray", "torch", "timm", "tornado", "traitlets",
@@ -57,10 +58,41 @@ def files_only(names=("ray", "ray.data"), level: int = logging.INFO) -> None:
             h.addFilter(_NotFrom(names))
 
 
+class _NotPrinted(logging.Filter):
+    """Drops records that ``say``/``warn`` already printed (so ``-v`` does not show them twice)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "monitor_printed", False)
+
+
+_console_writer: Callable[[str], None] | None = None
+
+
+def set_console_writer(writer: Callable[[str], None] | None) -> None:
+    """While a progress bar is on the terminal, ``say``/``warn`` lines go through ``writer`` (the bar's own
+    ``write``, which prints above the bar instead of through it); ``None`` goes back to plain stderr."""
+    global _console_writer
+    _console_writer = writer
+
+
+def _print(line: str) -> None:
+    writer = _console_writer
+    if writer is not None:
+        writer(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 def say(msg: str) -> None:
     """A line for the person running the job (stderr, beside the progress bar, ``monitor: ...``) and the log."""
-    logging.getLogger("monitor").info("%s", msg)
-    print(f"monitor: {msg}", file=sys.stderr, flush=True)
+    logging.getLogger("monitor").info("%s", msg, extra={"monitor_printed": True})
+    _print(f"monitor: {msg}")
+
+
+def warn(msg: str) -> None:
+    """``say`` for something that went wrong but did not stop the run: ``monitor: warning: ...``, logged at WARNING."""
+    logging.getLogger("monitor").warning("%s", msg, extra={"monitor_printed": True})
+    _print(f"monitor: warning: {msg}")
 
 
 def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None) -> None:
@@ -74,6 +106,7 @@ def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None)
     console = logging.StreamHandler(stream or sys.stderr)
     console.setLevel(logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG)
     console.setFormatter(_ConsoleFormatter("%(levelname)s: %(message)s"))
+    console.addFilter(_NotPrinted())
     root.addHandler(console)
     quiet_third_party()
     if log_file is not None:

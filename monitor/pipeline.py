@@ -23,7 +23,7 @@ import numpy as np
 
 from monitor import __version__
 from monitor.card import WorkPlan, scan_card
-from monitor.config import RunConfig
+from monitor.config import PROGRESS_EVERY_S, RunConfig
 from monitor.deployments import read_deployments
 from monitor.detect import label_filter, resolve_thresholds
 from monitor.engine import Engine, EngineInfo, LocalEngine
@@ -33,6 +33,7 @@ from monitor.model.ensemble import ensemble_hash, load_models
 from monitor.outdir import (check_folders, current_thresholds, open_out, remember_choices, stored_deployments,
                             write_outputs)
 from monitor.plan import FileJob, FileScores
+from monitor.progress import Progress
 from monitor.ray_engine import RayEngine
 from monitor.results import ModelRef, RunInfo
 from monitor.store import ResultsStore
@@ -81,7 +82,8 @@ def run(cfg: RunConfig) -> RunInfo:
             with make_engine(bundles, cfg) as engine:
                 plan = scan_card(src, store, bundles[0].preprocessing, model_hash, stop.state, cfg.deployment,
                                  cfg.prune, cfg.resume, stored_deployments(store))
-                stats, interrupted = score_planned(engine, plan, store, bundles, cfg.progress, stop.state)
+                stats, interrupted = score_planned(engine, plan, store, bundles, cfg.progress, stop.state,
+                                                   cfg.progress_every_s)
             interrupted = interrupted or stop.state["flag"]
             e = stats.engine
             info = dataclasses.replace(
@@ -127,26 +129,21 @@ def file_outcome(res: FileScores, n_labels: int) -> tuple[str, str]:
 
 
 def score_planned(engine: Engine, plan: WorkPlan, store: ResultsStore, bundles: list[Bundle],
-                  progress: bool | None, stop: dict[str, bool]) -> tuple[RunStats, bool]:
-    """Score the planned jobs through ``engine``; each file is committed as soon as all its segments are in."""
-    from tqdm.auto import tqdm
-
+                  progress: bool | None, stop: dict[str, bool],
+                  progress_every_s: float = PROGRESS_EVERY_S) -> tuple[RunStats, bool]:
+    """Score the planned jobs through ``engine``; each file is committed as soon as all its segments are in.
+    ``progress``: None a bar on a terminal and progress lines elsewhere (``progress.Progress``)."""
     pre = bundles[0].preprocessing
     n_labels = len(bundles[0].labels)
     stats = RunStats(engine.describe(), plan.found, plan.resumed, plan.todo, audio_s=plan.audio_s,
                      deployments=plan.deployments)
-    bar = tqdm(total=plan.segments, unit="seg", desc="segments", dynamic_ncols=True,
-               disable=None if progress is None else not progress)  # None: only on a terminal
+    bar = Progress(plan.segments, plan.todo, pre.segment.hop_s, bar=progress, every_s=progress_every_s)
     t0 = time.perf_counter()
-    audio_done = {"s": 0.0}
     metas = plan.metas
 
     def on_segments(n: int) -> None:
-        bar.update(n)
+        bar.segments(n)
         stats.segments += n
-        audio_done["s"] += n * pre.segment.hop_s
-        rt = audio_done["s"] / max(1e-9, time.perf_counter() - t0)
-        bar.set_postfix_str(f"{rt:.0f}x realtime")
         if stop["flag"]:
             raise KeyboardInterrupt
 
@@ -160,6 +157,7 @@ def score_planned(engine: Engine, plan: WorkPlan, store: ResultsStore, bundles: 
             segs = list(zip(res.index, res.start_s, res.end_s, res.scores))
             store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite, input_dir=plan.input_dir)
         stats.done += 1
+        bar.file_done()
 
     interrupted = bool(stop["flag"])
     try:
