@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from monitor import __version__
-from monitor.config import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_THRESHOLD, PROGRESS_EVERY_S
+from monitor.config import (AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_THRESHOLD, PROGRESS_EVERY_S, STALL_STOP_S,
+                            STALL_WARN_S)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--engine ray: scoring actors (default: one per GPU, else one per node)")
     r.add_argument("--gpus-per-actor", type=float, default=None,
                    help="--engine ray: GPUs each scoring actor holds (default 1 when the cluster has GPUs)")
+    r.add_argument("--stall-warn", type=float, default=None, metavar="SECONDS",
+                   help=f"--engine ray: when no batch finished for this long, say what the run waits for (pending "
+                        f"resources, nodes alive, work left) (default {STALL_WARN_S:g})")
+    r.add_argument("--stall-stop", type=float, default=None, metavar="SECONDS",
+                   help=f"--engine ray: when no batch finished for this long, stop; finished files are saved and a "
+                        f"re-run resumes (default {STALL_STOP_S:g}; 0: never)")
     r.add_argument("--progress-every", type=float, default=PROGRESS_EVERY_S, metavar="SECONDS",
                    help=f"without a terminal (batch jobs): a progress line on stderr and in monitor.log this often, "
                         f"and at each 10%% (default {PROGRESS_EVERY_S:g}; 0: none)")
@@ -197,7 +204,8 @@ def run_command(args: argparse.Namespace) -> int:
                     thresholds=dict(args.threshold), labels=None if args.labels is None else [args.labels],
                     deployment=args.deployment, deployments=args.deployments, resume=not args.no_resume,
                     prune=args.prune, engine=args.engine, address=args.address, actors=args.actors,
-                    gpus_per_actor=args.gpus_per_actor, progress_every_s=args.progress_every, command=command)
+                    gpus_per_actor=args.gpus_per_actor, stall_warn_s=args.stall_warn, stall_stop_s=args.stall_stop,
+                    progress_every_s=args.progress_every, command=command)
     src, dst = check_folders(cfg.input_dir, cfg.out_dir)
     if add_log_file(dst / "monitor.log") is None:
         raise MonitorError(f"cannot write {dst / 'monitor.log'}; choose another --out")

@@ -141,6 +141,8 @@ class Preprocess:
 
 ENGINES = ("local", "ray")
 PROGRESS_EVERY_S = 60.0  # without a terminal: a progress line at least this often (--progress-every)
+STALL_WARN_S = 180.0  # --engine ray: no batch finished for this long prints what the run waits for (--stall-warn)
+STALL_STOP_S = 1200.0  # ... and for this long stops the run, resumable (--stall-stop; 0: never)
 
 
 def check_batch_size(batch_size: int | str) -> int | str:
@@ -163,8 +165,9 @@ class RunConfig:
     ``labels``: labels kept in every output (``["all"]``: every label); ``deployment``: this card's
     deployment name; ``deployments``: a deployments table (CSV); ``resume=False`` re-scores this card's
     files; ``prune`` removes results of files no longer on the card; ``engine``: ``local`` or ``ray``
-    (``address``, ``actors``, ``gpus_per_actor`` are Ray's); ``progress``: None shows a bar on a terminal and
-    progress lines every ``progress_every_s`` elsewhere (0: no lines).
+    (``address``, ``actors``, ``gpus_per_actor``, ``stall_warn_s``, ``stall_stop_s`` are Ray's: None is
+    ``STALL_WARN_S``/``STALL_STOP_S``); ``progress``: None shows a bar on a terminal and progress lines every
+    ``progress_every_s`` elsewhere (0: no lines).
     """
 
     input_dir: Path | str
@@ -187,15 +190,22 @@ class RunConfig:
     gpus_per_actor: float | None = None
     progress: bool | None = None
     progress_every_s: float = PROGRESS_EVERY_S
+    stall_warn_s: float | None = None
+    stall_stop_s: float | None = None
     command: str = ""
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.engine == "local" and (self.address, self.actors, self.gpus_per_actor) != (None, None, None):
-            raise ConfigError("--address, --actors and --gpus-per-actor need --engine ray")
+        ray_only = (self.address, self.actors, self.gpus_per_actor, self.stall_warn_s, self.stall_stop_s)
+        if self.engine == "local" and ray_only != (None,) * len(ray_only):
+            raise ConfigError("--address, --actors, --gpus-per-actor, --stall-warn and --stall-stop need --engine ray")
         if not self.progress_every_s >= 0:
             raise ConfigError(f"--progress-every must be >= 0 seconds (0: no progress lines), got {self.progress_every_s}")
+        if self.stall_warn_s is not None and not self.stall_warn_s > 0:
+            raise ConfigError(f"--stall-warn must be > 0 seconds, got {self.stall_warn_s}")
+        if self.stall_stop_s is not None and not self.stall_stop_s >= 0:
+            raise ConfigError(f"--stall-stop must be >= 0 seconds (0: never stop), got {self.stall_stop_s}")
         if self.engine == "ray" and self.compile:
             raise ConfigError("--compile is not supported with --engine ray yet")
         if self.engine == "ray" and self.workers is not None:

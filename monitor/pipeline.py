@@ -105,7 +105,8 @@ def make_engine(bundles: list[Bundle], cfg: RunConfig) -> Engine:
     """The engine ``monitor run`` scores through: ``engine.LocalEngine`` or ``ray_engine.RayEngine``."""
     if cfg.engine == "ray":
         return RayEngine(bundles, address=cfg.address, actors=cfg.actors, gpus_per_actor=cfg.gpus_per_actor,
-                         device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size)
+                         device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
+                         stall_warn_s=cfg.stall_warn_s, stall_stop_s=cfg.stall_stop_s)
     return LocalEngine(bundles, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
                        workers=cfg.workers, compile=cfg.compile)
 

@@ -100,8 +100,14 @@ def test_local_engine_run_prints_progress_lines_without_a_terminal(tmp_path, cap
     assert "progress: 3/3 files, 9/9 segments (100%)" in (out / "monitor.log").read_text()
 
 
-def test_bad_progress_option_fails_in_one_line():
+def test_bad_progress_and_stall_options_fail_in_one_line():
     from monitor.config import ConfigError, RunConfig
 
     with pytest.raises(ConfigError, match="--progress-every must be >= 0"):
         RunConfig("in", "out", progress_every_s=-1)
+    with pytest.raises(ConfigError, match="--stall-warn must be > 0"):
+        RunConfig("in", "out", engine="ray", stall_warn_s=0)
+    with pytest.raises(ConfigError, match="--stall-stop must be >= 0"):
+        RunConfig("in", "out", engine="ray", stall_stop_s=-5)
+    with pytest.raises(ConfigError, match="need --engine ray"):
+        RunConfig("in", "out", stall_stop_s=60)

@@ -1,0 +1,120 @@
+"""The Ray engine's resource rule and its watch (issue 25), without a cluster: ``plan_budget`` on any node sizes,
+and ``Watch`` on a fake Ray whose nodes die and whose batches stop."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitor.errors import MonitorError
+from monitor.ray_cluster import Watch, describe_wait, plan_budget
+
+
+@pytest.mark.parametrize("nodes", [[1, 1], [1, 1, 1], [2, 2], [1, 4, 16], [16, 16], [3], [0, 1, 1]])
+@pytest.mark.parametrize("actors", [1, 2, 3, 8])
+def test_scoring_never_starves_decoding_even_with_every_actor_on_the_smallest_node(nodes, actors):
+    b = plan_budget(nodes, actors, on_gpu=False, decode_cpus=0.5, gpus_per_actor=0.0)
+    smallest = min(c for c in nodes if c > 0)
+    assert b.actor_cpus > 0
+    assert actors * b.actor_cpus + b.decode_cpus <= smallest + 1e-9  # all actors on one node: a decode task fits
+    assert b.decode_tasks == len([c for c in nodes if c > 0])  # one decoder per node beside the model
+    if actors == 1:
+        assert b.actor_cpus == smallest - 0.5  # one actor: the node's CPUs less one decode task, as before
+
+
+def test_gpu_actors_reserve_no_cpu_and_decoding_is_not_capped():
+    b = plan_budget([8, 8], 2, on_gpu=True, decode_cpus=0.5, gpus_per_actor=1.0)
+    assert (b.actor_cpus, b.actor_gpus, b.decode_tasks) == (0.0, 1.0, None)
+
+
+def test_a_decode_task_that_cannot_fit_beside_an_actor_is_one_line():
+    with pytest.raises(MonitorError, match="does not fit beside a scoring actor"):
+        plan_budget([1, 4], 1, on_gpu=False, decode_cpus=1.0, gpus_per_actor=0.0)
+    with pytest.raises(MonitorError, match="no node with CPUs"):
+        plan_budget([0], 1, on_gpu=False, decode_cpus=0.5, gpus_per_actor=0.0)
+
+
+class FakeRay:
+    """Just what ``Watch`` asks of Ray: nodes, free CPUs, the GCS address (pending demands: unknown here)."""
+
+    def __init__(self) -> None:
+        self.alive = {"a": "127.0.0.2", "b": "127.0.0.3"}
+
+    def nodes(self):
+        return [{"NodeID": k, "Alive": True, "NodeManagerAddress": ip, "Resources": {"CPU": 1.0}}
+                for k, ip in self.alive.items()]
+
+    def available_resources(self):
+        return {"CPU": 0.0}
+
+    def cluster_resources(self):
+        return {"CPU": float(len(self.alive))}
+
+    def get_runtime_context(self):
+        raise RuntimeError("no GCS in this test")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_the_watch_says_a_lost_node_once_a_stall_every_warn_s_and_stops_past_stop_s(capsys):
+    ray, clock = FakeRay(), Clock()
+    w = Watch(ray, warn_s=60, stop_s=300, units_left=lambda: (4, 6), clock=clock)
+    clock.t = 10
+    del ray.alive["b"]
+    w.tick()
+    w.tick()
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["monitor: warning: Ray node 127.0.0.3 (1 CPU) was lost; 1 node(s) left, its work is redone on them"]
+    clock.t = 30
+    w.batch()
+    clock.t = 80
+    w.tick()
+    assert capsys.readouterr().err == ""  # 50 s without a batch: not yet
+    clock.t = 95
+    w.tick()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("monitor: warning: no batch finished for 65 s; waiting for: "), err
+    assert "1 node(s) alive (127.0.0.2), 1 lost (127.0.0.3); 0 of 1 CPUs free; 4 of 6 units left" in err[0]
+    clock.t = 120
+    w.tick()
+    assert capsys.readouterr().err == ""  # said once per warn_s
+    clock.t = 160
+    w.tick()
+    assert "no batch finished for 130 s" in capsys.readouterr().err
+    assert w.stalled is None
+    clock.t = 331
+    w.tick()
+    assert w.stalled and w.stalled.startswith("the Ray run made no progress for 301 s (pending unknown; ")
+    assert "run the same command again to resume" in w.stalled
+
+
+def test_the_watch_never_stops_with_stop_s_zero():
+    clock = Clock()
+    w = Watch(FakeRay(), warn_s=1e9, stop_s=0, units_left=lambda: (1, 1), clock=clock)
+    clock.t = 1e6
+    w.tick()
+    assert w.stalled is None
+
+
+def test_describe_wait_in_one_line():
+    assert describe_wait("CPU 0.5 x2", {}, [], "0 of 1 CPUs free", 3, 6) == (
+        "pending CPU 0.5 x2; 0 node(s) alive (); 0 of 1 CPUs free; 3 of 6 units left")
+
+
+def test_a_raylet_port_that_refuses_connections_is_a_lost_node():
+    import socket
+
+    from monitor.ray_cluster import Node, refuses
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert not refuses(Node("a", "127.0.0.1", 1.0, 0.0, port))  # something listens: alive
+    assert refuses(Node("a", "127.0.0.1", 1.0, 0.0, port))  # nothing listens any more: its raylet is gone
+    assert not refuses(Node("a", "127.0.0.1", 1.0, 0.0, 0))  # no port known: the GCS decides
