@@ -16,12 +16,16 @@ takes its heartbeat timeout) is one ``monitor: warning:`` line (logged; one that
 what the run waits for (``describe_wait``: pending resource demands as ``ray status`` shows them, nodes
 alive, units left), again every ``warn_s``; past ``stop_s`` the run stops with a one-line error saying
 how to resume.
+
+Also here: ``node_cpus`` (what an actor's node offers, for its torch threads) and ``check_reachable`` (a
+``--address`` nothing listens on fails in one line).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -211,3 +215,34 @@ def describe_wait(pending: str, nodes: dict[str, Node], lost: Sequence[Node], fr
     alive = ", ".join(sorted(n.ip for n in nodes.values()))
     gone = f", {len(lost)} lost ({', '.join(n.ip for n in lost)})" if lost else ""
     return f"pending {pending}; {len(nodes)} node(s) alive ({alive}){gone}; {free}; {left} of {total} units left"
+
+
+def node_cpus() -> float:
+    """CPUs this Ray node offers (``ray start --num-cpus``), else the machine's cores."""
+    try:
+        import ray
+
+        me = ray.get_runtime_context().get_node_id()
+        for n in ray.nodes():
+            if n.get("NodeID") == me:
+                return float(n.get("Resources", {}).get("CPU", 0)) or float(os.cpu_count() or 1)
+    except Exception as exc:  # noqa: BLE001 - outside Ray, or an older API
+        log.debug("Ray did not say this node's CPUs (%s); using the machine's cores", exc)
+    return float(os.cpu_count() or 1)
+
+
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A ``HOST:PORT`` that nothing listens on fails here in one line (``ray.init`` would retry for minutes)."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise MonitorError(f"--address must be auto or HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise MonitorError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+                           "`ray start --head` there, or check the address") from None

@@ -23,12 +23,14 @@ What runs where:
 
 Scores stream back through ``iter_rows`` (consumed by a thread, so the engine's loop can watch the cluster
 while it waits: ``ray_cluster.Watch``) in whatever order they finish; a re-delivered batch (a task retried
-after a lost node) is ignored. Decode tasks are retried (``max_retries``). An actor that dies, alone or with
-its node, makes Ray Data give up on the stream (``actor_restarts=0``, measured faster than Ray's own actor
-restarts: ``benchmarks/scale.py --fault``); the driver says so in one warning line and streams the same
-plan's unfinished units again, so batch-mates and scores do not change. The results store is the
-checkpoint: a driver killed mid-run resumes on re-run like the local engine. CPUs are reserved so that
-scoring never starves decoding, on any node size and after a node is lost (``ray_cluster.plan_budget``).
+after a lost node) is ignored. Decode tasks are retried (``max_retries``); an actor that dies, alone or with
+its node, is restarted by Ray and its batches retried (``max_restarts``/``max_task_retries``: measured faster
+than streaming again, ``benchmarks/scale.py --fault``), and its first batch after the restart makes the
+driver say so in one warning line. When Ray still gives up on some work (an actor unreachable after its
+node died: ``ActorUnavailableError``, or out of restarts), the driver streams the same plan's unfinished
+units again, so batch-mates and scores do not change. The results store is the checkpoint: a driver killed
+mid-run resumes on re-run like the local engine. CPUs are reserved so that scoring never starves decoding,
+on any node size and after a node is lost (``ray_cluster.plan_budget``).
 
 Inputs must be readable at the same path (or URL) from every node: a shared/NAS mount or a bucket. The
 model bundles need not be: the driver puts each bundle's bytes in Ray's object store once, and an actor
@@ -56,8 +58,8 @@ from monitor.logs import warn
 from monitor.model.bundle import load_bundle
 from monitor.plan import (Assembler, BatchPlan, BatchScores, FileJob, Rows, concat_rows, plan_batches,
                           slice_rows)
-from monitor.ray_cluster import Budget, Watch, plan_budget
-from monitor.ray_logs import RayConsole, descendants, reap
+from monitor.ray_cluster import Budget, Watch, check_reachable, node_cpus, plan_budget
+from monitor.ray_logs import RayConsole, descendants, is_ray_process, reap
 from monitor.ray_stream import Stream, fault_line, ray_fault_errors
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,8 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "the Ray engine needs: pip install 'monitor[ray]'"
 RAY_TASK_SAMPLES = 2_000_000  # smaller decode tasks than the local engine's: more units to spread over nodes
 RETRIES = 5  # decode task retries; streams lost in a row (no new batch between) before the run stops
-ACTOR_RESTARTS = 0  # Ray's own actor restarts (0: a dead actor ends the stream and the driver streams again)
+ACTOR_RESTARTS = RETRIES  # Ray restarts a dead actor (its batches retried) this often; then the stream fails and the
+# driver streams the unfinished units again. Measured faster than re-streaming at once (benchmarks/scale.py --fault)
 FAULT_QUIET_S = 60.0  # lost work is one warning line per minute at most (every time in the log)
 
 
@@ -162,7 +165,8 @@ def actor_bundles(specs: Sequence[tuple[str, str, Any]]) -> list:
 
 
 class ScoreActor:
-    """A Ray Data actor: the bundles loaded once, one planned batch per call -> pickled ``BatchScores``."""
+    """A Ray Data actor: the bundles loaded once, one planned batch per call -> pickled ``BatchScores``; its
+    first batch after Ray restarted it (it died) says so (``restarted``), for the driver's one warning line."""
 
     def __init__(self, bundle_specs: Sequence[tuple[str, str, Any]], device: str, precision: str, batch_size: int,
                  threads: int | None = None, per_node: int = 1):
@@ -174,6 +178,7 @@ class ScoreActor:
         bundles = actor_bundles(bundle_specs)
         nets, precision = prepare_models(bundles, device, precision)
         self.scorer = Scorer(bundles, nets, device, precision, batch_size, pre=bundles[0].preprocessing)
+        self.restarted = reconstructed()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = []
@@ -181,21 +186,20 @@ class ScoreActor:
             rows: Rows = pickle.loads(blob)
             scores = self.scorer.collect(self.scorer.submit(rows))
             out.append(pickle.dumps(BatchScores(int(b), rows.first, scores, rows.nonfinite, rows.errors), protocol=5))
-        return {"batch": np.asarray(batch["batch"]), "scores": np.array(out, dtype=object)}
+        restarted, self.restarted = self.restarted, False
+        return {"batch": np.asarray(batch["batch"]), "scores": np.array(out, dtype=object),
+                "restarted": np.full(len(out), restarted)}
 
 
-def node_cpus() -> float:
-    """CPUs this Ray node offers (``ray start --num-cpus``), else the machine's cores."""
+def reconstructed() -> bool:
+    """In a Ray actor: whether Ray restarted it (its process died)."""
     try:
         import ray
 
-        me = ray.get_runtime_context().get_node_id()
-        for n in ray.nodes():
-            if n.get("NodeID") == me:
-                return float(n.get("Resources", {}).get("CPU", 0)) or float(os.cpu_count() or 1)
-    except Exception as exc:  # noqa: BLE001 - outside Ray, or an older API
-        log.debug("Ray did not say this node's CPUs (%s); using the machine's cores", exc)
-    return float(os.cpu_count() or 1)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception as exc:  # noqa: BLE001 - outside an actor: not restarted; say why in the log
+        log.debug("not a restarted Ray actor (%s: %s)", type(exc).__name__, exc)
+        return False
 
 
 def _probe_gpu(bundle_specs: Sequence[tuple[str, str, Any]], precision: str, batch_size: int | str,
@@ -205,23 +209,6 @@ def _probe_gpu(bundle_specs: Sequence[tuple[str, str, Any]], precision: str, bat
     nets, precision = prepare_models(bundles, "cuda", precision)
     s = Scorer(bundles, nets, "cuda", precision, 1, pre=bundles[0].preprocessing)
     return precision, int(batch_size) if batch_size != "auto" else s.probe_batch_size(kind)
-
-
-def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
-    """A ``HOST:PORT`` that nothing listens on fails here in one line (``ray.init`` would retry for minutes)."""
-    import socket
-
-    if not address or address == "auto" or "://" in address:
-        return
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise MonitorError(f"--address must be auto or HOST:PORT, got {address!r}")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise MonitorError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
-                           "`ray start --head` there, or check the address") from None
 
 
 class RayEngine:
@@ -235,8 +222,8 @@ class RayEngine:
     share follows: ``ray_cluster.plan_budget``). ``task_samples``: the decode tasks' decoded-sample budget
     (smaller: more, smaller units to spread over the cluster; batches, and so scores, do not change).
     ``stall_warn_s``/``stall_stop_s``: the watch (``ray_cluster.Watch``; None: ``config``'s defaults, stop 0:
-    never). ``actor_restarts``: Ray's own restarts of a dead actor (default 0: the driver streams the
-    unfinished units again, which measured faster). ``decode_fn``/``actor_cls``: what decodes a unit
+    never). ``actor_restarts``: Ray's own restarts of a dead actor (0: the stream fails at once and the
+    driver streams the unfinished units again, which measured slower). ``decode_fn``/``actor_cls``: what decodes a unit
     (``decode_unit``'s signature) and what scores (``ScoreActor``'s); tests pass slowed or failing ones.
     ``shuffle_seed`` (tests): feed the units shuffled.
     """
@@ -274,7 +261,11 @@ class RayEngine:
         self._started = False
         self._specs: list | None = None
         t0 = time.perf_counter()
-        self._connect(init_kwargs or {})
+        try:
+            self._connect(init_kwargs or {})
+        except BaseException:
+            self.console.uninstall()
+            raise
         self.startup_s = time.perf_counter() - t0
         try:
             self._configure(device, precision, actors, gpus_per_actor, frontend)
@@ -318,6 +309,7 @@ class RayEngine:
         ray = self.ray
         self.console.install()
         if ray.is_initialized():
+            self.console.install_core()
             return
         # workers' output stays in Ray's session logs (log_to_driver off), not on the console
         kw: dict[str, Any] = dict(log_to_driver=False, include_dashboard=False, configure_logging=False)
@@ -338,6 +330,7 @@ class RayEngine:
             root.setLevel(keep[1])
             self.console.install()
         self._started = True
+        self.console.install_core()  # after ray.init: the local instance's processes keep the real stderr
         logs = getattr(ctx, "address_info", {}).get("session_dir") if ctx is not None else None
         if logs:
             log.info("Ray's own logs (workers, actors, Ray Data, the driver's core: python-core-driver-*.log): "
@@ -389,13 +382,23 @@ class RayEngine:
 
         watch = Watch(self.ray, self.stall_warn_s, self.stall_stop_s, lambda: (len(left()), len(groups)))
         lost = ray_fault_errors(self.ray)
-        warned_at = -FAULT_QUIET_S  # when a fault was last said on the console: a node's death fails 1-2 streams
+        said = {"at": -FAULT_QUIET_S}  # when lost work was last said on the console (a node's death: 1-2 faults)
+
+        def fault(text: str) -> None:
+            if time.monotonic() - said["at"] >= FAULT_QUIET_S:
+                warn(text)
+                said["at"] = time.monotonic()
+            else:
+                log.info("%s", text)
+
         failed = 0  # streams lost in a row without a new batch: past RETRIES the run stops
         while todo := left():
             stream = self._stream(plan, todo)
             before = len(seen)
             try:
-                for res in stream.results(watch):
+                for res, restarted in stream.results(watch):
+                    if restarted:
+                        fault("a scoring actor died and Ray restarted it; its batches are scored again")
                     if res.batch in seen:
                         continue  # re-delivered (a retried task): already counted
                     seen.add(res.batch)
@@ -409,13 +412,8 @@ class RayEngine:
                 if failed > RETRIES:
                     raise MonitorError(f"the Ray cluster kept losing work ({type(exc).__name__}); run the same "
                                        "command again to resume from what is done") from exc
-                text = (f"Ray lost a scoring actor or decoded work ({type(exc).__name__}); streaming the "
-                        f"{len(left())} unfinished of {len(groups)} unit(s) again")
-                if time.monotonic() - warned_at >= FAULT_QUIET_S:
-                    warn(text)
-                    warned_at = time.monotonic()
-                else:
-                    log.info("%s", text)
+                fault(f"Ray lost a scoring actor or decoded work ({type(exc).__name__}); streaming the "
+                      f"{len(left())} unfinished of {len(groups)} unit(s) again")
                 log.info("Ray fault: %s", fault_line(exc), exc_info=True)
             finally:
                 stream.close()
@@ -450,7 +448,7 @@ class RayEngine:
         procs = []
         if self._started and self.ray.is_initialized():
             if self.address is None:  # a local instance: its processes (actors too) are this process's descendants
-                procs = [p for p in descendants() if _is_ray_process(p)]
+                procs = [p for p in descendants() if is_ray_process(p)]
             self.ray.shutdown()
         self._started = False
         reap(procs)  # they end with the run, not seconds after it
@@ -461,16 +459,3 @@ class RayEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _is_ray_process(p) -> bool:
-    """A process of Ray's: its binaries and scripts live in the ray package; its workers are titled ``ray::``."""
-    import ray
-
-    home = os.path.dirname(ray.__file__)
-    try:
-        cmd = p.cmdline()
-    except Exception as exc:  # noqa: BLE001 - gone already, or not ours to read: not one to wait for
-        log.debug("process %s: %s", getattr(p, "pid", "?"), exc)
-        return False
-    return any(c.startswith("ray::") or home in c for c in cmd)

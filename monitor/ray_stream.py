@@ -31,7 +31,7 @@ def fault_line(exc: BaseException) -> str:
 
 class Stream:
     """One Ray Data execution, consumed by a thread into a queue: ``results(watch)`` yields ``BatchScores``
-    and ticks the watch while it waits (raising its one-line error once the run is stalled); ``close()``
+    (with whether a restarted actor scored it) and ticks the watch while it waits (raising its one-line error once the run is stalled); ``close()``
     ends the execution if it still runs (its actors are released)."""
 
     def __init__(self, ds) -> None:
@@ -56,12 +56,13 @@ class Stream:
             for row in ds.iter_rows():
                 if self._closing.is_set():
                     return
-                self.q.put(("row", row["scores"]))
+                self.q.put(("row", (row["scores"], bool(row.get("restarted", False)))))
             self.q.put(("end", None))
         except BaseException as exc:  # noqa: BLE001 - handed to the engine's loop, which raises it there
             self.q.put(("error", exc))
 
-    def results(self, watch: Watch) -> Iterator[BatchScores]:
+    def results(self, watch: Watch) -> Iterator[tuple[BatchScores, bool]]:
+        """``(BatchScores, restarted)`` as they arrive (restarted: the first batch of an actor Ray restarted)."""
         last_tick = time.monotonic()
         while True:
             try:
@@ -76,7 +77,7 @@ class Stream:
                 if watch.stalled:
                     raise MonitorError(watch.stalled)
             if kind == "row":
-                yield pickle.loads(val)
+                yield pickle.loads(val[0]), val[1]
             elif kind == "end":
                 return
             elif kind == "error":

@@ -1,5 +1,5 @@
-"""The Ray engine's resource rule and its watch (issue 25), without a cluster: ``plan_budget`` on any node sizes,
-and ``Watch`` on a fake Ray whose nodes die and whose batches stop."""
+"""The Ray engine's resource rule, its watch and its stderr routing (issue 25), without a cluster: ``plan_budget`` on
+any node sizes, ``Watch`` on a fake Ray whose nodes die and whose batches stop, ``CoreStderr`` on this process."""
 
 from __future__ import annotations
 
@@ -118,3 +118,39 @@ def test_a_raylet_port_that_refuses_connections_is_a_lost_node():
         assert not refuses(Node("a", "127.0.0.1", 1.0, 0.0, port))  # something listens: alive
     assert refuses(Node("a", "127.0.0.1", 1.0, 0.0, port))  # nothing listens any more: its raylet is gone
     assert not refuses(Node("a", "127.0.0.1", 1.0, 0.0, 0))  # no port known: the GCS decides
+
+
+def test_core_lines_on_descriptor_2_go_to_the_log_and_the_rest_on(capfd, monkeypatch):
+    """``ray_logs.CoreStderr``: what Ray's C++ core writes to descriptor 2 is logged, anything else passes on
+    unchanged (a partial line too), and descriptor 2 is whole again after ``stop()``."""
+    import logging
+    import os
+    import time
+
+    from monitor.ray_logs import CoreStderr
+
+    ray_logger = logging.getLogger("ray")  # as the engine leaves it (logs.files_only): no handler of Ray's own
+    monkeypatch.setattr(ray_logger, "handlers", [])
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    monkeypatch.setattr(logging.getLogger("ray.core"), "handlers", [handler])
+    core = CoreStderr()
+    core.start()
+    try:
+        os.write(2, b"plain line\n[2026-12-04 15:17:25,513 E 15350 15350] core_worker.cc:2465: Actor with class "
+                    b"name: 'X' has constructor arguments in the object store and max_restarts > 0.\n")
+        os.write(2, b"[not a core line]\n")
+        os.write(2, b"[2026-12-04 15:17:26,001 W 15350 15351] split ")  # one line in two writes
+        time.sleep(0.05)
+        os.write(2, b"across writes\n")
+        os.write(2, b"partial")
+        time.sleep(0.5)
+    finally:
+        core.stop()
+    os.write(2, b" after\n")
+    err = capfd.readouterr().err
+    assert err == "plain line\n[not a core line]\npartial after\n", repr(err)
+    core = [r.getMessage() for r in records]
+    assert len(core) == 2 and core[0].startswith("[2026-12-04 15:17:25,513 E 15350 15350] core_worker.cc:2465: ")
+    assert core[1] == "[2026-12-04 15:17:26,001 W 15350 15351] split across writes"

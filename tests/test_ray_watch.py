@@ -63,7 +63,9 @@ def test_no_ray_line_reaches_the_console(quiet_run):
     res, _, out = quiet_run
     _console_is_monitors(res.stdout + res.stderr)
     assert not [ln for ln in res.stderr.splitlines() if "warning" in ln], res.stderr
-    assert "Ray's own logs" in (out / "monitor.log").read_text()  # the session folder is named in the log
+    logged = (out / "monitor.log").read_text()
+    assert "Ray's own logs" in logged  # the session folder is named in the log
+    assert "WARNING ray.core: [" in logged and "max_restarts > 0" in logged  # the C++ core's line: the log only
 
 
 def test_progress_lines_without_a_terminal(quiet_run):
@@ -109,3 +111,44 @@ def test_a_stalled_run_is_stopped_by_the_watch(tmp_path):
     assert "WARNING monitor: no batch finished for " in logged
     assert _done_files(out) == 0
     assert wall < 200, wall  # stopped, not hung (start-up and shutdown of a local Ray included)
+
+
+@pytest.mark.slow
+def test_on_a_terminal_a_bar_and_nothing_of_rays(tmp_path):
+    """Under a terminal (a pty): the progress bar is drawn (stderr still a terminal while Ray's core lines are
+    routed), no core line, no colour code (not colorama's '\\x1b[0m' reset at exit either)."""
+    import fcntl
+    import os
+    import struct
+    import sys
+    import termios
+
+    if sys.platform != "linux":
+        pytest.skip("a pty: Linux")
+    card = _big_card(tmp_path / "CARD", 3, 60.0)
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", str(card), "--out", str(tmp_path / "out"),
+                             "--engine", "ray", "--batch-size", "2"], stdin=slave, stdout=slave, stderr=slave,
+                            env=_env(), close_fds=True)
+    os.close(slave)
+    chunks = []
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < 300:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed the pty (the command exited)
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, text
+    assert "segments: 100%" in text and "18/18" in text, text  # the bar, on the terminal
+    assert "\x1b" not in text and "core_worker" not in text and "(raylet)" not in text, repr(text[-2000:])
