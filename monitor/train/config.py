@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.config import (BandConfig, ConfigError, FbankConfig, Preprocess, ResampleConfig, SegmentConfig,
-                            from_dict, load_yaml)
+from monitor.config import (DEFAULT_THRESHOLD, BandConfig, ConfigError, FbankConfig, Preprocess, ResampleConfig,
+                            SegmentConfig, from_dict, load_yaml)
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class EvalConfig:
 
     metric: str = "mAP"  # mAP | mAUC | d_prime | accuracy | exact_match | val_loss | macro_f1
     patience: int | None = None  # early stopping: stop after this many epochs without improvement (as Keras)
-    threshold: float = 0.5  # for per-label P/R/F1 during training
+    threshold: float = DEFAULT_THRESHOLD  # for per-label P/R/F1 during training
     average_from_epoch: int | None = None  # rolling weight average over epochs [from, to] (1-based, official wa)
     average_to_epoch: int | None = None
     batch_size: int = 16
@@ -219,7 +219,7 @@ class EvalConfig:
 class CalibrateConfig:
     method: str = "f1"  # f1 (max F1) | precision (lowest threshold reaching `precision`) | fixed
     precision: float = 0.9
-    default: float = 0.5  # labels that cannot be calibrated (no positives in validation)
+    default: float = DEFAULT_THRESHOLD  # labels that cannot be calibrated (no positives in validation)
 
     def __post_init__(self) -> None:
         if self.method not in ("f1", "precision", "fixed"):
