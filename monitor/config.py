@@ -18,6 +18,8 @@ from monitor.errors import MonitorError
 
 T = TypeVar("T")
 
+MODEL_RATE_HZ = 16000  # the rate every model's front end runs at: waves are resampled to it before band and fbank
+
 
 class ConfigError(MonitorError, ValueError):
     """A bad configuration; the message is one line that says what to fix."""
@@ -72,7 +74,7 @@ class BandConfig:
 class ResampleConfig:
     """Target rate and method: ``poly`` (scipy.signal.resample_poly) or ``soxr`` if installed."""
 
-    sample_rate_hz: int = 16000
+    sample_rate_hz: int = MODEL_RATE_HZ
     method: str = "poly"
 
     def __post_init__(self) -> None:
