@@ -1,8 +1,8 @@
-"""Streaming decode and the signal stages, as pure functions on arrays.
+"""Decoding and the signal stages, as pure functions on arrays.
 
-``stream_segments`` reads a file with soundfile in blocks (never the whole file) and yields
-``Segment``s in true time order. ``to_mono``, ``sanitize``, ``resample`` and ``bandpass`` are pure
-functions on ``(samples,)`` / ``(samples, channels)`` float arrays.
+``probe`` reads a header, ``read_frames`` decodes a span by seeking (never the whole file), and
+``plan_segments`` cuts a file into windows in exact integer frames. ``to_mono``, ``sanitize``,
+``resample`` and ``bandpass`` are pure functions on ``(samples,)`` / ``(samples, channels)`` float arrays.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from monitor.config import SegmentConfig
+from monitor.remote import is_url, open_input
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +36,9 @@ class AudioInfo:
     subtype: str
 
 
-@dataclass
-class Segment:
-    """One analysis window. ``samples`` (n,) float32 mono at the native rate; the final partial
-    segment is shorter than the window (the feature step pads it)."""
-
-    file: str
-    index: int
-    start_s: float
-    end_s: float
-    samples: np.ndarray
-    sample_rate_hz: int
-    nonfinite: int = 0
-
-
 def probe(path: Path | str) -> AudioInfo:
     """Header facts via soundfile, without decoding audio. Raises ``AudioError`` with a human reason."""
     import soundfile as sf
-
-    from monitor.remote import is_url, open_input
 
     try:
         if is_url(path):  # an fsspec URL: soundfile reads the header through a file object
@@ -75,10 +59,8 @@ def probe(path: Path | str) -> AudioInfo:
 def read_frames(path: Path | str, start_frame: int, stop_frame: int) -> np.ndarray:
     """Decode frames ``[start_frame, stop_frame)`` by seeking (never the whole file): ``(frames, channels)``
     float32. Fewer frames come back when the file is shorter than its header says. The one reader
-    of ``monitor run`` (``infer.decode_task``) and ``monitor train`` (``train.dataset``)."""
+    of ``monitor run`` (``decode.decode_task``) and ``monitor train`` (``train.dataset``)."""
     import soundfile as sf
-
-    from monitor.remote import is_url, open_input
 
     if is_url(path):  # an fsspec URL: seek and read through a read-ahead file object
         with open_input(path) as fh, sf.SoundFile(fh) as f:
@@ -124,52 +106,6 @@ def plan_segments(n_frames: int, sample_rate_hz: int, cfg: SegmentConfig) -> lis
             break
         k += 1
     return out
-
-
-def too_short(info: AudioInfo, cfg: SegmentConfig) -> bool:
-    """True when the file yields no segment (shorter than ``min_segment_s``)."""
-    return not plan_segments(info.frames, info.sample_rate_hz, cfg)
-
-
-def stream_segments(path: Path | str, cfg: SegmentConfig, rel: str | None = None) -> Iterator[Segment]:
-    """Yield the file's segments in time order, reading ``block_s`` of audio at a time.
-
-    Memory is bounded by one block plus one window, whatever the file's length. Overlapping
-    windows (hop < window) and gaps (hop > window) are both handled.
-    """
-    import soundfile as sf
-
-    rel = rel if rel is not None else Path(path).name
-    try:
-        f = sf.SoundFile(str(path))
-    except sf.LibsndfileError as exc:
-        raise AudioError(f"not a readable audio file ({_sf_reason(exc)})") from None
-    with f:
-        sr = int(f.samplerate)
-        plan = plan_segments(int(f.frames), sr, cfg)
-        block = max(int(cfg.block_s * sr), 1)
-        buf = np.zeros(0, dtype=np.float32)
-        buf_start = 0  # frame index of buf[0]
-        pos = 0  # frames read so far
-        for k, start, end in plan:
-            if start > pos:  # gap between windows: skip without decoding
-                f.seek(start)
-                pos = start
-                buf, buf_start = np.zeros(0, np.float32), start
-            elif start > buf_start:
-                buf = buf[start - buf_start:]
-                buf_start = start
-            while pos < end:
-                chunk = f.read(block, dtype="float32", always_2d=True)
-                if len(chunk) == 0:
-                    break
-                buf = np.concatenate([buf, to_mono(chunk)])
-                pos += len(chunk)
-            x = buf[: end - start]
-            if len(x) == 0:
-                return
-            x, bad = sanitize(x)
-            yield Segment(rel, k, start / sr, (start + len(x)) / sr, x, sr, bad)
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:

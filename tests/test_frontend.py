@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 
 from conftest import write_wav
-from monitor.audio import bandpass, resample, sanitize, stream_segments, to_mono
+from monitor.audio import bandpass, plan_segments, probe, read_frames, resample, sanitize, to_mono
 from monitor.config import BandConfig, FbankConfig, Preprocess
 from monitor.features import fbank, normalize, pad_or_crop, remove_mean
 from monitor.frontend import features, prepare_wave, segment_features
@@ -57,12 +57,12 @@ def test_band_and_resampler_shape_the_spectrum():
 
 
 def test_training_clip_equals_inference_segment(tmp_path):
-    """A 25 s recording: the streamed inference segments and clips cut by a trainer agree exactly."""
+    """A 25 s recording: the inference segments and clips cut by a trainer agree exactly."""
     sr = 44100
     p = write_wav(tmp_path / "rec.wav", 25.0, sr, channels=2, freq_hz=2500.0, noise=0.05, seed=4)
-    segs = list(stream_segments(p, BAND.segment))
-    assert [(s.start_s, s.end_s) for s in segs] == [(0.0, 10.0), (10.0, 20.0), (20.0, 25.0)]
-    waves = [prepare_wave(s.samples, s.sample_rate_hz, BAND)[0] for s in segs]
+    plan = plan_segments(probe(p).frames, sr, BAND.segment)  # what monitor run reads, by seeking
+    assert [(a / sr, b / sr) for _, a, b in plan] == [(0.0, 10.0), (10.0, 20.0), (20.0, 25.0)]
+    waves = [prepare_wave(read_frames(p, a, b), sr, BAND)[0] for _, a, b in plan]
     batch = features(waves, BAND)
     assert batch.shape == (3, 1024, 128) and batch.dtype == torch.float32
     for k, (start_s, end_s) in enumerate([(0, 10), (10, 20), (20, 25)]):
