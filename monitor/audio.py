@@ -1,8 +1,9 @@
-"""Decoding and the signal stages, as pure functions on arrays.
+"""Decoding and the signal stages at the recorder's rate, as pure functions on arrays.
 
 ``probe`` reads a header, ``read_frames`` decodes a span by seeking (never the whole file), and
-``plan_segments`` cuts a file into windows in exact integer frames. ``to_mono``, ``sanitize``,
-``resample`` and ``bandpass`` are pure functions on ``(samples,)`` / ``(samples, channels)`` float arrays.
+``plan_segments`` cuts a file into windows in exact integer frames. ``to_mono``, ``sanitize`` and
+``resample`` (to the model's rate) are pure functions on ``(samples,)`` / ``(samples, channels)`` float
+arrays: steps 1-3 of the front end, before ``frontend.FrontEnd``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.config import SegmentConfig
+from monitor.config import MODEL_RATE_HZ, SegmentConfig
 from monitor.remote import is_url, open_input
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def sanitize(x: np.ndarray) -> tuple[np.ndarray, int]:
     return x, n
 
 
-def resample(x: np.ndarray, sr_in_hz: int, sr_out_hz: int = 16000, method: str = "poly") -> np.ndarray:
+def resample(x: np.ndarray, sr_in_hz: int, sr_out_hz: int = MODEL_RATE_HZ, method: str = "poly") -> np.ndarray:
     """Anti-aliased resampling along axis 0 of (n,) or (n, channels) -> float32 at ``sr_out_hz``.
 
     ``poly``: ``scipy.signal.resample_poly`` (Kaiser-windowed FIR, up/down reduced by their gcd), so
@@ -210,61 +211,3 @@ def _decimate(x: np.ndarray, down: int) -> np.ndarray:
         if threads > 1:
             torch.set_num_threads(threads)
     return out[:n_out]
-
-
-@functools.lru_cache(maxsize=64)
-def _design(sr_hz: int, low_hz: float | None, high_hz: float | None, order: int):
-    """(sos, zi) of the Butterworth band, or None when both edges are off; designed once per band
-    (the design and ``sosfilt_zi`` cost a fifth of the whole front end when redone per segment)."""
-    from scipy.signal import butter, sosfilt_zi
-
-    nyq = sr_hz / 2.0
-    lo = low_hz if low_hz is not None and low_hz > 0 else None
-    hi = high_hz if high_hz is not None and high_hz < nyq else None
-    if lo is not None and lo >= nyq:
-        raise ValueError(f"band low edge {lo} Hz is at or above Nyquist ({nyq} Hz)")
-    if lo is None and hi is None:
-        return None
-    if lo is not None and hi is not None:
-        sos = butter(order, [lo, hi], btype="bandpass", fs=sr_hz, output="sos")
-    elif lo is not None:
-        sos = butter(order, lo, btype="highpass", fs=sr_hz, output="sos")
-    else:
-        sos = butter(order, hi, btype="lowpass", fs=sr_hz, output="sos")
-    return sos, sosfilt_zi(sos)  # shared by every call: never modified (scipy's sosfilt needs them writable)
-
-
-def sosfiltfilt0(sos: np.ndarray, zi: np.ndarray, x: np.ndarray, padlen: int) -> np.ndarray:
-    """``scipy.signal.sosfiltfilt(sos, x.astype(float64), axis=0, padlen=padlen)`` (odd padding), step for
-    step, with ``zi = sosfilt_zi(sos)`` given instead of recomputed: the same numbers, bit for bit (tested).
-    ``x`` may be float32; it is widened while padding. Returns float64."""
-    from scipy.signal import sosfilt
-
-    if padlen > 0:
-        if x.shape[0] <= padlen:
-            raise ValueError(f"the input must be longer than padlen={padlen} samples")
-        ends = x[[0, -1]].astype(np.float64)
-        left = 2 * ends[0:1] - x[padlen:0:-1].astype(np.float64)
-        right = 2 * ends[1:2] - x[-2:-(padlen + 2):-1].astype(np.float64)
-        ext = np.concatenate((left, x, right), axis=0, dtype=np.float64)  # one pass, float32 -> float64
-    else:
-        ext = np.asarray(x, dtype=np.float64)
-    zi = zi.reshape([zi.shape[0], 2] + [1] * (x.ndim - 1))
-    y, _ = sosfilt(sos, ext, axis=0, zi=zi * ext[0:1])
-    y, _ = sosfilt(sos, y[::-1], axis=0, zi=zi * y[-1:])
-    y = y[::-1]
-    return y[padlen:-padlen] if padlen > 0 else y
-
-
-def bandpass(x: np.ndarray, sr_hz: int, low_hz: float | None, high_hz: float | None, order: int = 6) -> np.ndarray:
-    """Zero-phase Butterworth band/low/high-pass (SOS, ``sosfiltfilt``) along axis 0.
-
-    ``None`` (or 0 for the low edge, or >= Nyquist for the high edge) turns an edge off; both off
-    returns ``x`` unchanged. Zero phase doubles the attenuation in dB (the filter runs twice).
-    """
-    d = _design(int(sr_hz), low_hz, high_hz, int(order))
-    if d is None or len(x) == 0:
-        return np.asarray(x, dtype=np.float32)
-    sos, zi = d
-    padlen = min(3 * (2 * len(sos) + 1), max(0, len(x) - 1))
-    return sosfiltfilt0(sos, zi, np.asarray(x), padlen).astype(np.float32)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from monitor.config import Preprocess
+from monitor.frontend import front_end, prepare_wave
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,13 @@ def read_region(path: str, start_s: float, end_s: float, sample_rate_hz: int | N
 def region_features(path: str, start_s: float, end_s: float, pre: Preprocess,
                     sample_rate_hz: int | None = None) -> tuple[np.ndarray, int]:
     """One segment -> (un-normalised features (target_frames, mel) float32, real frames)."""
-    from monitor.frontend import features, prepare_wave
-
     x, sr = read_region(path, start_s, end_s, sample_rate_hz)
     if x.shape[0] == 0:
         raise ValueError(f"{path}: no audio at {start_s:.2f}-{end_s:.2f} s")
     wave, _ = prepare_wave(x, sr, pre)
-    fb = pre.fbank
-    win = int(pre.resample.sample_rate_hz * fb.frame_length_ms * 0.001)
-    hop = int(pre.resample.sample_rate_hz * fb.frame_shift_ms * 0.001)
-    n_real = 0 if len(wave) < win else 1 + (len(wave) - win) // hop
-    feats = features([wave], pre, normalize=False)[0].numpy()
-    return feats.astype(np.float32, copy=False), min(n_real, fb.target_frames)
+    front = front_end(pre)
+    feats = front(wave[None], normalize=False)[0].numpy()
+    return feats.astype(np.float32, copy=False), min(front.fbank.frames(len(wave)), pre.fbank.target_frames)
 
 
 class FbankCache:
