@@ -3,8 +3,8 @@
 ``decode_task`` reads each span of a task by seeking (never a whole file) and returns one row per
 segment: features (the whole front end: ``prepare_wave``, then ``frontend.FrontEnd`` on the CPU) on a
 CPU run, or 16 kHz waves (``prepare_wave`` only) for the same ``FrontEnd`` on the scoring device on a
-GPU run. A span that cannot be decoded keeps its rows, zero-filled, with its
-reason. ``WorkerPool`` runs tasks in spawned worker processes (or in process with 0 workers).
+GPU run. A span that cannot be decoded keeps its rows, zero-filled, with its reason. ``WorkerPool`` runs
+tasks in spawned worker processes (or in process with 0 workers).
 """
 
 from __future__ import annotations
