@@ -44,8 +44,13 @@ def _batch_size(text: str) -> int | str:
 
 
 def _input(text: str) -> Path | str:
-    """A local folder (``Path``) or an fsspec URL (kept as a string)."""
-    return text if "://" in text else Path(text)
+    """A local folder (``Path``, which must exist: said at once, before anything heavy is imported) or an fsspec
+    URL (kept as a string, checked when the run opens it)."""
+    if "://" in text:
+        return text
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"input folder not found: {text}")
+    return Path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,8 @@ from monitor.errors import MonitorError
 
 T = TypeVar("T")
 
+MODEL_RATE_HZ = 16000  # the rate every model's front end runs at: waves are resampled to it before band and fbank
+
 
 class ConfigError(MonitorError, ValueError):
     """A bad configuration; the message is one line that says what to fix."""

@@ -23,6 +23,7 @@ import numpy as np
 from monitor.config import Preprocess
 from monitor.device import autocast_dtype, resolve_precision
 from monitor.errors import MonitorError
+from monitor.frontend import front_end
 from monitor.int8 import prepare_int8
 from monitor.plan import BatchScores, Rows, slice_rows
 
@@ -71,7 +72,7 @@ class Scorer:
 
     ``tasks``: per model, ``multilabel`` (sigmoid) or ``multiclass`` (softmax over labels). The one
     scorer of ``monitor run`` and of training's validation (``Scorer.for_model``). ``pre``: the front
-    end for batches of 16 kHz waves (``devfront`` on this device); features need none.
+    end for batches of 16 kHz waves (``frontend.FrontEnd`` on this device); features need none.
 
     ``scorer(feats)`` scores synchronously. ``submit(rows)`` / ``collect(pending)`` is the pipelined
     form: on CUDA, ``submit`` fills a pinned host buffer, copies it on a side stream without blocking
@@ -193,8 +194,6 @@ class Scorer:
         pad = n if self.precision == "int8" else max(n, self.batch_size)
         data = torch.from_numpy(np.ascontiguousarray(rows.data, dtype=np.float32))
         if rows.data.ndim == 2:  # waves: the front end runs here, on the real rows only
-            from monitor.devfront import device_features
-
             if self.pre is None:
                 raise ValueError("a scorer given waves needs the front end's settings (pre)")
             fb = self.pre.fbank
@@ -204,7 +203,7 @@ class Scorer:
                 data = self._to_device(host)
             out = torch.zeros((pad, fb.target_frames, fb.num_mel_bins), dtype=torch.float32, device=self._dev)
             lengths = rows.lengths if rows.lengths is not None else [data.shape[1]] * n
-            return device_features(data, lengths, self.pre, out=out)
+            return front_end(self.pre, self.device)(data, lengths, out=out)
         if not self._cuda:
             if pad == n:
                 return data
