@@ -23,9 +23,7 @@ SCHEMA_VERSION = 3
 FILE_COLUMNS = ("deployment, file, size, mtime_ns, model_hash, status, reason, metadata, n_segments, nonfinite, "
                 "done_at, input_dir, missing_since, fingerprint, card")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files (
+_FILE_FIELDS = """  -- a file's row, in files and in the prune archive
     deployment TEXT NOT NULL, file TEXT NOT NULL,
     size INTEGER, mtime_ns INTEGER, model_hash TEXT,
     status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
@@ -37,7 +35,12 @@ CREATE TABLE IF NOT EXISTS files (
     missing_since TEXT,
     fingerprint TEXT NOT NULL DEFAULT '',
     card INTEGER,
-    PRIMARY KEY (deployment, file)
+"""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+{files}    PRIMARY KEY (deployment, file)
 );
 CREATE TABLE IF NOT EXISTS segments (
     deployment TEXT NOT NULL, file TEXT NOT NULL, segment INTEGER NOT NULL,
@@ -70,18 +73,7 @@ CREATE TABLE IF NOT EXISTS cards (
     first_scan TEXT NOT NULL, last_scan TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pruned_files (
-    deployment TEXT NOT NULL, file TEXT NOT NULL,
-    size INTEGER, mtime_ns INTEGER, model_hash TEXT,
-    status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
-    metadata TEXT NOT NULL DEFAULT '{}',
-    n_segments INTEGER NOT NULL DEFAULT 0,
-    nonfinite INTEGER NOT NULL DEFAULT 0,
-    done_at TEXT,
-    input_dir TEXT NOT NULL DEFAULT '',
-    missing_since TEXT,
-    fingerprint TEXT NOT NULL DEFAULT '',
-    card INTEGER,
-    pruned_at TEXT NOT NULL, why TEXT NOT NULL DEFAULT ''
+{files}    pruned_at TEXT NOT NULL, why TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS pruned_segments (
     deployment TEXT NOT NULL, file TEXT NOT NULL, segment INTEGER NOT NULL,
@@ -102,7 +94,7 @@ CREATE INDEX IF NOT EXISTS files_by_card ON files(card);
 CREATE TABLE IF NOT EXISTS moves (
     deployment_from TEXT NOT NULL, file TEXT NOT NULL, deployment_to TEXT NOT NULL, moved_at TEXT NOT NULL
 );
-"""
+""".replace("{files}", _FILE_FIELDS)
 
 
 def statements(script: str) -> list[str]:
