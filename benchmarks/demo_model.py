@@ -5,7 +5,7 @@ recipe's held-out recordings.
                                     [--set SECTION.KEY=VALUE ...]
 
 Same data, segments, front end and grouped validation split as ``monitor train`` (``split.val_files``).
-- each bundle scores the validation segments exactly as ``monitor run`` does (``engine.predict``, which
+- each bundle scores the validation segments exactly as ``monitor run`` does (``train.evaluate.predict``, which
   uses ``monitor.infer.Scorer``), with its own normalisation stats; its training wall time comes from
   the bundle's provenance (``train_wall_s``; older bundles: the sum of epoch times, marked ``*``);
 - the baseline: each segment's log-mel mean and std over time (2 x 128 numbers, padding excluded),
@@ -70,7 +70,7 @@ def score_bundle(model: str, ds: SegmentDataset, indices: np.ndarray) -> np.ndar
     """(n, labels) scores of the bundle on ``ds[indices]``, in the bundle's label order."""
     from monitor.model.bundle import load_bundle
     from monitor.train.dataset import preprocess_hash
-    from monitor.train.engine import predict
+    from monitor.train.evaluate import predict
 
     b = load_bundle(model)
     if list(b.labels) != ds.labels:

@@ -2,12 +2,12 @@
 
 Real clips from ../shared/data/clips (frog MP3/WAV and bird FLAC), cut into 10 s segments.
 
-``throughput`` (segments/s): a few warm steps then ``--steps`` timed optimiser steps with the engine's
+``throughput`` (segments/s): a few warm steps then ``--steps`` timed optimiser steps with the fit loop's
 own pieces (SegmentDataset -> DataLoader -> augment_batch -> AST forward/backward -> AdamW step).
 Cache off: every segment is decoded and run through the shared front end each time. Cache on: the
 fbank cache is filled first (untimed), as from epoch 2 onwards.
 
-``frozen``: ``engine.fit`` with ``model.freeze: head`` for ``--head-epochs`` epochs, with the embedding
+``frozen``: ``train.fit.fit`` with ``model.freeze: head`` for ``--head-epochs`` epochs, with the embedding
 cache (the frozen backbone runs once per segment, the head trains on its outputs) and without it
 (the whole AST forward every step); both with the fbank cache filled first, so only the model differs.
 Wall time of ``fit`` itself (the path ``monitor train`` runs), and the seconds per extra epoch.
@@ -40,7 +40,7 @@ SHARED = Path(os.environ.get("MONITOR_SHARED", REPO.parent / "shared"))
 def segment_table(n: int):
     """``n`` 10 s segments, alternating frog and bird recordings."""
     from monitor.config import SegmentConfig
-    from monitor.train.data import from_folders
+    from monitor.train.sources import from_folders
 
     table, labels = from_folders(SHARED / "data" / "clips", SegmentConfig(10.0, 10.0, 5.0))
     frog = table[table["labels"] == ("frog",)].head(n // 2)
@@ -60,7 +60,7 @@ def measure(table, labels, *, size: str, depth: int, stride: int, frames: int, b
     from monitor.train.augment import augment_batch
     from monitor.train.config import build_config
     from monitor.train.dataset import SegmentDataset, collate
-    from monitor.train.engine import amp_dtype, make_optimizer
+    from monitor.train.optim import amp_dtype, make_optimizer
     from monitor.train.losses import make_loss
 
     cfg = build_config({"augment": {"freqm": 48, "timem": 192, "mixup": 0.5}, "optim": {"lr": 1e-4},
@@ -100,10 +100,10 @@ def measure(table, labels, *, size: str, depth: int, stride: int, frames: int, b
 
 def frozen_head(table, labels, *, size: str, depth: int, stride: int, frames: int, epochs: int, device: str,
                 tmp: str) -> dict[str, float]:
-    """Wall seconds of ``engine.fit`` (freeze: head) with and without the embedding cache, and per extra epoch."""
+    """Wall seconds of ``train.fit.fit`` (freeze: head) with and without the embedding cache, and per extra epoch."""
     from monitor.train.config import build_config
     from monitor.train.dataset import SegmentDataset
-    from monitor.train.engine import fit
+    from monitor.train.fit import fit
 
     cache = str(Path(tmp) / "fbank")
     raw = {"model": {"size": size, "depth": depth, "fstride": stride, "tstride": stride, "init": "scratch",
@@ -132,7 +132,7 @@ def checkpoint_sizes(table, labels, *, size: str, frames: int, device: str, tmp:
     """MB of ``checkpoints/last.pt`` after one optimiser step (full and frozen backbone), and of the fp32 weights."""
     from monitor.model.ast import AST, count_parameters
     from monitor.train.config import build_config
-    from monitor.train.engine import fit
+    from monitor.train.fit import fit
 
     out = {}
     for freeze in ("full", "head"):

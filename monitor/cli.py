@@ -45,8 +45,13 @@ def _batch_size(text: str) -> int | str:
 
 
 def _input(text: str) -> Path | str:
-    """A local folder (``Path``) or an fsspec URL (kept as a string)."""
-    return text if "://" in text else Path(text)
+    """A local folder (``Path``, which must exist: said at once, before anything heavy is imported) or an fsspec
+    URL (kept as a string, checked when the run opens it)."""
+    if "://" in text:
+        return text
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"input folder not found: {text}")
+    return Path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--deployment", default=None, metavar="NAME",
                    help="name this card's deployment (default: each file's recorder ID, else its top folder)")
     r.add_argument("--prune", action="store_true",
-                   help="remove the results of files no longer on this card, and replace changed files' results")
+                   help="archive the results of files no longer on this card (listed; `monitor report OUT "
+                        "--restore-pruned` brings them back), and replace changed files' results")
+    r.add_argument("--move", action="store_true",
+                   help="with --deployment (or a deployments table): re-file files of this card already stored under "
+                        "another deployment, with their verdicts, instead of refusing")
     r.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local: this machine; ray: decode in Ray tasks, score in Ray actors (pip install "
                         "'monitor[ray]'; see README 'Past one machine')")
@@ -134,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep only these labels in every output ('all' for every label)")
     rp.add_argument("--deployments", type=Path, default=None, metavar="CSV",
                     help="a new deployments table: time zones and places (deployment names stay as assigned)")
+    rp.add_argument("--restore-pruned", action="store_true",
+                    help="bring back results that --prune archived (where nothing newer took their place)")
 
     rc = sub.add_parser("recipes", help="list, show or copy the packaged training recipes")
     rsub = rc.add_subparsers(dest="recipes_command", metavar="ACTION")
@@ -191,51 +202,56 @@ def _quote(s: str) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """``monitor run``: log file in OUT_DIR, one-line errors, summary on stdout."""
+    """``monitor run``: one-line errors (also in OUT's monitor.log when OUT exists), summary on stdout."""
     from monitor.config import RunConfig
     from monitor.errors import MonitorError
     from monitor.logs import add_log_file
-    from monitor.outdir import check_folders
+    from monitor.outdir import LOG_NAME, is_out
     from monitor.pipeline import run
 
+    dst = Path(args.out).expanduser().resolve()
+    if is_out(dst):  # errors and this command go into its log; a new OUT is only made once the run can start
+        add_log_file(dst / LOG_NAME)
     command = " ".join(["monitor", *map(_quote, sys.argv[1:])])
-    cfg = RunConfig(args.input_dir, args.out, models=args.model, device=args.device, batch_size=args.batch_size,
-                    workers=args.workers, precision=args.precision, compile=args.compile,
-                    thresholds=dict(args.threshold), labels=None if args.labels is None else [args.labels],
-                    deployment=args.deployment, deployments=args.deployments, resume=not args.no_resume,
-                    prune=args.prune, engine=args.engine, address=args.address, actors=args.actors,
-                    gpus_per_actor=args.gpus_per_actor, stall_warn_s=args.stall_warn, stall_stop_s=args.stall_stop,
-                    progress_every_s=args.progress_every, command=command)
-    src, dst = check_folders(cfg.input_dir, cfg.out_dir)
-    if add_log_file(dst / "monitor.log") is None:
-        raise MonitorError(f"cannot write {dst / 'monitor.log'}; choose another --out")
     log.info("monitor %s: %s", __version__, command)
     try:
+        cfg = RunConfig(args.input_dir, args.out, models=args.model, device=args.device, batch_size=args.batch_size,
+                        workers=args.workers, precision=args.precision, compile=args.compile,
+                        thresholds=dict(args.threshold), labels=None if args.labels is None else [args.labels],
+                        deployment=args.deployment, deployments=args.deployments, resume=not args.no_resume,
+                        prune=args.prune, move=args.move, engine=args.engine, address=args.address,
+                        actors=args.actors, gpus_per_actor=args.gpus_per_actor, stall_warn_s=args.stall_warn,
+                        stall_stop_s=args.stall_stop, progress_every_s=args.progress_every, command=command)
         info = run(cfg)
     except MonitorError:
+        if is_out(dst):  # the run got as far as making OUT: its log says why it stopped
+            add_log_file(dst / LOG_NAME)
         raise
     except Exception as exc:  # unexpected: full detail to the log file, one line to the user
+        if is_out(dst):
+            add_log_file(dst / LOG_NAME)
         log.debug("run failed", exc_info=True)
-        raise MonitorError(f"unexpected error: {exc} (details in {dst / 'monitor.log'})") from None
+        raise MonitorError(f"unexpected error: {exc} (details in {dst / LOG_NAME})") from None
     for line in info.summary_lines():
         print(f"monitor: {line}")
-    print(f"monitor: reports in {dst} (report.xlsx, detections.csv, recordings.csv)")
+    side = "" if info.workbook == "report.xlsx" else " (report.xlsx is open or unreadable: it was left as it was)"
+    print(f"monitor: reports in {dst} ({info.workbook}{side}, detections.csv, recordings.csv)")
     return 0
 
 
-def report_command(out_dir: Path, thresholds: dict[str, float], deployments: Path | None = None,
-                   labels: list[str] | None = None) -> int:
+def report_command(args: argparse.Namespace) -> int:
     """``monitor report OUT_DIR``: rebuild every report from the results store with (new) thresholds."""
     from monitor.logs import add_log_file
-    from monitor.outdir import rebuild_reports
-    from monitor.store import STORE_NAME
+    from monitor.outdir import LOG_NAME, is_out, rebuild_reports
 
-    if (Path(out_dir) / STORE_NAME).is_file():
-        add_log_file(Path(out_dir) / "monitor.log")
-    info = rebuild_reports(Path(out_dir), dict(thresholds), deployments, labels)
+    out_dir = Path(args.out_dir)
+    if is_out(out_dir):
+        add_log_file(out_dir / LOG_NAME)
+    info = rebuild_reports(out_dir, dict(args.threshold), args.deployments,
+                           None if args.labels is None else [args.labels], restore_pruned=args.restore_pruned)
     thr = info.thresholds
     shown = ", ".join(f"{k}={v:g}" for k, v in list(thr.items())[:12]) + (" ..." if len(thr) > 12 else "")
-    print(f"monitor: reports rebuilt in {out_dir}: {info.counts.get('detections', '?')} detections"
+    print(f"monitor: reports rebuilt in {out_dir} ({info.workbook}): {info.counts.get('detections', '?')} detections"
           + (f" (thresholds {shown})" if thr else ""))
     for line in info.summary_lines()[1:]:
         print(f"monitor: {line}")
@@ -254,10 +270,9 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         return train_command(args)
     if args.command == "report":
-        return report_command(args.out_dir, dict(args.threshold), args.deployments,
-                              None if args.labels is None else [args.labels])
+        return report_command(args)
     if args.command == "recipes":
-        from monitor.resources import recipes_command
+        from monitor.train.recipes import recipes_command
 
         return recipes_command(args)
     if args.command == "example-card":
@@ -285,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(_dispatch(args, parser) or 0)
     except MonitorError as exc:
-        print(f"monitor: error: {exc}", file=sys.stderr)
+        from monitor.logs import error
+
+        error(str(exc))
         return 2
     except KeyboardInterrupt:
         print("monitor: interrupted; finished files are saved: run the same command again to resume",

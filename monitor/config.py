@@ -18,6 +18,8 @@ from monitor.errors import MonitorError
 
 T = TypeVar("T")
 
+MODEL_RATE_HZ = 16000  # the rate every model's front end runs at: waves are resampled to it before band and fbank
+
 
 class ConfigError(MonitorError, ValueError):
     """A bad configuration; the message is one line that says what to fix."""
@@ -164,10 +166,11 @@ class RunConfig:
     ``thresholds``: label -> threshold (``all`` sets every label), kept in ``out_dir`` for later runs;
     ``labels``: labels kept in every output (``["all"]``: every label); ``deployment``: this card's
     deployment name; ``deployments``: a deployments table (CSV); ``resume=False`` re-scores this card's
-    files; ``prune`` removes results of files no longer on the card; ``engine``: ``local`` or ``ray``
-    (``address``, ``actors``, ``gpus_per_actor``, ``stall_warn_s``, ``stall_stop_s`` are Ray's: None is
-    ``STALL_WARN_S``/``STALL_STOP_S``); ``progress``: None shows a bar on a terminal and progress lines every
-    ``progress_every_s`` elsewhere (0: no lines).
+    files; ``prune`` archives results of files no longer on the card; ``move`` re-files files already stored
+    under another deployment (else refused); ``engine``: ``local`` or ``ray`` (``address``, ``actors``,
+    ``gpus_per_actor``, ``stall_warn_s``, ``stall_stop_s`` are Ray's: None is ``STALL_WARN_S``/``STALL_STOP_S``);
+    ``progress``: None shows a bar on a terminal and progress lines every ``progress_every_s`` elsewhere (0: no
+    lines).
     """
 
     input_dir: Path | str
@@ -184,6 +187,7 @@ class RunConfig:
     deployments: Path | str | None = None
     resume: bool = True
     prune: bool = False
+    move: bool = False
     engine: str = "local"
     address: str | None = None
     actors: int | None = None

@@ -92,6 +92,7 @@ class Deployment:
     longitude: float | None = None
     start: str = ""
     end: str = ""
+    line: int = 0  # the row's line in the CSV (messages name it)
 
     @property
     def tz(self) -> tzinfo | None:
@@ -125,6 +126,28 @@ class Deployment:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def interval(self) -> tuple[datetime | None, datetime | None]:
+        """``[start, end)`` as wall-clock times of the deployment's zone (None: open)."""
+        lo, hi = self._bound(self.start), self._bound(self.end)
+        tz = self.tz
+        return tuple(None if b is None else (b.astimezone(tz) if tz is not None and b.tzinfo is not None else b
+                                             ).replace(tzinfo=None) for b in (lo, hi))  # type: ignore[return-value]
+
+    def can_match_same_file(self, other: "Deployment") -> bool:
+        """True when both rows pick the same recorder (the same device_id, folders compatible; or, without
+        device_ids, the same folder) at overlapping times: the second row could never match its files."""
+        def same(a: str, b: str) -> bool:
+            return a.casefold() == b.casefold()
+
+        if self.device_id or other.device_id:
+            if not (same(self.device_id, other.device_id) and (not self.folder or not other.folder
+                                                               or same(self.folder, other.folder))):
+                return False
+        elif not same(self.folder, other.folder):
+            return False
+        (a0, a1), (b0, b1) = self.interval(), other.interval()
+        return (a1 is None or b0 is None or b0 < a1) and (b1 is None or a0 is None or a0 < b1)
 
 
 def to_local(start: datetime | None, tz: tzinfo | None) -> datetime | None:
@@ -217,10 +240,32 @@ def read_deployments(path: Path | str) -> DeploymentTable:
                     except ValueError:
                         raise MonitorError(f"{path}, line {i}: {k} {r[k]!r} is not a date/time like "
                                            "2024-04-01 or 2024-04-01T18:00") from None
-            rows.append(Deployment(r["deployment"], r.get("device_id", ""), r.get("folder", ""), tz,
-                                   _float(r.get("latitude"), "latitude", i, path),
-                                   _float(r.get("longitude"), "longitude", i, path), r.get("start", ""),
-                                   r.get("end", "")))
+            row = Deployment(r["deployment"], r.get("device_id", ""), r.get("folder", ""), tz,
+                             _float(r.get("latitude"), "latitude", i, path),
+                             _float(r.get("longitude"), "longitude", i, path), r.get("start", ""),
+                             r.get("end", ""), line=i)
+            check_row(row, path)
+            rows.append(row)
     if not rows:
         raise MonitorError(f"{path}: the deployments table has no rows")
+    for j, b in enumerate(rows):
+        for a in rows[:j]:
+            if a.can_match_same_file(b):
+                who = f"device {a.device_id or b.device_id}" if a.device_id or b.device_id else \
+                    f"folder {a.folder or b.folder}"
+                raise MonitorError(f"{path}, lines {a.line} and {b.line}: both rows match files of {who} at the same "
+                                   "times; give each its own start/end (times that do not overlap)")
     return DeploymentTable(rows)
+
+
+def check_row(row: Deployment, path: Path) -> None:
+    """One row's own mistakes, as a one-line ``MonitorError`` naming its line."""
+    where = f"{path}, line {row.line}"
+    if not row.device_id and not row.folder:
+        raise MonitorError(f"{where}: give a device_id or a folder (a row with neither would match every file)")
+    for name, value, limit in (("latitude", row.latitude, 90.0), ("longitude", row.longitude, 180.0)):
+        if value is not None and not -limit <= value <= limit:
+            raise MonitorError(f"{where}: {name} {value:g} is outside -{limit:g}..{limit:g} (decimal degrees)")
+    lo, hi = row.interval()
+    if lo is not None and hi is not None and not lo < hi:
+        raise MonitorError(f"{where}: start {row.start} is not before end {row.end}")

@@ -87,7 +87,7 @@ class LocalEngine:
     ``batch_size``: an int, or ``auto`` (16 on a CPU; from free GPU memory, see
     ``Scorer.probe_batch_size``). ``devices``: where to score (default: every GPU for ``cuda``).
     ``frontend``: where fbank runs: ``cpu`` (in the workers), ``device`` (batched on the scoring
-    device, ``devfront``), ``auto`` (device on a GPU). ``compile``: ``torch.compile`` the models.
+    device, ``frontend.FrontEnd`` there), ``auto`` (device on a GPU). ``compile``: ``torch.compile`` the models.
     """
 
     name = "local"

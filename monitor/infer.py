@@ -11,6 +11,7 @@ with one thread per device.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -22,6 +23,7 @@ import numpy as np
 from monitor.config import Preprocess
 from monitor.device import autocast_dtype, resolve_precision
 from monitor.errors import MonitorError
+from monitor.frontend import front_end
 from monitor.int8 import prepare_int8
 from monitor.plan import BatchScores, Rows, slice_rows
 
@@ -70,7 +72,7 @@ class Scorer:
 
     ``tasks``: per model, ``multilabel`` (sigmoid) or ``multiclass`` (softmax over labels). The one
     scorer of ``monitor run`` and of training's validation (``Scorer.for_model``). ``pre``: the front
-    end for batches of 16 kHz waves (``devfront`` on this device); features need none.
+    end for batches of 16 kHz waves (``frontend.FrontEnd`` on this device); features need none.
 
     ``scorer(feats)`` scores synchronously. ``submit(rows)`` / ``collect(pending)`` is the pipelined
     form: on CUDA, ``submit`` fills a pinned host buffer, copies it on a side stream without blocking
@@ -124,6 +126,30 @@ class Scorer:
             x = self._features_on_device(Rows(0, feats, np.zeros(n, np.int64), ("",) * n))
             return [lg[:n].cpu() for lg in self._forward(x)]
 
+    def embed(self, feats: np.ndarray) -> list:
+        """``feats`` (n, T, F) features or (n, samples) 16 kHz waves, any n -> per model, float32 embeddings
+        ``(n, width)`` on the CPU: ``m.forward_head(m.forward_features(x), pre_logits=True)`` (timm's names; for
+        an AST the pooled tokens ``mlp_head`` sees). As ``logits`` computes: in zero-padded batches of
+        ``batch_size`` (int8: one segment per call), the same device and autocast, so an embedding never
+        depends on its batch-mates."""
+        import torch
+
+        dtype = None if self.precision == "int8" else autocast_dtype(self.precision)
+        parts: list[list] = [[] for _ in self.models]
+        with torch.inference_mode():
+            for k in range(0, feats.shape[0], self.batch_size):
+                n = min(self.batch_size, feats.shape[0] - k)
+                x = self._features_on_device(Rows(0, feats[k:k + n], np.zeros(n, np.int64), ("",) * n))
+                step = 1 if self.precision == "int8" else x.shape[0]
+                for out, m in zip(parts, self.models):
+                    amp = contextlib.nullcontext() if dtype is None else torch.autocast(self._dev.type, dtype=dtype)
+                    with amp:
+                        e = torch.cat([m.forward_head(m.forward_features(x[i:i + step]), pre_logits=True)
+                                       for i in range(0, x.shape[0], step)])
+                    out.append(e[:n].float().cpu())
+        return [torch.cat(p) if p else torch.zeros((0, getattr(m, "num_features", 0)))
+                for p, m in zip(parts, self.models)]
+
     def __call__(self, feats: np.ndarray) -> np.ndarray:
         """``feats`` (n <= batch_size, T, F) -> scores (n, labels).
 
@@ -168,8 +194,6 @@ class Scorer:
         pad = n if self.precision == "int8" else max(n, self.batch_size)
         data = torch.from_numpy(np.ascontiguousarray(rows.data, dtype=np.float32))
         if rows.data.ndim == 2:  # waves: the front end runs here, on the real rows only
-            from monitor.devfront import device_features
-
             if self.pre is None:
                 raise ValueError("a scorer given waves needs the front end's settings (pre)")
             fb = self.pre.fbank
@@ -179,7 +203,7 @@ class Scorer:
                 data = self._to_device(host)
             out = torch.zeros((pad, fb.target_frames, fb.num_mel_bins), dtype=torch.float32, device=self._dev)
             lengths = rows.lengths if rows.lengths is not None else [data.shape[1]] * n
-            return device_features(data, lengths, self.pre, out=out)
+            return front_end(self.pre, self.device)(data, lengths, out=out)
         if not self._cuda:
             if pad == n:
                 return data

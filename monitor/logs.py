@@ -18,11 +18,25 @@ QUIET_LOGGERS = ("matplotlib", "PIL", "numba", "urllib3", "filelock", "fsspec", 
 
 
 class _ConsoleFormatter(logging.Formatter):
-    """One line per message on the terminal: tracebacks go only to the log file."""
+    """One line per message on the terminal, in one style (``monitor: warning: ...``); tracebacks go only to
+    the log file."""
+
+    PREFIX = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
+
+    def __init__(self, prefix: str = "monitor: ") -> None:
+        super().__init__("%(message)s")
+        self.prefix = prefix
 
     def format(self, record: logging.LogRecord) -> str:
         record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
-        return super().format(record)
+        return self.prefix + self.PREFIX.get(record.levelno, "") + super().format(record)
+
+
+class _NotSaid(logging.Filter):
+    """Drops records that ``say``/``error`` already printed (they still reach the log files)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "said", False)
 
 
 def quiet_third_party() -> None:
@@ -58,19 +72,23 @@ def files_only(names=("ray", "ray.data"), level: int = logging.INFO) -> None:
             h.addFilter(_NotFrom(names))
 
 
-class _NotPrinted(logging.Filter):
-    """Drops records that ``say``/``warn`` already printed (so ``-v`` does not show them twice)."""
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(record, "monitor_printed", False)
+
+def listing(items: list[str], shown: int = 5) -> str:
+    """The first ``shown`` items and how many more."""
+    head = ", ".join(items[:shown])
+    return head + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 _console_writer: Callable[[str], None] | None = None
 
 
 def set_console_writer(writer: Callable[[str], None] | None) -> None:
-    """While a progress bar is on the terminal, ``say``/``warn`` lines go through ``writer`` (the bar's own
-    ``write``, which prints above the bar instead of through it); ``None`` goes back to plain stderr."""
+    """While a progress bar is on the terminal (``progress.Progress``), ``say``/``warn``/``error`` lines go
+    through ``writer`` (the bar's own ``write``: above the bar, not through it); ``None``: plain stderr again."""
     global _console_writer
     _console_writer = writer
 
@@ -85,14 +103,24 @@ def _print(line: str) -> None:
 
 def say(msg: str) -> None:
     """A line for the person running the job (stderr, beside the progress bar, ``monitor: ...``) and the log."""
-    logging.getLogger("monitor").info("%s", msg, extra={"monitor_printed": True})
+    logging.getLogger("monitor").info("%s", msg, extra={"said": True})
     _print(f"monitor: {msg}")
 
 
+def error(msg: str) -> None:
+    """A whole-run failure in one line (``monitor: error: ...`` on stderr), also in the log files."""
+    logging.getLogger("monitor").error("%s", msg, extra={"said": True})
+    _print(f"monitor: error: {msg}")
+
+
 def warn(msg: str) -> None:
-    """``say`` for something that went wrong but did not stop the run: ``monitor: warning: ...``, logged at WARNING."""
-    logging.getLogger("monitor").warning("%s", msg, extra={"monitor_printed": True})
-    _print(f"monitor: warning: {msg}")
+    """A warning for the person running the job (``monitor: warning: ...``) and the log; above the progress
+    bar while one is shown."""
+    if _console_writer is not None:
+        logging.getLogger("monitor").warning("%s", msg, extra={"said": True})
+        _print(f"monitor: warning: {msg}")
+    else:
+        logging.getLogger("monitor").warning("%s", msg)
 
 
 def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None) -> None:
@@ -105,8 +133,8 @@ def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None)
         h.close()
     console = logging.StreamHandler(stream or sys.stderr)
     console.setLevel(logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG)
-    console.setFormatter(_ConsoleFormatter("%(levelname)s: %(message)s"))
-    console.addFilter(_NotPrinted())
+    console.setFormatter(_ConsoleFormatter())
+    console.addFilter(_NotSaid())
     root.addHandler(console)
     quiet_third_party()
     if log_file is not None:
@@ -120,10 +148,21 @@ def set_console_level(level: int) -> None:
             h.setLevel(level)
 
 
+def log_file_handler(path: Path) -> logging.Handler | None:
+    """The handler already writing to ``path``, if any."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == Path(path).resolve():
+            return h
+    return None
+
+
 def add_log_file(path: Path) -> logging.Handler | None:
     """Send full detail (tracebacks included) to ``path``; returns the handler, or None when the file
     cannot be opened (a read-only or full output folder: the caller reports that in one line)."""
     path = Path(path)
+    h = log_file_handler(path)
+    if h is not None:  # once per file
+        return h
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(path, encoding="utf-8")
@@ -150,7 +189,8 @@ def notebook_logging(level: int = logging.INFO) -> None:
     if not any(getattr(h, "_monitor_notebook", False) for h in root.handlers):
         h = logging.StreamHandler(sys.stdout)
         h.setLevel(level)
-        h.setFormatter(_ConsoleFormatter("%(message)s"))
+        h.setFormatter(_ConsoleFormatter(prefix=""))
+        h.addFilter(_NotSaid())
         h._monitor_notebook = True  # type: ignore[attr-defined]
         root.addHandler(h)
     quiet_third_party()

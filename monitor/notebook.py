@@ -14,8 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from monitor.audio import resample, to_mono
+from monitor.errors import MonitorError
+from monitor.logs import add_log_file, notebook_logging as _notebook_logging, remove_handler
+from monitor.model.bundle import load_bundle
+from monitor.model.checkpoints import PRETRAINED, checkpoint_path, pull
+from monitor.outdir import load_reviews, record_reviews
+from monitor.resources import example_card
+from monitor.train.cli import train as _train
+from monitor.train.config import config_yaml
+from monitor.train.recipes import load_recipe as _load_recipe
 
+log = logging.getLogger(__name__)
 
 
 def in_colab() -> bool:
@@ -38,9 +48,7 @@ WORK_NAME = "monitor-work"
 
 def notebook_logging() -> None:
     """Run summaries and per-epoch training metrics in the cell output (see ``monitor.logs``)."""
-    from monitor.logs import notebook_logging as _setup
-
-    _setup()
+    _notebook_logging()
 
 
 def work_folder(use_drive: bool = True, local_root: str | Path | None = None) -> Path:
@@ -61,12 +69,8 @@ def input_folder(input_dir: str | Path, work: str | Path) -> Path:
     if str(input_dir).strip():
         p = Path(input_dir).expanduser()
         if not p.is_dir():
-            from monitor.errors import MonitorError
-
             raise MonitorError(f"input folder not found: {p}")
         return p
-    from monitor.resources import example_card
-
     card = example_card(Path(work) / "example-card")
     print(f"recordings: the bundled example SD card, in {card}")
     return card
@@ -80,8 +84,6 @@ def report_folder(work: str | Path, name: str | Path) -> Path:
 
 def report_to_review(work: str | Path, name: str = "") -> Path:
     """``WORK/reports/<name>``, or (``name`` empty) the report written most recently in the work folder."""
-    from monitor.errors import MonitorError
-
     reports = Path(work) / "reports"
     if str(name).strip():
         out = reports / str(name).strip()
@@ -135,8 +137,6 @@ def detection_clip(out_dir: Path, row: int, pad_s: float = 0.0) -> Clip:
     import pandas as pd
     import soundfile as sf
 
-    from monitor.audio import to_mono
-
     out_dir = Path(out_dir)
     det = detections(out_dir).iloc[row]
     rec = pd.read_csv(out_dir / "recordings.csv", keep_default_na=False, dtype=str)
@@ -184,8 +184,6 @@ def listening_file(clip: Clip, folder: str | Path, name: str, max_rate_hz: int =
     import numpy as np
     import soundfile as sf
 
-    from monitor.audio import resample
-
     x = np.asarray(clip.samples, dtype=np.float32)[: int(max_s * clip.sample_rate_hz)]
     rate = clip.sample_rate_hz
     if rate > max_rate_hz:
@@ -220,15 +218,11 @@ def set_verified(out_dir: Path, row: int, value: str, notes: str | None = None) 
     The verdict goes into the results store, where every rebuilt report finds it, and the workbook
     is rebuilt; verdicts typed into the workbook meanwhile are read in first, never lost.
     """
-    from monitor.outdir import record_reviews
-
     record_reviews(Path(out_dir), {int(row): value}, None if notes is None else {int(row): notes})
 
 
 def describe_model(name_or_path: str) -> dict[str, Any]:
     """Print and return a bundle's labels, thresholds and band (fails in one line if it is not usable)."""
-    from monitor.model.bundle import load_bundle
-
     b = load_bundle(name_or_path)
     info = {"name": b.name, "version": b.version, "labels": b.labels, "thresholds": b.thresholds,
             "band_hz": (b.preprocessing.band.low_hz, b.preprocessing.band.high_hz), "path": str(b.path)}
@@ -252,9 +246,7 @@ def offer_download(path: str | Path):
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None):
     """A training recipe (a packaged recipe's name or a YAML file) with ``section.key=value`` overrides."""
-    from monitor.resources import load_recipe as _load
-
-    return _load(name_or_path, list(overrides or []))
+    return _load_recipe(name_or_path, list(overrides or []))
 
 
 DATA_SOURCES = ("folders", "annotations", "manifest", "report")
@@ -267,8 +259,6 @@ def _yaml_str(value: str | Path) -> str:
 
 
 def _existing(path: str | Path, what: str, hint: str) -> Path:
-    from monitor.errors import MonitorError
-
     p = Path(path).expanduser()
     if not str(path).strip() or not p.exists():
         raise MonitorError(f"{what} not found: {str(path) or '(empty)'}; {hint}")
@@ -286,8 +276,6 @@ def training_data(source: str, work: str | Path, *, root: str = "", annotations:
       report in the work folder); the recordings are found through its run.json unless ``root`` is given.
     """
     import json
-
-    from monitor.errors import MonitorError
 
     work = Path(work)
     if source not in DATA_SOURCES:
@@ -378,8 +366,6 @@ def training_recipe(recipe: str, data: list[str], work: str | Path, *, cpu_recip
 def pretrained_checkpoint(cfg) -> Path | None:
     """Download (once, into the cache) the published checkpoint the recipe starts from; None when it
     starts from scratch or from a local file. Same as ``monitor models pull NAME``."""
-    from monitor.model.checkpoints import PRETRAINED, checkpoint_path, pull
-
     m = cfg.model
     name = m.checkpoint or "audioset-10-10"
     if m.init != "audioset" or Path(name).expanduser().is_file() or name not in PRETRAINED:
@@ -398,10 +384,6 @@ def train(cfg, out_dir: str | Path, name: str) -> dict[str, Any]:
     checkpoint; a finished run (its bundle exported) is not trained again. A run folder that holds a
     run of another recipe is refused (choose a new NAME).
     """
-    from monitor.errors import MonitorError
-    from monitor.train.cli import train as _train
-    from monitor.train.config import config_yaml
-
     out_dir = Path(out_dir)
     saved = out_dir / "config.yaml"
     if saved.is_file() and saved.read_text(encoding="utf-8") != config_yaml(cfg):
@@ -415,8 +397,6 @@ def train(cfg, out_dir: str | Path, name: str) -> dict[str, Any]:
               "again)")
         prov = json.loads(bundle.read_text()).get("provenance", {})
         return {"bundle": bundle.parent, "metrics": (prov.get("metrics") or {}).get("summary"), "resumed": False}
-    from monitor.logs import add_log_file, remove_handler
-
     resume = out_dir.is_dir() and any(out_dir.iterdir())
     print(("resuming the run in " if resume else "new run in ") + str(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -487,14 +467,10 @@ def show_detection(out_dir: str | Path, row: int, pad_s: float = 1.0, clips_dir:
 def record_verdicts(out_dir: str | Path, verdicts: dict[int, str], notes: dict[int, str] | None = None) -> int:
     """Record several rows' verdicts (and notes) in the results store and rebuild the reports; returns how many
     changed."""
-    from monitor.outdir import record_reviews
-
     return record_reviews(Path(out_dir), {int(k): v for k, v in verdicts.items()},
                           {int(k): v for k, v in (notes or {}).items()})
 
 
 def reviewed(out_dir: str | Path):
     """Every verdict kept for this output folder (typed in the workbook or recorded here), one row each."""
-    from monitor.outdir import load_reviews
-
     return load_reviews(Path(out_dir))

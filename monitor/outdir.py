@@ -20,23 +20,26 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from monitor.deployments import DeploymentTable, read_deployments
 from monitor.detect import label_filter, match_label, resolve_thresholds
 from monitor.errors import MonitorError
+from monitor.fileio import atomic_write_text, sha256_file
+from monitor.logs import add_log_file, listing, log_file_handler, plural, remove_handler, say, warn
 from monitor.remote import check_input_url, is_url
 from monitor.report import write_reports
 from monitor.report.review_io import WorkbookUnreadable, lock_files, read_workbook_reviews
-from monitor.report.safe import atomic_path
-from monitor.results import VERIFIED_CHOICES, RunInfo, load_results, reviews_frame
-from monitor.store import STORE_NAME, DirLock, ResultsStore, Review
+from monitor.results import VERIFIED_CHOICES, Results, RunInfo, load_results, reviews_frame
+from monitor.store import STORE_NAME, DirLock, ResultsStore, Review, when
+from monitor.verdicts import normalize_verdict, unknown_text, unknown_words
 
 log = logging.getLogger(__name__)
 
 WORKBOOK = "report.xlsx"
+LOG_NAME = "monitor.log"
 FAILED_SHOWN = 5  # failed files named in the final summary (the rest are counted)
 
 
@@ -66,8 +69,16 @@ def check_folders(input_dir: Path | str, out_dir: Path | str) -> tuple[Path | st
     return src, dst
 
 
-def check_writable(dst: Path) -> None:
-    """Create ``dst`` if needed and prove a file can be written there; else one-line ``MonitorError``."""
+def check_writable(dst: Path, create: bool = False) -> None:
+    """Prove a file can be written in ``dst`` (``create``: make it first; else a folder that does not exist
+    yet is checked through its nearest existing parent, and nothing is created); else one-line ``MonitorError``."""
+    if not create and not dst.exists():
+        parent = next((p for p in dst.parents if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            why = "read-only file system" if parent is not None and os.statvfs(parent).f_flag & os.ST_RDONLY else \
+                f"{parent or dst} is not writable"
+            raise MonitorError(f"cannot create the output folder {dst} ({why}); choose another --out")
+        return
     try:
         dst.mkdir(parents=True, exist_ok=True)
         probe = dst / f".monitor-write-test.{os.getpid()}"
@@ -94,21 +105,31 @@ def os_reason(exc: OSError) -> str:
 
 @contextlib.contextmanager
 def open_out(out_dir: Path, *, create: bool = False) -> Iterator[ResultsStore]:
-    """Lock ``out_dir`` and open its results store (``create``: a new one if there is none)."""
+    """Lock ``out_dir`` and open its results store, its ``monitor.log`` attached (``create``: the folder and a
+    new store if there are none)."""
     out_dir = Path(out_dir)
     if not create and not (out_dir / STORE_NAME).is_file():
         raise MonitorError(f"no results store in {out_dir}; run `monitor run INPUT --out {out_dir}` first")
-    with DirLock(out_dir):
-        store = ResultsStore(out_dir / STORE_NAME)
-        try:
-            yield store
-        finally:
-            store.close()
+    if create:
+        check_writable(out_dir, create=True)
+    ours = log_file_handler(out_dir / LOG_NAME) is None  # the caller (the CLI) may hold it for its own messages
+    handler = add_log_file(out_dir / LOG_NAME)
+    if handler is None:
+        raise MonitorError(f"cannot write {out_dir / LOG_NAME}; choose another --out")
+    try:
+        with DirLock(out_dir):
+            store = ResultsStore(out_dir / STORE_NAME)
+            try:
+                yield store
+            finally:
+                store.close()
+    finally:
+        if ours:
+            remove_handler(handler)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 # --- what the folder remembers: thresholds, deployments table, label choice ------------------------------
@@ -149,16 +170,6 @@ class Workbooks:
     changed: int = 0  # verdicts and review dates read into the store
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _mtime(p: Path) -> float:
     try:
         return p.stat().st_mtime
@@ -173,19 +184,32 @@ def _deployments_by_file(store: ResultsStore) -> dict[str, list[str]]:
     return out
 
 
+def _saved_at(path: Path) -> str:
+    """When a workbook was last saved (its mtime), as the store's ISO time: the time of the decisions in it."""
+    return datetime.fromtimestamp(_mtime(path), timezone.utc).isoformat(timespec="microseconds")
+
+
 def harvest_reviews(store: ResultsStore, out_dir: Path) -> Workbooks:
-    """Read verdicts typed into ``report.xlsx`` (and into side copies written while it was open) into the
-    store. Workbooks untouched since monitor wrote them are skipped. In a workbook of the latest build a
-    cleared cell clears that verdict; in an older one only filled cells count."""
+    """Read verdicts typed into ``report.xlsx`` (and side copies written while it was open) into the store.
+
+    Workbooks untouched since monitor last wrote or read them are skipped. Of the others only cells that
+    changed since then count (a cleared cell clears), and each change is dated by the workbook's save
+    time: it replaces the stored verdict only when it is newer, so an older workbook never undoes a newer
+    decision; two workbooks that changed the same row: the later one wins, and a warning names both.
+    Workbooks from before monitor remembered their contents: filled cells count (in the latest build, cleared
+    ones too), as before.
+    """
     state = store.get_meta("workbooks") or {}
-    names = sorted({WORKBOOK, *state}, key=lambda n: _mtime(out_dir / n))
+    names = sorted({WORKBOOK, *state}, key=lambda n: _mtime(out_dir / n))  # oldest first: the newest edit wins
     found = Workbooks()
     known: dict[str, list[str]] | None = None
+    moved = store.moved()
+    changed_by: dict[tuple, str] = {}  # review key -> the workbook that changed it in this harvest
     for name in names:
         path = out_dir / name
         if not path.is_file():
             continue
-        sha = found.sha256[name] = _sha256(path)
+        sha = found.sha256[name] = sha256_file(path)
         seen = state.get(name, {})
         if sha in (seen.get("sha256"), seen.get("harvested_sha256")):
             continue  # as monitor wrote it, or already read in
@@ -193,37 +217,82 @@ def harvest_reviews(store: ResultsStore, out_dir: Path) -> Workbooks:
             wb = read_workbook_reviews(path)
         except WorkbookUnreadable as exc:
             found.unreadable[name] = str(exc)
-            log.warning("%s could not be read (%s): its verdicts, if any, were not read", name, exc)
+            warn(f"{name} could not be read ({exc}): its verdicts, if any, were not read")
             continue
         if known is None:
             known = _deployments_by_file(store)
-        full = bool(wb.build) and wb.build == store.get_meta("report_build")
-        rows = []
-        for r in wb.reviews:
-            if not r.deployment:
-                deps = known.get(r.file, [])
-                if len(deps) != 1:
-                    continue  # a workbook from before deployments, and the file is ambiguous or gone
-                r = dataclasses.replace(r, deployment=deps[0])
-            if full or r.verified or r.notes:
-                rows.append(r)
-        n = store.put_reviews(rows, source=name)
-        dates = []
-        for d, f, lab, v in wb.dates:
-            if not d:
-                deps = known.get(f, [])
-                if len(deps) != 1:
-                    continue
-                d = deps[0]
-            if full or v:
-                dates.append((d, f, lab, v))
-        n += store.put_review_dates(dates, source=name)
+        reviews, dates = _resolve(wb.reviews, wb.dates, known, moved)
+        at = _saved_at(path)
+        if seen.get("contents"):  # monitor remembers what this workbook held: only changed cells count
+            before, before_dates = store.workbook_reviews(name), store.workbook_dates(name)
+            edits = [dataclasses.replace(r, updated_at=at) for r in reviews
+                     if (r.verified, r.notes) != before.get(r.key, ("", ""))]
+            date_edits = [x for x in dates if x[3] != before_dates.get(x[:3], "")]
+            _say_unknown_words(name, edits)
+            n = store.put_reviews(edits, source=name, newer_only=True)
+            n += store.put_review_dates(date_edits, source=name, at=at, newer_only=True)
+            _say_conflicts(store, name, edits, changed_by)
+        else:  # written by an older monitor
+            full = bool(wb.build) and wb.build == store.get_meta("report_build")
+            _say_unknown_words(name, reviews)
+            n = store.put_reviews([r for r in reviews if full or r.verified or r.notes], source=name)
+            n += store.put_review_dates([x for x in dates if full or x[3]], source=name)
+        n += sum(store.set_card_folder(card, folder, at) for card, folder in wb.folders.items()
+                 if folder and folder != (seen.get("folders") or {}).get(str(card)))
         if n:
-            log.info("read %d verdict(s) and review dates from %s into the results store", n, name)
+            log.info("read %d verdict(s), review dates and card folders from %s into the results store", n, name)
         found.changed += n
-        state[name] = {**seen, "harvested_sha256": sha}
+        store.set_workbook_contents(name, reviews, dates)
+        state[name] = {**seen, "harvested_sha256": sha, "contents": True,
+                       "folders": {str(k): v for k, v in wb.folders.items()}}
         store.set_meta("workbooks", state)
     return found
+
+
+def _say_unknown_words(name: str, reviews: list[Review]) -> None:
+    """Warn about Verified cells outside the verdict vocabulary (kept as typed, but no verdict)."""
+    odd = unknown_words([r.verified for r in reviews],
+                        [f"{r.deployment}/{r.file} {r.label} at {r.start_s:g} s" for r in reviews])
+    if odd:
+        warn(unknown_text(odd, name))
+
+
+def _resolve(reviews: list[Review], dates: list[tuple[str, str, str, str]], known: Mapping[str, list[str]],
+             moved: Mapping[tuple[str, str], str]) -> tuple[list[Review], list[tuple[str, str, str, str]]]:
+    """Rows keyed as the store keys them now: a workbook from before deployments names none (the file's only
+    deployment is taken; ambiguous or gone: left out), and a file moved to another deployment follows it."""
+    def dep_of(d: str, f: str) -> str | None:
+        if not d:
+            deps = known.get(f, [])
+            return deps[0] if len(deps) == 1 else None
+        return moved.get((d, f), d)
+
+    out = []
+    for r in reviews:
+        d = dep_of(r.deployment, r.file)
+        if d is not None:
+            out.append(dataclasses.replace(r, deployment=d))
+    out_dates = [(d, f, lab, v) for d0, f, lab, v in dates if (d := dep_of(d0, f)) is not None]
+    return out, out_dates
+
+
+def _say_conflicts(store: ResultsStore, name: str, edits: list[Review], changed_by: dict[tuple, str]) -> None:
+    """Warn where this workbook and another changed the same row differently; the later save (this one,
+    unless the stored decision is newer) is kept."""
+    for r in edits:
+        other = changed_by.get(r.key)
+        kept = store.review(r.key)
+        if other is not None and other != name:
+            what = f"{kept.verified or 'no verdict'}" if kept else "no verdict"
+            warn(f"{other} and {name} both changed the verdict on {r.deployment}/{r.file} {r.label} at "
+                 f"{r.start_s:g} s; the later edit is kept ({what})")
+        changed_by[r.key] = name
+    older = [r for r in edits if (k := store.review(r.key)) is not None and when(k.updated_at) > when(r.updated_at)
+             and (k.verified, k.notes) != (r.verified, r.notes)]
+    if older:
+        warn(f"{name}: {plural(len(older), 'verdict')} older than the one kept in the results store "
+             f"{'was' if len(older) == 1 else 'were'} not applied (first: {older[0].deployment}/{older[0].file} "
+             f"{older[0].label} at {older[0].start_s:g} s)")
 
 
 def _workbook_target(store: ResultsStore, out_dir: Path, found: Workbooks) -> Path:
@@ -241,7 +310,7 @@ def _workbook_target(store: ResultsStore, out_dir: Path, found: Workbooks) -> Pa
         reason = f"it could not be read ({found.unreadable[WORKBOOK]})"
     if reason:
         side = out_dir / f"report-{stamp}.xlsx"
-        log.warning("report.xlsx was not replaced because %s; the new report is %s", reason, side.name)
+        warn(f"report.xlsx was not replaced because {reason}; the new report is {side.name}")
         return side
     state = (store.get_meta("workbooks") or {}).get(WORKBOOK, {})
     if state.get("sha256") != found.sha256.get(WORKBOOK):
@@ -253,9 +322,13 @@ def _workbook_target(store: ResultsStore, out_dir: Path, found: Workbooks) -> Pa
     return main
 
 
-def _remember_workbook(store: ResultsStore, path: Path, build: str) -> None:
+def _remember_workbook(store: ResultsStore, path: Path, build: str, results: Results) -> None:
+    """What monitor wrote into a workbook (its hash, verdicts, review dates and card folders): later only what a
+    reviewer changed is read back."""
     state = store.get_meta("workbooks") or {}
-    state[path.name] = {"build": build, "sha256": _sha256(path)}  # as written: nothing to read back yet
+    state[path.name] = {"build": build, "sha256": sha256_file(path), "contents": True,
+                        "folders": {str(c.id): c.link_base for c in results.cards}}
+    store.set_workbook_contents(path.name, store.reviews(), [(*k, v) for k, v in store.review_dates().items()])
     store.set_meta("workbooks", state)
     store.set_meta("report_build", build)
 
@@ -263,26 +336,30 @@ def _remember_workbook(store: ResultsStore, path: Path, build: str) -> None:
 # --- the reports ------------------------------------------------------------------------------------------
 
 def write_outputs(out_dir: Path, store: ResultsStore, thresholds: Mapping[str, float], info: RunInfo,
-                  found: Workbooks | None = None) -> RunInfo:
+                  found: Workbooks | None = None, warnings: Sequence[str] = ()) -> RunInfo:
     """Regenerate every report from the store (one ``Results``), then ``run.json`` (atomically).
 
     Verdicts typed into the workbook since it was built are read into the store first (unless the caller
-    just did: ``found``); an output folder that fills up or turns read-only fails in one line, the store intact.
+    just did: ``found``); an output folder that fills up or turns read-only fails in one line, the store
+    intact. ``warnings``: the run's own, beside those the results give.
     """
     found = found if found is not None else harvest_reviews(store, out_dir)
     build = uuid.uuid4().hex[:12]
     results = load_results(store, thresholds, dataclasses.replace(info, report_build=build))
-    rec = results.recordings
-    status = rec["status"].value_counts().to_dict() if len(rec) else {}
-    counts = {"found": int(len(rec)), **{s: int(status.get(s, 0)) for s in ("ok", "skipped", "failed", "missing")},
-              "segments": int(len(results.segments)), "detections": int(len(results.detections)),
-              "detections_per_label": results.detections_per_label(), "reviews": int(len(results.reviews)),
-              "failed_files": results.failed[:FAILED_SHOWN]}
-    info = dataclasses.replace(results.run, counts=counts)
+    counts = _counts(results)
+    counts.update(detections_per_label=results.detections_per_label(), reviews=int(len(results.reviews)),
+                  failed_files=results.failed[:FAILED_SHOWN], cards=len(results.cards),
+                  deployments=int(results.recordings["deployment"].nunique()) if len(results.recordings) else 0)
+    card = _counts(results, info.card) if info.card else {}
+    info = dataclasses.replace(results.run, counts=counts, card_counts=card,
+                               warnings=[*warnings, *results.run.warnings])
     results.run = info
     try:
-        written = write_reports(out_dir, results, workbook=_workbook_target(store, out_dir, found))
-        _remember_workbook(store, written[WORKBOOK], build)
+        target = _workbook_target(store, out_dir, found)
+        info = dataclasses.replace(info, workbook=target.name)
+        results.run = info
+        written = write_reports(out_dir, results, workbook=target)
+        _remember_workbook(store, written[WORKBOOK], build, results)
         write_json_atomic(out_dir / "run.json", info.to_json())
     except OSError as exc:
         raise MonitorError(f"could not write the reports in {out_dir} ({os_reason(exc)}); the results store is "
@@ -291,16 +368,41 @@ def write_outputs(out_dir: Path, store: ResultsStore, thresholds: Mapping[str, f
     return info
 
 
+def _counts(results: Results, card: int | None = None) -> dict[str, Any]:
+    """Files by status, segments and detections: of the whole folder, or of one card."""
+    rec, seg, det = results.recordings, results.segments, results.detections
+    if card is not None:
+        mine = (rec["card"] == card).fillna(False).to_numpy(bool)
+        rec = rec[mine]
+        keys = set(zip(rec["deployment"], rec["file"]))
+        seg = seg[[k in keys for k in zip(seg["deployment"], seg["file"])]] if len(seg) else seg
+        det = det[[k in keys for k in zip(det["deployment"], det["file"])]] if len(det) else det
+    status = rec["status"].value_counts().to_dict() if len(rec) else {}
+    return {"found": int(len(rec)), **{s: int(status.get(s, 0)) for s in ("ok", "skipped", "failed", "missing")},
+            "segments": int(len(seg)), "detections": int(len(det))}
+
+
+def is_out(path: Path) -> bool:
+    """True when ``path`` is an output folder (it holds a results store)."""
+    return (Path(path) / STORE_NAME).is_file()
+
+
 def rebuild_reports(out_dir: Path, thresholds: Mapping[str, float] | None = None,
-                    deployments: Path | str | None = None, labels: Sequence[str] | None = None) -> RunInfo:
+                    deployments: Path | str | None = None, labels: Sequence[str] | None = None,
+                    restore_pruned: bool = False) -> RunInfo:
     """``monitor report OUT_DIR``: rebuild all reports from the store; new thresholds, a new deployments table
     (time zones, places; deployment names stay as assigned when the files were analysed) and a new label
-    choice are kept for later runs."""
+    choice are kept for later runs. ``restore_pruned``: results ``--prune`` archived come back first."""
     out_dir = Path(out_dir)
     table = read_deployments(deployments) if deployments else None
     with open_out(out_dir) as store:
+        if restore_pruned:
+            back = store.restore_pruned()
+            say(f"--restore-pruned: {plural(len(back), 'file')} back in the results "
+                f"({listing([f'{d}/{f}' for d, f in back])})" if back else "--restore-pruned: nothing archived")
         check_writable(out_dir)
-        info = RunInfo.from_json(store.get_meta("run_info"))
+        info = dataclasses.replace(RunInfo.from_json(store.get_meta("run_info")), card=0, card_name="",
+                                   card_counts={})
         remember_choices(store, table, label_filter(store.get_meta("labels") or info.labels, labels))
         return write_outputs(out_dir, store, current_thresholds(store, info, thresholds), info)
 
@@ -315,6 +417,7 @@ def record_reviews(out_dir: Path, verdicts: Mapping[int, str], notes: Mapping[in
 
     out_dir = Path(out_dir)
     notes = dict(notes or {})
+    verdicts = {k: normalize_verdict(v) for k, v in verdicts.items()}  # the one vocabulary: y, n, ? ...
     bad = [v for v in verdicts.values() if v not in (*VERIFIED_CHOICES, "")]
     if bad:
         raise MonitorError(f"Verified must be one of {', '.join(VERIFIED_CHOICES)}, got {bad[0]!r}")

@@ -28,8 +28,9 @@ from monitor.deployments import read_deployments
 from monitor.detect import label_filter, resolve_thresholds
 from monitor.engine import Engine, EngineInfo, LocalEngine
 from monitor.errors import MonitorError
+from monitor.logs import listing
 from monitor.model.bundle import Bundle
-from monitor.model.ensemble import ensemble_hash, load_models
+from monitor.model.ensemble import Models, load_ensemble
 from monitor.outdir import (check_folders, current_thresholds, open_out, remember_choices, stored_deployments,
                             write_outputs)
 from monitor.plan import FileJob, FileScores
@@ -63,25 +64,33 @@ class RunStats:
 def run(cfg: RunConfig) -> RunInfo:
     """Run detection as ``cfg`` says; returns the ``RunInfo`` written to ``run.json``."""
     src, dst = check_folders(cfg.input_dir, cfg.out_dir)
-    bundles = load_models(cfg.models)
-    names = list(bundles[0].labels)
-    resolve_thresholds(names, bundles[0].thresholds, cfg.thresholds)  # a bad --threshold fails before any work
+    models = load_ensemble(cfg.models)
+    bundles = models.members  # what the engine scores (their probabilities averaged)
+    names = models.labels
+    resolve_thresholds(names, models.thresholds, cfg.thresholds)  # a bad --threshold fails before any work
     keep = label_filter(names, cfg.labels)
     table = read_deployments(cfg.deployments) if cfg.deployments else None
     started = datetime.now(timezone.utc).astimezone()
     with open_out(dst, create=True) as store:
-        model_hash = ensemble_hash(bundles)
-        store.bind_model(model_hash, names, " + ".join(f"{b.name} {b.version}" for b in bundles))
-        store.set_meta("bundle_thresholds", dict(bundles[0].thresholds))
+        model_hash = models.sha256  # the same whatever the order of --model
+        store.bind_model(model_hash, names, models.describe())
+        store.set_meta("bundle_thresholds", dict(models.thresholds))
         remember_choices(store, table, keep)
         thr = current_thresholds(store, RunInfo(labels=names), cfg.thresholds)
-        info = _run_info(src, dst, bundles, thr, cfg.command, started)
+        info = _run_info(src, dst, models, thr, cfg.command, started)
         run_id = store.begin_run(str(src), info.to_json())
+        warnings: list[str] = []
+        if not models.calibrated:
+            warnings.append(f"thresholds of the {len(models.given)} models given with --model: "
+                            f"{models.thresholds_from}")
         with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
             # the engine starts first: its worker processes' imports overlap discovery and model loading
             with make_engine(bundles, cfg) as engine:
                 plan = scan_card(src, store, bundles[0].preprocessing, model_hash, stop.state, cfg.deployment,
-                                 cfg.prune, cfg.resume, stored_deployments(store))
+                                 cfg.prune, cfg.resume, stored_deployments(store), cfg.move)
+                if table is not None and plan.unmatched_rows:
+                    warnings.append(f"deployments table {Path(cfg.deployments).name}: "
+                                    f"{listing(plan.unmatched_rows)} matched no file of this card")
                 stats, interrupted = score_planned(engine, plan, store, bundles, cfg.progress, stop.state,
                                                    cfg.progress_every_s)
             interrupted = interrupted or stop.state["flag"]
@@ -90,9 +99,10 @@ def run(cfg: RunConfig) -> RunInfo:
                 info, ended=_now(), completed=not interrupted, files_done=stats.done + stats.resumed,
                 files_left=stats.todo - stats.done, resumed_files=stats.resumed, deployments=stats.deployments,
                 wall_s=round(stats.wall_s, 3), audio_s=round(stats.audio_s, 3), engine=e.engine, device=e.device,
-                precision=e.precision, workers=e.workers, batch_size=e.batch_size)
-            info = write_outputs(dst, store, thr, info)
-            store.end_run(run_id, not interrupted, info.to_json())
+                precision=e.precision, workers=e.workers, batch_size=e.batch_size, card=plan.card,
+                card_name=plan.card_name)
+            info = write_outputs(dst, store, thr, info, warnings=warnings)
+            store.end_run(run_id, not interrupted, info.to_json(), plan.card)
     if interrupted:
         raise Interrupted(
             f"interrupted: {info.files_done} of {info.files_done + info.files_left} files finished and saved; "
@@ -152,11 +162,12 @@ def score_planned(engine: Engine, plan: WorkPlan, store: ResultsStore, bundles: 
         meta = metas.pop(job.rel)
         status, reason = file_outcome(res, n_labels)
         if status == "failed":
-            store.put_file(job.key, "failed", reason, meta, input_dir=plan.input_dir)
+            store.put_file(job.key, "failed", reason, meta, input_dir=plan.input_dir, card=plan.card)
             log.info("failed %s: %s", job.rel, reason)
         else:
             segs = list(zip(res.index, res.start_s, res.end_s, res.scores))
-            store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite, input_dir=plan.input_dir)
+            store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite, input_dir=plan.input_dir,
+                           card=plan.card)
         stats.done += 1
         bar.file_done()
 
@@ -195,13 +206,17 @@ class _StopOnSigint:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _run_info(src: Path | str, dst: Path, bundles: list[Bundle], thr: dict[str, float], command: str,
+def _run_info(src: Path | str, dst: Path, models: Models, thr: dict[str, float], command: str,
               started: datetime) -> RunInfo:
-    b = bundles[0]
-    refs = [ModelRef(x.name, x.version, x.sha256, str(x.path or "")) for x in bundles]
+    def ref(x: Bundle) -> ModelRef:
+        return ModelRef(x.name, x.version, x.sha256, str(x.path or ""))
+
+    refs = [ref(x) for x in models.given]
     model = refs[0] if len(refs) == 1 else ModelRef(" + ".join(r.name for r in refs),
-                                                     " + ".join(r.version for r in refs), ensemble_hash(bundles), "")
-    return RunInfo(model=model, models=refs, labels=list(b.labels), task=b.task, thresholds=dict(thr),
-                   preprocessing=b.preprocessing.to_dict(), package_version=__version__, command=command or "",
+                                                     " + ".join(r.version for r in refs), models.sha256, "")
+    members = [ref(x) for x in models.members] if len(models.members) > 1 else []
+    return RunInfo(model=model, models=refs, members=members, labels=models.labels, task=models.task,
+                   thresholds=dict(thr), thresholds_from=models.thresholds_from,
+                   preprocessing=models.preprocessing.to_dict(), package_version=__version__, command=command or "",
                    input_dir=str(src), out_dir=str(dst), started=started.isoformat(timespec="seconds"),
                    completed=False)

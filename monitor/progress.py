@@ -142,6 +142,6 @@ class Progress:
         self._lines += 1
         self._lines_at = (self.files_done, self.segments_done)
         text = f"progress: {self.line()}"
-        log.info("%s", text, extra={"monitor_printed": self._print_lines})
+        log.info("%s", text, extra={"said": self._print_lines})
         if self._print_lines:
             print(f"monitor: {text}", file=self.stream, flush=True)

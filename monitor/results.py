@@ -17,7 +17,8 @@ import numpy as np
 
 from monitor.deployments import DeploymentTable, offset_text, to_local
 from monitor.detect import detections_table, hms, iso, parse_iso, wall_clock
-from monitor.store import start_ms
+from monitor.logs import plural
+from monitor.store import Card, start_ms
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ RECORDINGS = ["deployment", "file", "status", "reason", "recorder", "device_id",
               "start_time", "utc_offset", "temperature_c", "battery_v", "gain", "sample_rate_hz", "channels",
               "duration_s", "segments"]
 RECORDING_EXTRAS = ["latitude", "longitude", "filter", "trigger", "stop_reason", "comment", "warnings", "input_dir",
-                    "time_zone", "recorder_start_time"]
+                    "time_zone", "recorder_start_time", "card"]
 SEGMENTS = ["deployment", "file", "segment", "start_s", "end_s", "start_time"]
 DETECTIONS = ["deployment", "file", "label", "start_s", "end_s", "start_time", "end_time", "score_max",
               "score_mean", "segments", "device_id", "verified", "notes"]
@@ -33,7 +34,7 @@ REVIEWS = ["deployment", "file", "label", "start_s", "end_s", "verified", "notes
 VERIFIED_CHOICES = ("yes", "no", "unsure")
 MANY_LABELS = 10  # above this many labels reports show what was detected (Summary positives, Presence, plots)
 NUMERIC_RECORDING = ("temperature_c", "battery_v", "duration_s", "latitude", "longitude")
-INT_RECORDING = ("sample_rate_hz", "channels")
+INT_RECORDING = ("sample_rate_hz", "channels", "card")
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,12 @@ class RunInfo:
     interrupted run, with ``files_done`` / ``files_left`` saying how far it got."""
 
     model: ModelRef = field(default_factory=ModelRef)
-    models: list[ModelRef] = field(default_factory=list)
+    models: list[ModelRef] = field(default_factory=list)  # as given with --model (an ensemble bundle is one)
     labels: list[str] = field(default_factory=list)
     task: str = "multilabel"
     thresholds: dict[str, float] = field(default_factory=dict)
+    thresholds_from: str = ""  # how the model's thresholds were chosen (an ensemble's rule, in words)
+    members: list[ModelRef] = field(default_factory=list)  # the bundles scored and averaged, for an ensemble
     preprocessing: dict[str, Any] = field(default_factory=dict)
     package_version: str = ""
     command: str = ""
@@ -78,6 +81,10 @@ class RunInfo:
     counts: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     report_build: str = ""
+    card: int = 0  # the card this run scanned (``cards`` in the store); 0 for a rebuild
+    card_name: str = ""
+    card_counts: dict[str, Any] = field(default_factory=dict)  # as ``counts``, for this run's card only
+    workbook: str = "report.xlsx"  # the workbook written (a side file while report.xlsx is open)
 
     @property
     def status(self) -> str:
@@ -99,15 +106,23 @@ class RunInfo:
         kw = {k: v for k, v in d.items() if k in names}
         if isinstance(kw.get("model"), Mapping):
             kw["model"] = _model_ref(kw["model"])
-        kw["models"] = [_model_ref(m) for m in kw.get("models") or [] if isinstance(m, Mapping)]
+        for key in ("models", "members"):
+            kw[key] = [_model_ref(m) for m in kw.get(key) or [] if isinstance(m, Mapping)]
         return cls(**kw)
 
     def summary_lines(self) -> list[str]:
-        """The end-of-run summary: counts, detections per label, failed files (the first few and how many)."""
+        """The end-of-run summary: this card's counts, then the output folder's; detections per label, failed
+        files (the first few and how many)."""
         c = self.counts
-        lines = [f"{c['found']} files: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed"
-                 + (f", {c['missing']} missing from the card (results kept)" if c.get("missing") else "")
-                 + f"; {c['segments']} segments, {c['detections']} detections"]
+        lines = []
+        several = bool(self.card_counts) and c.get("cards", 1) > 1
+        if several:
+            lines.append(f"this card ({self.card_name}): {counts_text(self.card_counts)}")
+        total = counts_text(c)
+        if several:
+            total = (f"the output folder in all ({plural(c.get('cards', 1), 'card')}, "
+                     f"{plural(c.get('deployments', 1), 'deployment')}): {total}")
+        lines.append(total)
         per = c.get("detections_per_label") or {}
         shown = [(k, v) for k, v in per.items() if v] if len(per) > 12 else list(per.items())
         if per:
@@ -119,7 +134,7 @@ class RunInfo:
             lines.append("failed: " + ", ".join(failed) + (f" and {more} more" if more > 0 else "")
                          + " (reasons in recordings.csv and the workbook's Skipped files sheet)")
         if c.get("reviews"):
-            lines.append(f"{c['reviews']} reviewer verdict(s) kept in the results store")
+            lines.append(f"{plural(c['reviews'], 'reviewer verdict')} kept in the results store")
         lines += [f"warning: {w}" for w in self.warnings]
         if not self.completed:
             lines.append(self.status)
@@ -129,6 +144,14 @@ class RunInfo:
         """``name : version``; ensembles join their members with `` + ``."""
         models = self.models or [self.model]
         return " + ".join(f"{m.name} : {m.version}" for m in models)
+
+
+def counts_text(c: Mapping[str, Any]) -> str:
+    """``4 files: 3 ok, 1 skipped, 0 failed; 6 segments, 2 detections``."""
+    return (f"{plural(c.get('found', 0), 'file')}: {c.get('ok', 0)} ok, {c.get('skipped', 0)} skipped, "
+            f"{c.get('failed', 0)} failed"
+            + (f", {c['missing']} missing from their card (results kept)" if c.get("missing") else "")
+            + f"; {plural(c.get('segments', 0), 'segment')}, {plural(c.get('detections', 0), 'detection')}")
 
 
 def _model_ref(d: Mapping[str, Any]) -> ModelRef:
@@ -155,6 +178,7 @@ class Results:
     reviews: Any
     other_reviews: Any
     review_dates: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    cards: list[Card] = field(default_factory=list)  # every card of the output folder (their link bases)
 
     @property
     def failed(self) -> list[str]:
@@ -304,11 +328,11 @@ def load_results(store, thresholds: Mapping[str, float], run: RunInfo) -> Result
     for f in store.files():
         row = dict(f["metadata"])
         row.update(deployment=f["deployment"], file=f["file"], status=f["status"], reason=f["reason"],
-                   segments=f["segments"], input_dir=f["input_dir"])
+                   segments=f["segments"], input_dir=f["input_dir"], card=f["card"])
         if f["missing_since"]:
             row["status"] = "missing"
-            row["reason"] = (f"not on the card in the run of {f['missing_since'][:10]}; its results are kept "
-                             "(monitor run --prune removes them)")
+            row["reason"] = (f"not on its card when it was scanned again ({f['missing_since'][:10]}); its results "
+                             "are kept (monitor run --prune archives them)")
         rows.append(row)
     warnings = local_times(rows, DeploymentTable.from_json(store.get_meta("deployments")))
     recordings = recordings_frame(rows)
@@ -318,5 +342,7 @@ def load_results(store, thresholds: Mapping[str, float], run: RunInfo) -> Result
     segments = segments_frame(deps, files, idx, s0, s1, scores[:, cols] if len(scores) else scores[:, :0],
                               labels, starts)
     run = dataclasses.replace(run, warnings=warnings)
-    return build_results(recordings, segments, labels, {lab: thresholds[lab] for lab in labels}, run,
-                         reviews_frame(store.reviews()), store.review_dates())
+    res = build_results(recordings, segments, labels, {lab: thresholds[lab] for lab in labels}, run,
+                        reviews_frame(store.reviews()), store.review_dates())
+    res.cards = store.cards()
+    return res

@@ -33,7 +33,7 @@ def test_autocast_dtypes():
 
 
 def test_training_amp_follows_the_same_rule():
-    from monitor.train.engine import amp_dtype
+    from monitor.train.optim import amp_dtype
 
     assert amp_dtype("auto", "cpu") is None
     assert amp_dtype("off", "cuda") is None

@@ -48,7 +48,7 @@ def test_forward_geometry_and_state_dict_shapes(fstride, tstride, tdim):
     assert m.v.pos_embed.shape == (1, f * t + 2, 192)
     assert m.v.blocks[0].attn.fused_attn  # SDPA attention
     assert m.geometry.depth == 2 and m.geometry.model_size == "tiny224" and m.label_dim == 4
-    assert m.config is m.geometry and m.config["depth"] == 2  # the old name and dict-style reads still work
+    assert m.geometry["depth"] == 2  # dict-style reads still work
     got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
     assert got == expected_shapes(m.geometry) == expected_shapes(m.geometry.to_dict())
     x = torch.randn(3, tdim, 128)
@@ -61,6 +61,41 @@ def test_forward_geometry_and_state_dict_shapes(fstride, tstride, tdim):
         assert torch.allclose(m.mlp_head((feats[:, 0] + feats[:, 1]) / 2), out, atol=1e-6)
     with pytest.raises(Exception):
         m(torch.randn(1, tdim + 16, 128))  # a model has one input size
+
+
+def _head_inputs(m, run) -> list:
+    """What ``mlp_head`` is handed while ``run()`` runs (a forward hook, the reference for the embeddings)."""
+    seen = []
+    hook = m.mlp_head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_forward_is_forward_head_of_forward_features_and_the_embedding_is_the_head_input():
+    """timm's split (vision_transformer.py): forward = forward_head(forward_features), bit for bit;
+    ``pre_logits=True`` gives the pooled (B, C) embedding that ``mlp_head`` sees, also through
+    ``Scorer.embed`` (the scorer of ``monitor run``: zero-padded batches)."""
+    from monitor.infer import Scorer
+
+    torch.manual_seed(0)
+    m = AST(3, 16, 16, 128, 200, "tiny224", depth=2).eval()
+    x = torch.randn(5, 200, 128)
+    out = []
+    with torch.no_grad():
+        seen = _head_inputs(m, lambda: out.append(m(x)))
+        tokens = m.forward_features(x)
+        assert tokens.shape == (5, 2 + m.f_dim * m.t_dim, 192) and m.num_features == 192
+        assert torch.equal(m.forward_head(tokens), out[0])
+        emb = m.forward_head(tokens, pre_logits=True)
+    assert emb.shape == (5, 192) and torch.equal(emb, seen[0])
+    scorer = Scorer.for_model(m, "multilabel", "cpu", "fp32", 4)
+    seen = _head_inputs(m, lambda: [scorer.logits(x[k:k + 4].numpy()) for k in (0, 4)])  # 4 rows, then 1 padded
+    (got,) = scorer.embed(x.numpy())
+    assert got.dtype == torch.float32 and torch.equal(got, torch.cat([seen[0][:4], seen[1][:1]]))
+    assert scorer.embed(x[:0].numpy())[0].shape == (0, 192)
 
 
 def test_pos_embed_rule_crop_and_interpolate():

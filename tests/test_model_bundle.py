@@ -12,6 +12,7 @@ import torch
 
 from monitor.config import BandConfig, FbankConfig, Preprocess, SegmentConfig
 from monitor.errors import BundleError
+from monitor.infer import to_scores
 from monitor.model.ast import AST
 from monitor.model.bundle import DEFAULT_MODEL, list_models, load_bundle, save_bundle
 
@@ -66,9 +67,9 @@ def test_bundle_round_trip_and_fp16(tmp_path):
     assert 0 < err < 1e-2
     # scores: sigmoid for multilabel, softmax for multiclass
     logits = torch.tensor([[0.0, 100.0]])
-    assert torch.allclose(b2.scores(logits), torch.tensor([[0.5, 1.0]]))
+    assert torch.allclose(to_scores(logits, b2.task), torch.tensor([[0.5, 1.0]]))
     mc = _save(tmp_path / "mc", m, task="multiclass")
-    assert torch.allclose(mc.scores(torch.tensor([[0.0, 0.0]])), torch.tensor([[0.5, 0.5]]))
+    assert torch.allclose(to_scores(torch.tensor([[0.0, 0.0]]), mc.task), torch.tensor([[0.5, 0.5]]))
 
 
 def test_resave_replaces_bundle_keeps_other_files_and_refuses_foreign_folders(tmp_path):

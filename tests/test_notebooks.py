@@ -59,7 +59,7 @@ def test_one_install_variable_and_one_work_folder(path):
 
 def test_02_offers_only_working_sources_and_the_audioset_default():
     from monitor.notebook import DATA_SOURCES
-    from monitor.resources import recipe_names
+    from monitor.train.recipes import recipe_names
     from monitor.train.config import SOURCES
 
     src = "\n".join(c.source for c in _code(REPO / "notebooks" / "02_finetune_new_species.ipynb"))

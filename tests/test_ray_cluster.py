@@ -61,31 +61,35 @@ class Clock:
         return self.t
 
 
-def test_the_watch_says_a_lost_node_once_a_stall_every_warn_s_and_stops_past_stop_s(capsys):
+def test_the_watch_says_a_lost_node_once_a_stall_every_warn_s_and_stops_past_stop_s(caplog):
+    def said() -> list[str]:  # logs.warn's lines ('monitor: warning: ...' on the console of `monitor run`)
+        out = [r.getMessage() for r in caplog.records if r.name == "monitor" and r.levelname == "WARNING"]
+        caplog.clear()
+        return out
+
     ray, clock = FakeRay(), Clock()
     w = Watch(ray, warn_s=60, stop_s=300, units_left=lambda: (4, 6), clock=clock)
     clock.t = 10
     del ray.alive["b"]
     w.tick()
     w.tick()
-    err = capsys.readouterr().err.splitlines()
-    assert err == ["monitor: warning: Ray node 127.0.0.3 (1 CPU) was lost; 1 node(s) left, its work is redone on them"]
+    assert said() == ["Ray node 127.0.0.3 (1 CPU) was lost; 1 node(s) left, its work is redone on them"]
     clock.t = 30
     w.batch()
     clock.t = 80
     w.tick()
-    assert capsys.readouterr().err == ""  # 50 s without a batch: not yet
+    assert said() == []  # 50 s without a batch: not yet
     clock.t = 95
     w.tick()
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("monitor: warning: no batch finished for 65 s; waiting for: "), err
-    assert "1 node(s) alive (127.0.0.2), 1 lost (127.0.0.3); 0 of 1 CPUs free; 4 of 6 units left" in err[0]
+    lines = said()
+    assert len(lines) == 1 and lines[0].startswith("no batch finished for 65 s; waiting for: "), lines
+    assert "1 node(s) alive (127.0.0.2), 1 lost (127.0.0.3); 0 of 1 CPUs free; 4 of 6 units left" in lines[0]
     clock.t = 120
     w.tick()
-    assert capsys.readouterr().err == ""  # said once per warn_s
+    assert said() == []  # said once per warn_s
     clock.t = 160
     w.tick()
-    assert "no batch finished for 130 s" in capsys.readouterr().err
+    assert "no batch finished for 130 s" in said()[0]
     assert w.stalled is None
     clock.t = 331
     w.tick()

@@ -192,11 +192,10 @@ def test_actor_that_dies_once_is_restarted_and_results_identical(ray_local, demo
     assert (ray_local / "fired").exists() and not (ray_local / "armed").exists()  # it did die
     _same(ref, got)
     assert n_got == n_ref  # each segment counted once
-    lines = [ln for ln in (out + err).splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("monitor: warning: a scoring actor died and Ray restarted it"), (
-        out + err)
-    assert any(r.levelname == "WARNING" and r.name == "monitor" and "Ray restarted it" in r.getMessage()
-               for r in records)
+    lines = [ln for ln in (out + err).splitlines() if ln.strip()]  # at most the warning (shown by logging's console)
+    assert len(lines) <= 1 and all("a scoring actor died and Ray restarted it" in ln for ln in lines), out + err
+    said = [r for r in records if r.levelname == "WARNING" and r.name == "monitor"]
+    assert len(said) == 1 and said[0].getMessage().startswith("a scoring actor died and Ray restarted it")
 
 
 def test_work_ray_gives_up_on_is_streamed_again_from_the_same_plan(ray_local, demo, card):

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO
 from monitor import resources
+from monitor.train import recipes
 from monitor.errors import MonitorError
 
 CARD = REPO / "examples" / "sdcard"
@@ -24,7 +25,7 @@ def _monitor(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_help_stays_instant_no_heavy_imports():
-    code = ("import sys, monitor.cli as c, monitor.resources; c.build_parser(); "
+    code = ("import sys, monitor.cli as c, monitor.resources, monitor.train.recipes; c.build_parser(); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'pandas', 'timm', 'yaml'}))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == "[]", res.stdout + res.stderr
@@ -34,7 +35,7 @@ def test_help_stays_instant_no_heavy_imports():
 
 def test_packaged_folders_in_a_checkout_are_the_top_level_ones():
     assert resources.models_dir() == REPO / "models"
-    assert resources.recipes_dir() == REPO / "configs"
+    assert recipes.recipes_dir() == REPO / "configs"
     assert resources.example_card_source() == CARD
     with pytest.raises(ValueError):
         resources.packaged("notebooks")
@@ -54,30 +55,30 @@ def test_default_model_found_through_the_search_path(tmp_path, monkeypatch):
 # --- recipes ----------------------------------------------------------------------------------------------------
 
 def test_recipe_names_and_one_line_summaries():
-    names = resources.recipe_names()
+    names = recipes.recipe_names()
     assert {"demo", "clips_cpu", "finetune_audioset", "rana_draytonii", "esc50", "speechcommands"} <= set(names)
-    rows = {r["name"]: r for r in resources.list_recipes()}
+    rows = {r["name"]: r for r in recipes.list_recipes()}
     assert rows["finetune_audioset"]["summary"] == "Fine-tune the AudioSet-pretrained AST on your own labelled audio"
     assert all(r["summary"] and len(r["summary"]) < 120 for r in rows.values()), rows
-    assert resources.recipe_path("demo") == resources.recipe_path("demo.yaml") == REPO / "configs" / "demo.yaml"
+    assert recipes.recipe_path("demo") == recipes.recipe_path("demo.yaml") == REPO / "configs" / "demo.yaml"
     with pytest.raises(MonitorError, match=r"no recipe file 'nosuch'.*packaged recipes: accent, clips_cpu, demo, esc50"):
-        resources.recipe_path("nosuch")
+        recipes.recipe_path("nosuch")
     with pytest.raises(MonitorError):
-        resources.recipe_path("../configs/demo")  # names only; a path must exist
+        recipes.recipe_path("../configs/demo")  # names only; a path must exist
 
 
 def test_packaged_recipe_paths_read_as_if_in_configs_of_the_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rana = resources.load_recipe("rana_draytonii")
+    rana = recipes.load_recipe("rana_draytonii")
     assert rana.data.root == str(tmp_path / "data") and rana.data.cache_dir == "auto"  # <out>/fbank_cache
     assert rana.model.checkpoint == "audioset-10-10"  # a name to pull, not a path
-    demo = resources.load_recipe("demo", ["optim.epochs=2", "data.root=clips"])
+    demo = recipes.load_recipe("demo", ["optim.epochs=2", "data.root=clips"])
     assert demo.split.val_files == str(REPO / "configs" / "demo_val.txt")  # ships beside the recipe
     assert demo.data.root == str(tmp_path / "clips") and demo.optim.epochs == 2  # --set: relative to the cwd
     # a file of the user's keeps the usual rule: relative to the file's folder
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "mine.yaml").write_text("data:\n  root: ../audio\n")
-    assert resources.load_recipe(tmp_path / "cfg" / "mine.yaml").data.root == str(tmp_path / "audio")
+    assert recipes.load_recipe(tmp_path / "cfg" / "mine.yaml").data.root == str(tmp_path / "audio")
 
 
 def test_recipes_cli_list_show_copy(tmp_path):

@@ -81,26 +81,53 @@ def _seg(n, value=0.5):
     return [(i, 10.0 * i, 10.0 * i + 10, np.full(2, value, np.float32)) for i in range(n)]
 
 
-def test_missing_files_are_marked_not_deleted_and_prune_removes_them(tmp_path):
+def test_missing_files_are_marked_not_deleted_and_prune_archives_them(tmp_path):
     st = ResultsStore(tmp_path / "s.sqlite")
     st.bind_model("h", ["frog", "bird"], "m")
-    for dep, f in (("A", "x.wav"), ("A", "y.wav"), ("B", "x.wav")):
-        st.put_file(FileKey(dep, f, 1, 1, "h"), "ok", "", {}, _seg(2))
-    # card A comes back without y.wav; card B is not part of this run
-    gone = st.mark_missing(["A"], {("A", "x.wav")})
+    c1, c2 = st.new_card("card1", "/media/SD"), st.new_card("card2", "/media/SD")
+    for dep, f, card in (("A", "x.wav", c1), ("A", "y.wav", c1), ("B", "x.wav", c1), ("A", "z.wav", c2)):
+        st.put_file(FileKey(dep, f, 1, 1, "h"), "ok", "", {}, _seg(2), card=card)
+    # card 1 comes back without A/y.wav; card 2 (the next card of recorder A) is not part of this scan
+    gone = st.mark_missing(c1, {("A", "x.wav"), ("B", "x.wav")})
     assert gone == [("A", "y.wav")]
     files = {(f["deployment"], f["file"]): f for f in st.files()}
     assert files[("A", "y.wav")]["missing_since"] and files[("A", "y.wav")]["segments"] == 2
-    assert not files[("B", "x.wav")]["missing_since"]  # another card's files are never touched
-    assert len(st.segments()[0]) == 6  # nothing deleted
+    assert not files[("A", "z.wav")]["missing_since"]  # another card's files are never touched
+    assert len(st.segments()[0]) == 8  # nothing deleted
     # y.wav comes back unchanged: it is present again, no re-scoring needed
     st.restore(FileKey("A", "y.wav", 1, 1, "h"))
     assert not {(f["deployment"], f["file"]): f for f in st.files()}[("A", "y.wav")]["missing_since"]
-    st.mark_missing(["A"], {("A", "x.wav")})
-    assert st.prune(["B"]) == 0 and len(st.segments()[0]) == 6  # prune is per deployment
-    assert st.prune(["A"]) == 1
-    assert sorted((f["deployment"], f["file"]) for f in st.files()) == [("A", "x.wav"), ("B", "x.wav")]
-    assert len(st.segments()[0]) == 4
+    st.mark_missing(c1, {("A", "x.wav"), ("B", "x.wav")})
+    assert st.missing(c2) == [] and st.missing(c1) == [("A", "y.wav")]  # prune is per card
+    assert st.archive(st.missing(c1), "gone") == 1
+    assert sorted((f["deployment"], f["file"]) for f in st.files()) == [("A", "x.wav"), ("A", "z.wav"), ("B", "x.wav")]
+    assert len(st.segments()[0]) == 6
+    assert [(p["deployment"], p["file"], p["why"]) for p in st.pruned()] == [("A", "y.wav", "gone")]
+    # the archive brings it back, as missing, with its segments
+    assert st.restore_pruned() == [("A", "y.wav")]
+    back = {(f["deployment"], f["file"]): f for f in st.files()}[("A", "y.wav")]
+    assert back["missing_since"] and back["segments"] == 2 and back["card"] == c1
+    assert len(st.segments()[0]) == 8 and st.pruned() == []
+
+
+def test_clearing_a_card_keeps_other_cards_of_the_deployment(tmp_path):
+    st = ResultsStore(tmp_path / "s.sqlite")
+    c1, c2 = st.new_card("card1", "/sd"), st.new_card("card2", "/sd")
+    st.put_file(FileKey("A", "x.wav", 1, 1, "h"), "ok", "", {}, _seg(2), card=c1)
+    st.put_file(FileKey("A", "z.wav", 1, 1, "h"), "ok", "", {}, _seg(2), card=c2)
+    assert st.clear_card(c2) == 1
+    assert [(f["file"], f["card"]) for f in st.files()] == [("x.wav", c1)]
+
+
+def test_moving_files_between_deployments_moves_their_verdicts(tmp_path):
+    st = ResultsStore(tmp_path / "s.sqlite")
+    st.put_file(FileKey("24E1", "AM/x.wav", 1, 1, "h"), "ok", "", {}, _seg(2), card=1)
+    st.put_reviews([Review("24E1", "AM/x.wav", "frog", 0.0, 10.0, "yes", "")], "report.xlsx")
+    assert st.move_files([("24E1", "AM/x.wav", "POND")]) == 1
+    assert [(f["deployment"], f["file"]) for f in st.files()] == [("POND", "AM/x.wav")]
+    assert set(st.segments()[0]) == {"POND"}
+    assert [(r.deployment, r.verified) for r in st.reviews()] == [("POND", "yes")]
+    assert st.moved() == {("24E1", "AM/x.wav"): "POND"}
 
 
 def test_changed_file_under_a_known_name_is_detected(tmp_path):
@@ -123,8 +150,8 @@ def test_reviews_upsert_clear_and_survive_rescoring(tmp_path):
     assert st.put_reviews([Review("A", "x.wav", "frog", 10.0000000001, 30.0, "no", "")], "nb") == 1
     (got,) = st.reviews()
     assert (got.verified, got.notes, got.source) == ("no", "", "nb")
-    st.put_file(key, "ok", "", {}, _seg(3, 0.9))  # re-scored: verdicts stay
-    st.clear_files(["A"])
+    st.put_file(key, "ok", "", {}, _seg(3, 0.9), card=1)  # re-scored: verdicts stay
+    assert st.clear_card(1) == 1 and st.files() == []
     assert len(st.reviews()) == 1
     st.put_reviews([Review("A", "x.wav", "frog", 10.0, 30.0, "", "")], "report.xlsx")  # cleared cells
     assert st.reviews() == []
@@ -154,10 +181,13 @@ def test_schema_1_store_is_upgraded_with_deployments(tmp_path):
     db.commit()
     db.close()
     st = ResultsStore(tmp_path / "monitor.sqlite")
-    assert st.get_meta("schema_version") == 2
+    assert st.get_meta("schema_version") == 3
     got = {(f["deployment"], f["file"]): f for f in st.files()}
     assert set(got) == {("24E1", "AM/a.wav"), ("SDCARD", "b.wav")}
     assert got[("24E1", "AM/a.wav")]["input_dir"] == "/media/SDCARD"
+    # schema 3: the files of one input folder became one card
+    (card,) = st.cards()
+    assert card.input_dir == "/media/SDCARD" and {f["card"] for f in got.values()} == {card.id}
     deps, files, _, _, _, sc = st.segments()
     assert list(zip(deps, files)) == [("24E1", "AM/a.wav"), ("SDCARD", "b.wav")]
     np.testing.assert_array_equal(sc[0], np.float32([0.1, 0.2]))

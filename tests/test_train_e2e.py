@@ -67,8 +67,8 @@ def run_a(clips, tmp_path_factory):
 
 
 def test_loss_goes_down_when_overfitting(clips, tmp_path):
-    from monitor.train.data import from_folders
-    from monitor.train.engine import fit
+    from monitor.train.fit import fit
+    from monitor.train.sources import from_folders
 
     torch.set_num_threads(1)
     cfg = recipe(clips, augment={"freqm": 0, "timem": 0, "mixup": 0.0, "noise": False, "gain_db": 0.0},

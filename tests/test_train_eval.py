@@ -122,8 +122,8 @@ def test_test_split_chooses_nothing_and_is_reported_apart(data_root, tmp_path, w
 def test_undefined_metric_falls_back_to_val_loss_and_patience_counts_like_keras(data_root, tmp_path, caplog):
     """Validation holds only background: mAP is undefined every epoch, so epochs are chosen by val_loss
     (not stuck at epoch 1); patience 1 stops after the first epoch without improvement."""
-    from monitor.train.data import from_folders
-    from monitor.train.engine import fit
+    from monitor.train.fit import fit
+    from monitor.train.sources import from_folders
 
     torch.set_num_threads(1)
     cfg = _cfg(data_root, optim={"epochs": 6, "lr": 3e-3}, eval={"metric": "mAP", "patience": 1})
@@ -147,8 +147,11 @@ def test_undefined_metric_falls_back_to_val_loss_and_patience_counts_like_keras(
 def test_frozen_backbone_trains_the_head_on_cached_embeddings(data_root, tmp_path, caplog):
     """freeze: head: the backbone runs once per segment; per-epoch validation on the cached embeddings
     equals the full model scored as ``monitor run`` scores; the backbone never changes."""
-    from monitor.train.data import from_folders
-    from monitor.train.engine import build_model, embeddings, fit, make_loader, score_head
+    from monitor.train.dataset import make_loader
+    from monitor.train.evaluate import embeddings, score_head
+    from monitor.train.fit import fit
+    from monitor.train.model_init import build_model
+    from monitor.train.sources import from_folders
 
     torch.set_num_threads(1)
     cfg = _cfg(data_root, model={"freeze": "head"}, optim={"epochs": 3}, augment={"freqm": 10},

@@ -11,9 +11,14 @@ import pytest
 import torch
 
 from monitor.config import ConfigError, SegmentConfig
-from monitor.train import augment, calibrate, data, metrics, sampling, splits
+from monitor.train import augment, calibrate, metrics, sampling, splits
+from monitor.train.annotations import Annotation, from_annotations, label_windows
 from monitor.train.config import TrainConfig, build_config, load_config
-from monitor.train.engine import apply_freeze, lr_factor
+from monitor.train.model_init import apply_freeze
+from monitor.train.optim import lr_factor
+from monitor.train.reviews import from_report, targets_from_reviews
+from monitor.train.sources import from_folders, from_manifest, load_source
+from monitor.train.table import cap_per_label, make_table, target_matrix
 
 SEG = SegmentConfig(window_s=2.0, hop_s=2.0, min_segment_s=1.0)
 
@@ -88,15 +93,15 @@ def test_folders_source_cuts_inference_segments(tmp_path, wav_writer):
     wav_writer(tmp_path / "bird" / "b.wav", 2.5, 22050)  # 2 + 0.5 s (< min_segment_s): one
     wav_writer(tmp_path / "noise" / "c.wav", 2.0, 8000)
     (tmp_path / "bird" / "notes.txt").write_text("not audio")
-    table, labels = data.from_folders(tmp_path, SEG, negative_class="noise")
+    table, labels = from_folders(tmp_path, SEG, negative_class="noise")
     assert labels == ["bird", "frog"]
     rows = [(r.file.split("/")[-1], r.start_s, r.end_s, r.labels) for r in table.itertuples()]
     assert rows == [("b.wav", 0.0, 2.0, ("bird",)), ("a.wav", 0.0, 2.0, ("frog",)), ("a.wav", 2.0, 4.0, ("frog",)),
                     ("a.wav", 4.0, 5.0, ("frog",)), ("c.wav", 0.0, 2.0, ())]
     assert table["group"].tolist() == ["bird/b.wav", "frog/a.wav", "frog/a.wav", "frog/a.wav", "noise/c.wav"]
-    mc, mlabels = data.from_folders(tmp_path, SEG, negative_class="noise", multiclass=True)
+    mc, mlabels = from_folders(tmp_path, SEG, negative_class="noise", multiclass=True)
     assert mlabels == ["bird", "frog", "noise"] and mc["labels"].iloc[-1] == ("noise",)
-    g = data.from_folders(tmp_path, SEG, group_regex=r"^(\w+)/")[0]["group"]
+    g = from_folders(tmp_path, SEG, group_regex=r"^(\w+)/")[0]["group"]
     assert set(g) == {"bird", "frog", "noise"}
 
 
@@ -115,24 +120,24 @@ def test_annotation_tables_raven_audacity_csv(tmp_path, wav_writer):
     )
     (ann / "r2.txt").write_text("2.5\t3.5\tbird\n\\\t100\t2000\n")  # Audacity, with a frequency line
     (ann / "more.csv").write_text("file,start_s,end_s,label\nr3.wav,0.0,4.0,frog\n")
-    table, labels = data.from_annotations(ann, rec, SEG, min_overlap_s=0.5, min_overlap_frac=0.5)
+    table, labels = from_annotations(ann, rec, SEG, min_overlap_s=0.5, min_overlap_frac=0.5)
     assert labels == ["bird", "frog"]
     got = {(r.file.split("/")[-1], r.start_s): r.labels for r in table.itertuples()}
     assert got == {("r1.wav", 0.0): ("frog",), ("r1.wav", 4.0): ("bird",), ("r1.wav", 6.0): (),
                    ("r2.wav", 0.0): (), ("r2.wav", 2.0): ("bird",), ("r2.wav", 4.0): (),
                    ("r3.wav", 0.0): ("frog",), ("r3.wav", 2.0): ("frog",)}
     assert ("r1.wav", 2.0) not in got  # ambiguous window dropped
-    only_pos, _ = data.from_annotations(ann, rec, SEG, unannotated_negative=False)
+    only_pos, _ = from_annotations(ann, rec, SEG, unannotated_negative=False)
     assert all(r for r in only_pos["labels"])
 
 
 def test_label_windows_overlap_rule():
-    ann = [data.Annotation(1.0, 1.3, "x")]  # a 0.3 s call
+    ann = [Annotation(1.0, 1.3, "x")]  # a 0.3 s call
     # 0.3 s inside window 0: 100 % of the call -> positive; the next window untouched -> negative
-    assert data.label_windows([(0, 2), (2, 4)], ann, 0.5, 0.5, True) == [(0, 2, ("x",)), (2, 4, ())]
+    assert label_windows([(0, 2), (2, 4)], ann, 0.5, 0.5, True) == [(0, 2, ("x",)), (2, 4, ())]
     # split 0.05 / 0.25 s across windows: the first only grazes (17 %): dropped; the second positive
-    ann = [data.Annotation(1.95, 2.25, "x")]
-    assert data.label_windows([(0, 2), (2, 4)], ann, 0.5, 0.5, True) == [(2, 4, ("x",))]
+    ann = [Annotation(1.95, 2.25, "x")]
+    assert label_windows([(0, 2), (2, 4)], ann, 0.5, 0.5, True) == [(2, 4, ("x",))]
 
 
 def test_official_manifest_source(tmp_path, wav_writer):
@@ -141,7 +146,7 @@ def test_official_manifest_source(tmp_path, wav_writer):
     (tmp_path / "labels.csv").write_text("index,mid,display_name\n1,/m/02,Dog\n0,/m/01,Rain\n")
     (tmp_path / "train.json").write_text(json.dumps({"data": [
         {"wav": "w/a.wav", "labels": "/m/01,/m/02"}, {"wav": str(tmp_path / "w" / "b.wav"), "labels": "/m/02"}]}))
-    table, labels = data.from_manifest(tmp_path / "train.json", tmp_path / "labels.csv", SEG)
+    table, labels = from_manifest(tmp_path / "train.json", tmp_path / "labels.csv", SEG)
     assert labels == ["Rain", "Dog"]  # index order
     assert table["labels"].tolist() == [("Rain", "Dog"), ("Dog",)]
     assert table["end_s"].tolist() == [2.0, 1.5]  # the first window, as the official loader crops
@@ -149,13 +154,13 @@ def test_official_manifest_source(tmp_path, wav_writer):
     from monitor.errors import MonitorError
 
     with pytest.raises(MonitorError, match="/m/99"):
-        data.from_manifest(tmp_path / "bad.json", tmp_path / "labels.csv", SEG)
+        from_manifest(tmp_path / "bad.json", tmp_path / "labels.csv", SEG)
 
 
 def test_cap_per_label_spans_groups():
-    table = data.make_table([dict(file=f"f{g}", start_s=float(k), end_s=k + 1.0, labels=("a",), group=f"f{g}")
+    table = make_table([dict(file=f"f{g}", start_s=float(k), end_s=k + 1.0, labels=("a",), group=f"f{g}")
                              for g in range(4) for k in range(5)])
-    capped = data.cap_per_label(table, 4, seed=1)
+    capped = cap_per_label(table, 4, seed=1)
     assert len(capped) == 4 and capped["group"].nunique() == 4
 
 
@@ -168,7 +173,7 @@ def _toy_table(n_groups=30, seed=0):
         lab = ("rare",) if g % 10 == 0 else (("common",) if g % 2 else ())
         for k in range(int(rng.integers(1, 6))):
             rows.append(dict(file=f"rec{g}.wav", start_s=k * 10.0, end_s=k * 10.0 + 10, labels=lab, group=f"rec{g}"))
-    return data.make_table(rows)
+    return make_table(rows)
 
 
 def test_grouped_split_disjoint_stratified_seeded():
@@ -406,7 +411,7 @@ def test_warmup_reaches_base_lr_and_schedules():
 def test_freeze_policies_and_head_lr():
     from monitor.model.ast import AST
     from monitor.train.config import OptimConfig
-    from monitor.train.engine import make_optimizer
+    from monitor.train.optim import make_optimizer
 
     m = AST(3, 16, 16, 128, 64, "tiny224", depth=3)
     head = sum(p.numel() for p in m.mlp_head.parameters())
@@ -422,7 +427,7 @@ def test_add_labels_to_bundle_keeps_old_head_rows(tmp_path):
     from monitor.config import Preprocess, FbankConfig
     from monitor.model.ast import AST
     from monitor.model.bundle import save_bundle
-    from monitor.train.engine import from_bundle
+    from monitor.train.model_init import from_bundle
 
     torch.manual_seed(0)
     old = AST(2, 16, 16, 128, 64, "tiny224", depth=2)
@@ -445,7 +450,7 @@ def test_add_labels_to_bundle_keeps_old_head_rows(tmp_path):
 def test_init_from_official_checkpoint_file(tmp_path, shared):
     """model.init: audioset with a local official-format file (here the golden tiny one): body weights
     loaded, pos embed adapted to the recipe's frames, a new head for the recipe's labels."""
-    from monitor.train.engine import build_model
+    from monitor.train.model_init import build_model
 
     case = torch.load(shared / "golden" / "ast_official_tiny.pt", weights_only=True)["tiny_f16t16_td200"]
     torch.save(case["state_dict"], tmp_path / "official.pth")
@@ -480,15 +485,15 @@ def test_reviews_give_per_label_targets(tmp_path, wav_writer):
         dict(deployment="site1", file="d1/r.wav", path="", label="bird", start_s=8.0, end_s=10.0, verified="no",
              notes=""),
     ])
-    table, labels = data.targets_from_reviews(reviews, tmp_path / "card", SEG, labels=["frog", "bird"])
+    table, labels = targets_from_reviews(reviews, tmp_path / "card", SEG, labels=["frog", "bird"])
     got = {(r.start_s, r.end_s): (r.labels, r.unknown) for r in table.itertuples()}
     assert got == {(0.0, 2.0): ((), ("bird",)),  # frog no: frog negative, bird unknown
                    (4.0, 6.0): (("bird",), ("frog",))}  # bird yes; frog unsure: unknown; 8-10 conflicting: dropped
-    y = data.target_matrix(table, labels)
+    y = target_matrix(table, labels)
     assert y[0, 0] == 0.0 and np.isnan(y[0, 1]) and y[1, 1] == 1.0 and np.isnan(y[1, 0])
     assert set(table["group"]) == {"d1/r.wav"}
     with pytest.raises(Exception, match="verified"):
-        data.targets_from_reviews(reviews.drop(columns=["verified"]), tmp_path / "card", SEG)
+        targets_from_reviews(reviews.drop(columns=["verified"]), tmp_path / "card", SEG)
 
 
 def test_report_verified_column(tmp_path, wav_writer):
@@ -506,17 +511,17 @@ def test_report_verified_column(tmp_path, wav_writer):
     ws.append(["d1/r.wav", "frog", 8.0, 10.0, 0.55, "unsure"])
     ws.append(["d1/r.wav", "frog", 4.0, 6.0, 0.52, None])
     wb.save(tmp_path / "report.xlsx")
-    table, labels = data.from_report(tmp_path / "report.xlsx", tmp_path / "card", SEG, labels=["frog", "bird"])
+    table, labels = from_report(tmp_path / "report.xlsx", tmp_path / "card", SEG, labels=["frog", "bird"])
     got = [(r.start_s, r.end_s, r.labels, r.unknown) for r in table.itertuples()]
     assert got == [(0.0, 2.0, ("frog",), ("bird",)), (2.0, 4.0, ("frog",), ()), (6.0, 8.0, (), ("frog",))]
     assert labels == ["frog", "bird"]
-    folder, _ = data.from_report(tmp_path, tmp_path / "card", SEG, labels=["frog", "bird"])  # a run's output folder
+    folder, _ = from_report(tmp_path, tmp_path / "card", SEG, labels=["frog", "bird"])  # a run's output folder
     assert folder.equals(table)
     cfg = build_config({"data": {"source": "reviews", "report": str(tmp_path / "report.xlsx"),
                                  "root": str(tmp_path / "card"), "labels": ["frog", "bird"]},
                         "segment": {"window_s": 2.0, "hop_s": 2.0, "min_segment_s": 1.0}})
     assert cfg.data.source == "report"  # an alias; the names folders/annotations/manifest/report stay
-    assert len(data.load_source(cfg)[0]) == 3
+    assert len(load_source(cfg)[0]) == 3
 
 
 def test_masked_loss_metrics_and_calibration():
@@ -563,13 +568,13 @@ def test_same_audio_in_two_folders_is_one_multilabel_row(tmp_path, wav_writer):
     (tmp_path / "bird").mkdir()
     shutil.copy(tmp_path / "frog" / "both.wav", tmp_path / "bird" / "copy_of_both.wav")
     wav_writer(tmp_path / "bird" / "b.wav", 4.0, noise=0.1, seed=2)  # same size, other bytes: its own recording
-    table, labels = data.from_folders(tmp_path, SEG)
+    table, labels = from_folders(tmp_path, SEG)
     rows = {(r.file.split("/")[-1], r.start_s): r.labels for r in table.itertuples()}
     assert rows == {("b.wav", 0.0): ("bird",), ("b.wav", 2.0): ("bird",),
                     ("copy_of_both.wav", 0.0): ("bird", "frog"), ("copy_of_both.wav", 2.0): ("bird", "frog")}
     assert table["group"].nunique() == 2
     with pytest.raises(MonitorError, match="same recording"):
-        data.from_folders(tmp_path, SEG, multiclass=True)
+        from_folders(tmp_path, SEG, multiclass=True)
 
 
 def test_clip_names_warn_when_groups_would_leak(caplog):
@@ -581,7 +586,7 @@ def test_clip_names_warn_when_groups_would_leak(caplog):
     rows = [dict(file=f"/d/frog/rec_{k:02d}.wav", start_s=0.0, end_s=2.0, labels=("frog",), group=f"frog/rec_{k:02d}.wav")
             for k in range(4)] + [dict(file="/d/bird/other.wav", start_s=0.0, end_s=2.0, labels=("bird",),
                                        group="bird/other.wav")]
-    table = data.make_table(rows)
+    table = make_table(rows)
     split = np.array(["train", "train", "val", "train", "val"], dtype=object)
     with caplog.at_level("WARNING"):
         fams = splits.warn_leaks(table, split)
@@ -626,7 +631,7 @@ def test_optimizer_step_through_a_gradient_scaler():
     """The fp16 path: gradients unscaled before clipping, an overflowing step skipped (scale lowered),
     a finite step equal to a plain one. Run on the CPU with torch's CPU GradScaler (same logic as CUDA's)."""
     from monitor.train.config import OptimConfig
-    from monitor.train.engine import make_optimizer, optimizer_step
+    from monitor.train.optim import make_optimizer, optimizer_step
 
     def setup(enabled):
         torch.manual_seed(0)
@@ -659,21 +664,21 @@ class _Wrap(torch.nn.Module):
 
 def test_nan_loss_stops_with_a_fix_it_message(tmp_path):
     from monitor.errors import MonitorError
-    from monitor.train.engine import _Losses
+    from monitor.train.optim import StepLosses
 
-    ls = _Losses(tmp_path / "steps.csv", [], [0.0, 0], "fp32")
+    ls = StepLosses(tmp_path / "steps.csv", [], [0.0, 0], "fp32")
     ls.add(0, 1, torch.tensor(0.7), 1e-3)
     ls.add(1, 1, torch.tensor(float("nan")), 1e-3)
     with pytest.raises(MonitorError, match="diverged.*optim.lr"):
         ls.flush()
-    fp16 = _Losses(tmp_path / "s16.csv", [], [0.0, 0], "fp16")  # the scaler skips a few overflowing steps
+    fp16 = StepLosses(tmp_path / "s16.csv", [], [0.0, 0], "fp16")  # the scaler skips a few overflowing steps
     fp16.add(0, 1, torch.tensor(float("inf")), 1e-3)
     fp16.flush()
     assert fp16.step_losses == [float("inf")]
 
 
 def test_patience_counts_like_keras_and_undefined_metric_falls_back():
-    from monitor.train.engine import Selection
+    from monitor.train.metrics import Selection
 
     sel = Selection("mAP")
     runs = [sel.update(e, {"mAP": v, "val_loss": 1.0}, patience=2) for e, v in enumerate([0.5, 0.6, 0.55, 0.58], 1)]
@@ -688,7 +693,7 @@ def test_patience_counts_like_keras_and_undefined_metric_falls_back():
 
 
 def test_better_and_epoch_from_the_fold_averaged_curve():
-    from monitor.train.engine import _better
+    from monitor.train.metrics import _better
 
     assert _better(float("inf"), 3.0, True)  # d' at AUC 1 is a value, not "undefined"
     assert not _better(float("nan"), None, True)
@@ -705,7 +710,7 @@ def test_drop_path_for_every_start_and_bundle_front_end_checked(tmp_path, shared
     from monitor.config import FbankConfig, Preprocess
     from monitor.model.ast import AST
     from monitor.model.bundle import save_bundle
-    from monitor.train.engine import build_model, from_bundle
+    from monitor.train.model_init import build_model, from_bundle
 
     case = torch.load(shared / "golden" / "ast_official_tiny.pt", weights_only=True)["tiny_f16t16_td200"]
     torch.save(case["state_dict"], tmp_path / "official.pth")
@@ -725,7 +730,7 @@ def test_drop_path_for_every_start_and_bundle_front_end_checked(tmp_path, shared
         from_bundle(str(tmp_path / "b"), ["frog"], geom, Preprocess(fbank=FbankConfig(target_frames=64)))
     from_bundle(str(tmp_path / "b"), ["frog"], geom, pre)  # the same front end: fine
     # norm stats: the bundle's, not recomputed
-    from monitor.train.engine import norm_stats_for
+    from monitor.train.dataset import norm_stats_for
 
     bcfg = build_config({"model": {"init": "bundle", "checkpoint": str(tmp_path / "b")}})
     assert norm_stats_for(bcfg, None, [], tmp_path, False) == (-3.0, 2.0)
@@ -760,7 +765,7 @@ def test_training_reads_and_prepares_segments_as_monitor_run(tmp_path, wav_write
 
     path = wav_writer(tmp_path / "frog" / "r.wav", 5.3, 22050, channels=2, noise=0.1)
     pre = Preprocess(segment=SEG, fbank=FbankConfig(target_frames=208))
-    table, labels = data.from_folders(tmp_path, pre.segment)
+    table, labels = from_folders(tmp_path, pre.segment)
     ds = SegmentDataset(table, labels, pre)
     (task,) = plan_batches([job_from_path(path, "frog/r.wav")], pre, batch_size=8).tasks
     want = decode_task(task, pre).data

@@ -4,7 +4,9 @@ Built through ``timm.models.deit.VisionTransformerDistilled``'s constructor argu
 image of ``(mel_bins, frames)``, 16x16 patches taken with strides ``(fstride, tstride)`` by a strided
 conv projection (``StridedPatchEmbed``, handed to timm as ``embed_layer``). The output head averages
 the cls and distillation tokens, then LayerNorm + Linear, as the official ``ASTModel``. Parameter
-names (``v.*``, ``mlp_head.*``) match the official checkpoints without the ``module.`` prefix.
+names (``v.*``, ``mlp_head.*``) match the official checkpoints without the ``module.`` prefix. As in
+timm's ``vision_transformer.py``: ``forward(x) = forward_head(forward_features(x))``, and
+``forward_head(tokens, pre_logits=True)`` is the pooled embedding the head sees.
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ def resize_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], new_gri
 class AST(nn.Module):
     """AST: ``forward(x)`` with x (batch, frames, mel_bins) normalised fbank -> logits (batch, label_dim).
 
-    Its shape is ``self.geometry`` (a validated ``Geometry``; ``self.config`` is the same object, the
-    name older code reads). ``norm_eps`` is the transformer's LayerNorm epsilon (timm/official 1e-6,
+    Its shape is ``self.geometry`` (a validated ``Geometry``); ``num_features`` is the embedding width
+    (timm's name). ``norm_eps`` is the transformer's LayerNorm epsilon (timm/official 1e-6,
     Hugging Face 1e-12); ``head_norm_eps`` the output head's (official 1e-5). ``pretrained_file`` points
     timm at a local copy of the ImageNet weights for ``imagenet_pretrain``. ``depth=None``: the size's own.
     """
@@ -102,6 +104,7 @@ class AST(nn.Module):
         self.geometry = g
         self.drop_path_rate = float(drop_path_rate)  # stochastic depth (training only; not part of the geometry)
         self.label_dim = g.label_dim
+        self.num_features = spec.embed_dim  # width of forward_head(..., pre_logits=True)
         self.f_dim, self.t_dim = g.grid
         self.v = VisionTransformerDistilled(
             img_size=(g.input_fdim, g.input_tdim), patch_size=PATCH, in_chans=1, num_classes=0,
@@ -120,11 +123,6 @@ class AST(nn.Module):
         g = geometry
         return cls(g.label_dim, g.fstride, g.tstride, g.input_fdim, g.input_tdim, g.model_size, depth=g.depth,
                    norm_eps=g.norm_eps, head_norm_eps=g.head_norm_eps, **options)
-
-    @property
-    def config(self) -> Geometry:
-        """The geometry (``model.config`` was a dict; ``Geometry`` still reads as ``config["depth"]``)."""
-        return self.geometry
 
     def load_imagenet(self, pretrained_file: str | None = None) -> None:
         """Start from timm's ImageNet DeiT-distilled weights (timm's own pretrained loading).
@@ -157,11 +155,20 @@ class AST(nn.Module):
         if unexpected or [m for m in missing if not m.startswith("head")]:
             raise RuntimeError(f"ImageNet weights did not fit: missing {missing}, unexpected {unexpected}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, T, F) normalised fbank -> tokens (B, 2 + patches, C) after the final norm (cls, dist, patches)."""
         x = x.unsqueeze(1).transpose(2, 3)  # (B, T, F) -> (B, 1, F, T)
-        x = self.v.forward_features(x)
+        return self.v.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, N, C) -> logits (B, label_dim); ``pre_logits``: the pooled embedding (B, C), the
+        mean of the cls and distillation tokens, before ``mlp_head`` (LayerNorm + Linear)."""
         x = (x[:, 0] + x[:, 1]) / 2
-        return self.mlp_head(x)
+        return x if pre_logits else self.mlp_head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, T, F) normalised fbank -> logits (B, label_dim)."""
+        return self.forward_head(self.forward_features(x))
 
 
 def count_parameters(model: nn.Module) -> int:

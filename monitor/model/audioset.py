@@ -19,6 +19,12 @@ from typing import Any, Sequence
 from monitor.config import (AUDIOSET_MEAN, AUDIOSET_STD, BandConfig, FbankConfig, Preprocess, ResampleConfig,
                             SegmentConfig)
 from monitor.errors import BundleError, MonitorError
+from monitor.fileio import sha256_file
+from monitor.model.bundle import load_bundle, save_bundle
+from monitor.model.checkpoints import PRETRAINED, from_official_checkpoint, load_state_dict_file, pull
+from monitor.model.geometry import expected_shapes
+from monitor.model.labels import read_labels
+from monitor.resources import monitor_cache
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +48,6 @@ LABELS_SOURCE = ("class_labels_indices.csv of github.com/YuanGongND/ast (egs/aud
 
 def labels() -> list[str]:
     """The 527 AudioSet display names, in the models' output order."""
-    from monitor.model.labels import read_labels
-
     got = read_labels(LABELS_FILE)
     if len(got) != N_LABELS:  # pragma: no cover - a damaged installation
         raise BundleError(f"{LABELS_FILE} holds {len(got)} labels, not {N_LABELS}; reinstall monitor")
@@ -68,14 +72,10 @@ def preprocessing(input_tdim: int = 1024) -> Preprocess:
 
 def bundle_dir(name: str, cache_dir: str | Path | None = None) -> Path:
     """Where ``install(name)`` puts the bundle of a published checkpoint: ``<cache>/models/<name>``."""
-    from monitor.model.checkpoints import monitor_cache
-
     return Path(cache_dir or monitor_cache()) / "models" / name
 
 
 def _recorded_digest(checkpoint: Path) -> str:
-    from monitor.model.checkpoints import sha256_file
-
     f = checkpoint.with_name(checkpoint.name + ".sha256")
     text = f.read_text().split() if f.is_file() else []
     return text[0] if text else sha256_file(checkpoint)
@@ -83,8 +83,6 @@ def _recorded_digest(checkpoint: Path) -> str:
 
 def _existing(out: Path, name: str, digest: str):
     """The bundle already at ``out`` if it was made from this very checkpoint; None if it must be (re)made."""
-    from monitor.model.bundle import load_bundle
-
     meta = out / "bundle.json"
     if not meta.is_file():
         if out.is_dir() and any(out.iterdir()):
@@ -114,10 +112,6 @@ def make_bundle(name: str, checkpoint: str | Path, out: str | Path, *, source: s
     Its labels, preprocessing, thresholds and provenance are the ones this module describes; the
     weights are the checkpoint's, unchanged (fp32). Returns the loaded ``Bundle``.
     """
-    from monitor.model.bundle import save_bundle
-    from monitor.model.checkpoints import PRETRAINED, from_official_checkpoint, load_state_dict_file, sha256_file
-    from monitor.model.geometry import expected_shapes
-
     spec = PRETRAINED[name]
     g = spec.geometry
     checkpoint = Path(checkpoint)
@@ -155,8 +149,6 @@ def install(name: str, *, url: str | None = None, cache_dir: str | Path | None =
     """``monitor models pull NAME``: the checkpoint into ``<cache>/checkpoints`` (resumable, checksummed),
     then its bundle into ``<cache>/models/NAME``, made once per download. Returns (checkpoint, Bundle, made).
     """
-    from monitor.model.checkpoints import pull
-
     ckpt = pull(name, url=url, cache_dir=cache_dir, sha256=sha256, progress=progress)
     digest = _recorded_digest(ckpt)
     out = bundle_dir(name, cache_dir)

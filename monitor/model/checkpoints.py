@@ -7,7 +7,6 @@ checksum.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,8 @@ from typing import Any, Mapping
 import torch
 
 from monitor.errors import BundleError, MonitorError
+from monitor.resources import monitor_cache
+from monitor.fileio import sha256_file
 from monitor.model.ast import AST, MODEL_SIZES, patch_grid, resize_pos_embed
 from monitor.model.geometry import Geometry
 
@@ -314,22 +315,9 @@ PRETRAINED: dict[str, Pretrained] = {
 }
 
 
-def monitor_cache() -> Path:
-    """``$MONITOR_CACHE`` or ``~/.cache/monitor``."""
-    return Path(os.environ.get("MONITOR_CACHE") or Path.home() / ".cache" / "monitor")
-
-
 def checkpoint_path(name: str, cache_dir: str | Path | None = None) -> Path:
     """Where ``pull(name)`` keeps a published checkpoint (whether or not it is there yet)."""
     return Path(cache_dir or monitor_cache()) / "checkpoints" / PRETRAINED[name].filename
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _DownloadError(Exception):

@@ -7,8 +7,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from monitor.errors import BundleError
-from monitor.model.labels import read_labels  # noqa: F401  (re-exported: ``monitor.model.cli.read_labels``)
+from monitor.config import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_THRESHOLD, BandConfig
+from monitor.errors import BundleError, MonitorError
+from monitor.fileio import sha256_file
+from monitor.model import audioset
+from monitor.model.ast import patch_grid
+from monitor.model.audioset import install
+from monitor.model.bundle import list_models, load_bundle, resolve, save_bundle
+from monitor.model.checkpoints import (PRETRAINED, checkpoint_path, from_hf_checkpoint, from_official_checkpoint,
+                                       load_state_dict_file)
+from monitor.model.labels import read_labels, summarise  # read_labels re-exported: ``monitor.model.cli.read_labels``
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +48,6 @@ def models_command(args: argparse.Namespace) -> int:
 
 
 def _list() -> int:
-    from monitor.model.bundle import list_models
-
     rows = list_models()
     for r in rows:
         r["name"] += " (default)" if r.get("default") else ""
@@ -70,16 +76,10 @@ def _thresholds_line(labels: list[str], thr: dict[str, float]) -> str:
 
 
 def _info(name: str, all_labels: bool = False) -> int:
-    from monitor.model.bundle import load_bundle, resolve
-    from monitor.model.checkpoints import PRETRAINED, checkpoint_path
-    from monitor.model.labels import summarise
-
     if name in PRETRAINED and not Path(name).exists():
         try:
             resolve(name)  # pulled: its bundle is described below
         except BundleError:
-            from monitor.model import audioset
-
             s, p = PRETRAINED[name], checkpoint_path(name)
             labels = audioset.labels()
             print(f"name        {name} (published AudioSet checkpoint, official AST format)")
@@ -93,15 +93,24 @@ def _info(name: str, all_labels: bool = False) -> int:
                 _print_labels(labels)
             return 0
     b = load_bundle(name)
-    a, p = b.architecture, b.preprocessing
+    p = b.preprocessing
     more = len(b.labels) > SHOWN_LABELS and not all_labels
     lines = [
         ("name", b.name), ("version", b.version), ("path", b.path), ("sha256", b.sha256),
         ("task", f"{b.task} ({'sigmoid' if b.task == 'multilabel' else 'softmax'})"),
         ("labels", summarise(b.labels, SHOWN_LABELS) + (" (--labels lists them all)" if more else "")),
         ("thresholds", _thresholds_line(b.labels, b.thresholds)),
-        ("geometry", a.describe()),
-        ("weights", f"{b.weights_file} ({b.weights_dtype})"),
+    ]
+    if b.is_ensemble:
+        ens = b.ensemble or {}
+        lines += [("ensemble", f"{len(b.members)} members, their probabilities averaged; thresholds: "
+                               f"{ens.get('thresholds_note') or ens.get('thresholds')}")]
+        lines += [(f"member {i + 1}", f"{m.name} {m.version} ({ref['path']}, sha256 {m.sha256[:12]}...)")
+                  for i, (m, ref) in enumerate(zip(b.members, ens.get("members", [])))]
+        lines += [("geometry", " | ".join(dict.fromkeys(m.architecture.describe() for m in b.members)))]
+    else:
+        lines += [("geometry", b.architecture.describe()), ("weights", f"{b.weights_file} ({b.weights_dtype})")]
+    lines += [
         ("segments", f"{p.segment.window_s:g} s every {p.segment.hop_s:g} s (min {p.segment.min_segment_s:g} s)"),
         ("band", "off" if p.band.low_hz is None and p.band.high_hz is None else
                  f"{p.band.low_hz or 0:g}-{p.band.high_hz or p.resample.sample_rate_hz / 2:g} Hz "
@@ -121,12 +130,7 @@ def _info(name: str, all_labels: bool = False) -> int:
 
 
 def _pull(name: str, url: str | None) -> int:
-    from monitor.model.audioset import install
-    from monitor.model.checkpoints import PRETRAINED
-
     if name not in PRETRAINED:
-        from monitor.errors import MonitorError
-
         raise MonitorError(f"unknown pretrained model {name!r}; available: {', '.join(PRETRAINED)}")
     ckpt, b, made = install(name, url=url)
     spec = PRETRAINED[name]
@@ -138,9 +142,10 @@ def _pull(name: str, url: str | None) -> int:
     print(f"fine-tune from it with `model: {{init: audioset, checkpoint: {name}, fstride: {spec.fstride}, "
           f"tstride: {spec.tstride}}}` in a training config")
     return 0
+
+
 def _warn_geometry(sd: dict, fstride: int, tstride: int, input_tdim: int) -> None:
     """Warn when an official checkpoint was trained on another patch grid than the one asked for."""
-    from monitor.model.ast import patch_grid
 
     pe = sd.get("module.v.pos_embed", sd.get("v.pos_embed"))
     f, t = patch_grid(fstride, tstride, 128, input_tdim)
@@ -169,12 +174,6 @@ def _head_rows(src: Path, sd: dict | None) -> int | None:
 
 def _import(args: argparse.Namespace) -> int:
     import dataclasses
-
-    from monitor.config import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_THRESHOLD, BandConfig
-    from monitor.model import audioset
-    from monitor.model.bundle import save_bundle
-    from monitor.model.checkpoints import (from_hf_checkpoint, from_official_checkpoint, load_state_dict_file,
-                                           sha256_file)
 
     src = Path(args.checkpoint)
     if not src.exists():

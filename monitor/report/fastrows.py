@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import zipfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -24,6 +23,7 @@ import numpy as np
 from openpyxl.utils import get_column_letter
 from openpyxl.utils.datetime import to_excel
 
+from monitor.fileio import atomic_path
 from monitor.report.safe import Formula, clean_text, needs_quote_prefix
 
 _REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
@@ -158,19 +158,14 @@ def splice(path: Path, pending: Sequence[Pending]) -> None:
         return
     path = Path(path)
     by_sheet = {p.sheet_path: p for p in pending}
-    tmp = path.with_name(path.name + ".splice")
-    try:
-        with zipfile.ZipFile(path) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=4) as zout:
-            for info in zin.infolist():
-                name = info.filename
-                if name in by_sheet:
-                    _write_sheet(zin.read(name).decode("utf-8"), by_sheet[name], zout, info)
-                else:
-                    zout.writestr(info, zin.read(name))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path, fsync=False) as tmp, zipfile.ZipFile(path) as zin, \
+            zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=4) as zout:
+        for info in zin.infolist():
+            name = info.filename
+            if name in by_sheet:
+                _write_sheet(zin.read(name).decode("utf-8"), by_sheet[name], zout, info)
+            else:
+                zout.writestr(info, zin.read(name))
 
 
 def _write_sheet(xml: str, p: Pending, zout: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:

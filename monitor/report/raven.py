@@ -6,7 +6,7 @@ import logging
 import re
 from pathlib import Path, PurePosixPath
 
-from monitor.report.safe import atomic_path
+from monitor.fileio import atomic_path
 
 COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
            "Species", "Score", "Begin File", "File Offset (s)"]

@@ -10,16 +10,16 @@ workbook is open right now.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from monitor.store import Review
+from monitor.verdicts import normalize_verdict  # the one vocabulary (re-exported: review_io.normalize_verdict)
 
 log = logging.getLogger(__name__)
 
 SHEETS = ("Detections", "Reviewed below threshold")
-_ALIASES = {"y": "yes", "yes": "yes", "true": "yes", "1": "yes", "x": "yes", "n": "no", "no": "no", "false": "no",
-            "0": "no", "?": "unsure", "unsure": "unsure", "maybe": "unsure", "u": "unsure"}
 
 
 class WorkbookUnreadable(Exception):
@@ -29,11 +29,16 @@ class WorkbookUnreadable(Exception):
 @dataclass
 class WorkbookReviews:
     """The reviews a workbook holds (every row with its Verified/Notes, empty ones included), the Summary's
-    Review Dates ((deployment, file, label, ISO date or '') per row) and the build id monitor wrote into it."""
+    Review Dates ((deployment, file, label, ISO date or '') per row), the build id monitor wrote into it, and
+    the card-folder cells of Run info (card id -> folder)."""
 
     build: str
     reviews: list[Review]
     dates: list[tuple[str, str, str, str]]
+    folders: dict[int, str] = field(default_factory=dict)
+
+
+_CARD_ROW = re.compile(r"^card folder: card (\d+)\b")
 
 
 def lock_files(path: Path) -> list[Path]:
@@ -41,14 +46,6 @@ def lock_files(path: Path) -> list[Path]:
     path = Path(path)
     names = (f"~${path.name}", f"~${path.name[2:]}" if len(path.name) > 2 else "", f".~lock.{path.name}#")
     return [path.with_name(n) for n in names if n and path.with_name(n).exists()]
-
-
-def normalize_verdict(value) -> str:
-    """What a reviewer typed -> yes / no / unsure; other text is kept as typed (trimmed), never dropped."""
-    if value is None:
-        return ""
-    text = str(value).strip()
-    return _ALIASES.get(text.lower(), text)
 
 
 def _text(value) -> str:
@@ -65,11 +62,14 @@ def read_workbook_reviews(path: Path) -> WorkbookReviews:
         raise WorkbookUnreadable(f"{type(exc).__name__}: {str(exc)[:120]}") from None
     try:
         build = _text(getattr(wb.properties, "identifier", None))
+        folders: dict[int, str] = {}
         if "Run info" in wb.sheetnames:
             for row in wb["Run info"].iter_rows(min_row=2, max_col=2, values_only=True):
-                if row and row[0] == "report_build":
+                m = _CARD_ROW.match(_text(row[0])) if row else None
+                if m:
+                    folders[int(m.group(1))] = _text(row[1] if len(row) > 1 else None)
+                elif row and row[0] == "report_build":
                     build = _text(row[1]) or build
-                    break
         reviews: list[Review] = []
         for name in SHEETS:
             if name in wb.sheetnames:
@@ -79,7 +79,7 @@ def read_workbook_reviews(path: Path) -> WorkbookReviews:
         raise WorkbookUnreadable(f"{type(exc).__name__}: {str(exc)[:120]}") from None
     finally:
         wb.close()
-    return WorkbookReviews(build, reviews, dates)
+    return WorkbookReviews(build, reviews, dates, folders)
 
 
 def _sheet_reviews(ws) -> list[Review]:

@@ -11,17 +11,13 @@ Only text is touched: numbers (a temperature of -3.5) stay numbers. A bare UTC o
 ``-08:00`` (the ``utc_offset`` column) cannot carry a formula and is left as it is.
 The one exception is monitor's own link formulas (``Formula``, ``link_formula``): untrusted text goes into
 them only as string literals, quotes doubled, so it can never become formula code.
-Also here: ``atomic_path``, so an interrupted write never leaves a half-written report behind.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _UTC_OFFSET = re.compile(r"[+-]\d{2}:\d{2}")
@@ -98,16 +94,3 @@ def text_cell(ws: Any, value: str) -> Any:
     cell._value, cell.data_type = value, "s"  # bypass openpyxl's "starts with = -> formula" inference
     cell.quotePrefix = True  # Excel's own marker for "typed with a leading apostrophe"
     return cell
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it replaces ``path``, on failure it is removed."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -10,7 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from monitor.report.safe import atomic_path, safe_text, unquote
+from monitor.fileio import atomic_path
+from monitor.report.safe import safe_text, unquote
 from monitor.results import DETECTIONS, RECORDING_EXTRAS, RECORDINGS, SEGMENTS  # noqa: F401  (the one column list)
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from typing import Any, Mapping, Sequence
 from monitor.detect import hms, parse_iso
 from monitor.report.fastrows import splice
 from monitor.report.presence import UNKNOWN_DEVICE, Presence, presence, write_presence_sheet
-from monitor.report.safe import atomic_path, link_formula
+from monitor.fileio import atomic_path
+from monitor.report.safe import link_formula
 from monitor.report.sheet import (DATE, DATETIME, DURATION, SCORE, TEMPERATURE, Col, is_missing, start_sheet,
                                   write_table)
 from monitor.results import MANY_LABELS, VERIFIED_CHOICES
@@ -90,31 +91,44 @@ class Files:
     offset: dict[tuple[str, str], str]
     temperature: dict[tuple[str, str], float | None]
     device: dict[tuple[str, str], str]
-    folder: dict[tuple[str, str], str]  # the card folder the file was read from
-    folders: list[tuple[str, str]]  # (card folder, its deployments) in Run info order, one base cell each
+    folder: dict[tuple[str, str], Any]  # the card (its id; or its folder when cards are unknown) of each file
+    folders: list[tuple[Any, str, str]]  # (card, Run info label, link base) in Run info order, one base cell each
 
     @classmethod
-    def from_recordings(cls, rec: Any) -> "Files":
+    def from_results(cls, results: Any) -> "Files":
+        """One link base per card (the folder a reviewer set, else where the card was last read from)."""
+        rec = results.recordings
         keys = list(zip(rec["deployment"].tolist(), rec["file"].tolist()))
-        base = [_text(b) for b in rec["input_dir"].tolist()] if "input_dir" in rec else [""] * len(keys)
-        deps: dict[str, set[str]] = defaultdict(set)
-        for (d, _), b in zip(keys, base):
-            if b:
-                deps[b].add(d)
+        cards = {c.id: c for c in getattr(results, "cards", [])}
+        if cards and "card" in rec:
+            group = [None if _num(c) is None or int(c) not in cards else int(c) for c in rec["card"].tolist()]
+        else:
+            group = [_text(b) or None for b in rec["input_dir"].tolist()] if "input_dir" in rec else [None] * len(keys)
+        deps: dict[Any, set[str]] = defaultdict(set)
+        for (d, _), g in zip(keys, group):
+            if g is not None:
+                deps[g].add(d)
+        folders = []
+        for g in sorted(deps, key=str if not cards else int):
+            dl = ", ".join(sorted(deps[g]))
+            if cards:
+                c = cards[g]
+                folders.append((g, f"card folder: card {c.id} ({c.name}; {dl})", c.link_base))
+            else:
+                folders.append((g, f"card folder ({dl})" if dl else "card folder", g))
         return cls(start={k: parse_iso(t) for k, t in zip(keys, rec["start_time"].tolist())},
                    offset={k: _text(o) for k, o in zip(keys, rec["utc_offset"].tolist())},
                    temperature={k: _num(t) for k, t in zip(keys, rec["temperature_c"].tolist())},
                    device={k: _text(d) for k, d in zip(keys, rec["device_id"].tolist())},
-                   folder=dict(zip(keys, base)),
-                   folders=[(b, ", ".join(sorted(deps[b]))) for b in sorted(deps)])
+                   folder=dict(zip(keys, group)), folders=folders)
 
-    def base_cells(self) -> dict[str, str]:
-        """Card folder -> its cell in Run info (rows after the status and warnings, see ``run_info_rows``)."""
-        return {b: f"'Run info'!$B${FOLDER_ROW + i}" for i, (b, _) in enumerate(self.folders)}
+    def base_cells(self) -> dict[Any, str]:
+        """Card -> its cell in Run info (rows after the status, see ``run_info_rows``)."""
+        return {g: f"'Run info'!$B${FOLDER_ROW + i}" for i, (g, _, _) in enumerate(self.folders)}
 
-    def link(self, key: tuple[str, str], cells: Mapping[str, str]) -> Any:
-        """A HYPERLINK formula to the file through its card folder's Run info cell (None when unknown)."""
-        cell = cells.get(self.folder.get(key, ""))
+    def link(self, key: tuple[str, str], cells: Mapping[Any, str]) -> Any:
+        """A HYPERLINK formula to the file through its card's Run info cell (None when unknown)."""
+        cell = cells.get(self.folder.get(key))
         return link_formula(cell, key[1], PurePosixPath(key[1]).name) if cell else None
 
 
@@ -270,7 +284,7 @@ def run_info_rows(run: Any, files: Files) -> list[list[Any]]:
     d = run.to_json()
     status = d.pop("status")
     rows = [["status", status]]
-    rows += [[f"card folder ({deps})" if deps else "card folder", folder] for folder, deps in files.folders]
+    rows += [[label, base] for _, label, base in files.folders]
     rows += [["warning", w] for w in d.pop("warnings", [])]
     return rows + [list(kv) for kv in flatten(d)]
 
@@ -295,7 +309,7 @@ def write_workbook(path: Path, results: Any, presence_tables: Presence | None = 
     from openpyxl.utils import get_column_letter
 
     run = results.run
-    files = Files.from_recordings(results.recordings)
+    files = Files.from_results(results)
     wb = Workbook(write_only=True)
     wb.properties.creator = f"monitor {run.package_version}".strip()
     wb.properties.title = "Species detections for review"

@@ -2,9 +2,10 @@
 
 Items are un-normalised, un-augmented log-mel features ``(target_frames, mel)`` float32, the label
 vector ``(n_labels,)`` (1 present, 0 absent, NaN unknown) and the number of real (un-padded) frames.
-Normalisation and augmentation happen per batch in the engine, so the on-disk cache holds exactly
+Normalisation and augmentation happen per batch in the fit loop, so the on-disk cache holds exactly
 what the front end made, keyed by file path + size + mtime + region + a hash of the preprocessing.
-Audio is decoded by ``monitor.audio.read_frames``, the reader ``monitor run`` uses.
+Audio is decoded by ``monitor.audio.read_frames``, the reader ``monitor run`` uses. Also here: the
+DataLoader over planned batches (``make_loader``) and a run's normalisation stats (``norm_stats_for``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from monitor.config import Preprocess
+from monitor.audio import probe, read_frames
+from monitor.config import ConfigError, Preprocess
+from monitor.decode import default_workers
+from monitor.features import dataset_stats
+from monitor.fileio import atomic_path
+from monitor.frontend import front_end, prepare_wave
+from monitor.model.bundle import load_bundle
+from monitor.train.config import TrainConfig
+from monitor.train.table import target_matrix
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +44,6 @@ def read_region(path: str, start_s: float, end_s: float, sample_rate_hz: int | N
     """Decode ``[start_s, end_s)`` of a file -> ((frames, channels) float32, sr), by seeking, with
     ``monitor.audio.read_frames`` (the reader of ``monitor run``). Table times are exact frame counts
     over the rate, so ``round(t * sr)`` gives back the very frames inference reads."""
-    from monitor.audio import probe, read_frames
-
     sr = int(sample_rate_hz or probe(path).sample_rate_hz)
     return read_frames(path, int(round(start_s * sr)), int(round(end_s * sr))), sr
 
@@ -44,18 +51,13 @@ def read_region(path: str, start_s: float, end_s: float, sample_rate_hz: int | N
 def region_features(path: str, start_s: float, end_s: float, pre: Preprocess,
                     sample_rate_hz: int | None = None) -> tuple[np.ndarray, int]:
     """One segment -> (un-normalised features (target_frames, mel) float32, real frames)."""
-    from monitor.frontend import features, prepare_wave
-
     x, sr = read_region(path, start_s, end_s, sample_rate_hz)
     if x.shape[0] == 0:
         raise ValueError(f"{path}: no audio at {start_s:.2f}-{end_s:.2f} s")
     wave, _ = prepare_wave(x, sr, pre)
-    fb = pre.fbank
-    win = int(pre.resample.sample_rate_hz * fb.frame_length_ms * 0.001)
-    hop = int(pre.resample.sample_rate_hz * fb.frame_shift_ms * 0.001)
-    n_real = 0 if len(wave) < win else 1 + (len(wave) - win) // hop
-    feats = features([wave], pre, normalize=False)[0].numpy()
-    return feats.astype(np.float32, copy=False), min(n_real, fb.target_frames)
+    front = front_end(pre)
+    feats = front(wave[None], normalize=False)[0].numpy()
+    return feats.astype(np.float32, copy=False), min(front.fbank.frames(len(wave)), pre.fbank.target_frames)
 
 
 class FbankCache:
@@ -81,9 +83,9 @@ class FbankCache:
             return None
 
     def put(self, key: str, feats: np.ndarray, n: int) -> None:
-        tmp = self.dir / f".{key}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, feats=feats, n=np.int64(n))
-        os.replace(tmp, self.dir / f"{key}.npz")
+        """Store one segment (renamed into place; not flushed to disk: a torn entry is recomputed)."""
+        with atomic_path(self.dir / f"{key}.npz", fsync=False) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, feats=feats, n=np.int64(n))
 
 
 class SegmentDataset:
@@ -91,8 +93,6 @@ class SegmentDataset:
 
     def __init__(self, table, labels: list[str], pre: Preprocess, cache_dir: str | Path | None = None,
                  multiclass: bool = False):
-        from monitor.train.data import target_matrix
-
         self.files = [str(f) for f in table["file"]]
         self.start_s = [float(x) for x in table["start_s"]]
         self.end_s = [float(x) for x in table["end_s"]]
@@ -107,8 +107,6 @@ class SegmentDataset:
     def sample_rate_hz(self, path: str) -> int:
         """Each file's rate, read once per process."""
         if path not in self._rates:
-            from monitor.audio import probe
-
             self._rates[path] = probe(path).sample_rate_hz
         return self._rates[path]
 
@@ -172,6 +170,54 @@ class PlanSampler:
 
 def compute_stats(ds: SegmentDataset, indices) -> tuple[float, float]:
     """Mean/std of the un-augmented, un-normalised (padded) features over ``indices`` (training split)."""
-    from monitor.features import dataset_stats
-
     return dataset_stats(ds.features(int(i))[0] for i in indices)
+
+
+def norm_stats_for(cfg: TrainConfig, ds, train_idx, out_dir: Path, resume: bool,
+                   given: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Normalisation (mean, std) of a run, saved in ``norm_stats.json`` and reloaded on resume.
+
+    ``data.norm_stats``: ``auto`` (the bundle's for ``init: bundle``, else ``train``); ``train``: the
+    training split's (``given``: shared by all folds); ``config``: ``fbank.norm_mean/std``; ``bundle``.
+    """
+    stats_file = Path(out_dir) / "norm_stats.json"
+    if resume and stats_file.is_file():
+        st = json.loads(stats_file.read_text())
+        return float(st["mean"]), float(st["std"])
+    mode = cfg.data.norm_stats
+    if mode == "auto":
+        mode = "bundle" if cfg.model.init == "bundle" else "train"
+    if mode == "bundle":
+        if cfg.model.init != "bundle":
+            raise ConfigError("data.norm_stats: bundle needs model.init: bundle")
+        fb = load_bundle(cfg.model.checkpoint).preprocessing.fbank
+        mean, std, src = fb.norm_mean, fb.norm_std, f"bundle {cfg.model.checkpoint}"
+    elif mode == "config":
+        mean, std, src = cfg.fbank.norm_mean, cfg.fbank.norm_std, "config"
+    elif given is not None:
+        (mean, std), src = given, "the training data of all folds"
+    else:
+        mean, std = compute_stats(ds, train_idx)
+        src = f"training split ({len(train_idx)} segments)"
+        log.info("normalisation from the training split: mean %.4f std %.4f", mean, std)
+    stats_file.write_text(json.dumps({"mean": float(mean), "std": float(std), "from": src}) + "\n")
+    return float(mean), float(std)
+
+
+def loader_workers(setting: int | str, device: str) -> int:
+    """``data.num_workers``: a number, or ``auto`` (``monitor.infer.default_workers``: up to 4 beside a
+    GPU, none on a small CPU whose cores the model already uses)."""
+    if setting != "auto":
+        return int(setting)
+    return default_workers(device)
+
+
+def make_loader(ds, batches, workers: int, device: str, persistent: bool = False):
+    """A DataLoader over ``batches`` (a list, or a ``PlanSampler`` set per epoch); pinned memory on
+    CUDA; its own RNG, so creating it never moves the global torch RNG (resume stays exact)."""
+    import torch
+
+    return torch.utils.data.DataLoader(
+        ds, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+        pin_memory=str(device).startswith("cuda"), persistent_workers=persistent and workers > 0,
+        worker_init_fn=worker_init if workers else None, generator=torch.Generator().manual_seed(0))

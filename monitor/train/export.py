@@ -19,6 +19,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from monitor import __version__
+from monitor.model.bundle import save_bundle
+from monitor.train.metrics import pr_curve, prf
+
 log = logging.getLogger(__name__)
 
 
@@ -85,6 +89,9 @@ def model_card(name: str, version: str, labels: Sequence[str], task: str, data_s
              f"({data_summary.get('groups')} groups, {data_summary.get('hours')} h); "
              f"{data_summary.get('negatives')} segments with no label present.",
              "Split (segments): " + ", ".join(f"{k} {v}" for k, v in split_counts.items()) + "."]
+    gone = data_summary.get("left_out")
+    if gone:
+        lines.append("Recordings left out (not in any split): " + ", ".join(f"{v} {k}" for k, v in gone.items()) + ".")
     unk = data_summary.get("unknown_per_label")
     if unk:
         lines.append("Not judged (unknown, left out of loss and metrics): "
@@ -157,8 +164,6 @@ def plot_pr_curves(targets: np.ndarray, scores: np.ndarray, labels: Sequence[str
     except ImportError:
         log.info("matplotlib not installed (pip install monitor[train]): no PR-curve plot")
         return False
-    from monitor.train.metrics import pr_curve, prf
-
     fig, ax = plt.subplots(figsize=(5, 5))
     for j, lab in enumerate(labels):
         k = np.isfinite(targets[:, j])  # unknown entries take no part
@@ -187,9 +192,6 @@ def export_bundle(out_dir: Path, result, cfg, *, name: str, table, split, data_s
                   config_dict: Mapping[str, Any], test_metrics: Mapping[str, Any] | None = None,
                   cv: Mapping[str, Any] | None = None):
     """Write ``<out_dir>/bundle`` (+ model card) and run-level files; returns the loaded ``Bundle``."""
-    from monitor import __version__
-    from monitor.model.bundle import save_bundle
-
     split = np.asarray(split, dtype=object)
     counts = {s: int((split == s).sum()) for s in ("train", "val", "test") if (split == s).any()}
     val_groups = sorted(set(table["group"][split == "val"]))
@@ -205,9 +207,9 @@ def export_bundle(out_dir: Path, result, cfg, *, name: str, table, split, data_s
         trained_with=f"monitor {__version__} train", created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         init=init, weights=result.chosen, extra=extra, data=dict(data_summary),
         splits=dict(counts=counts, val_groups=val_groups[:500], test_groups=test_groups[:500], seed=cfg.split.seed),
-        metrics=_json_safe(pack(metrics)), test_metrics=_json_safe(pack(test_metrics)),
-        cross_validation=_json_safe({k: v for k, v in (cv or {}).items() if k != "text"}) or None,
-        calibration=_json_safe(calibration), config=_json_safe(config_dict), history=_json_safe(result.history),
+        metrics=json_safe(pack(metrics)), test_metrics=json_safe(pack(test_metrics)),
+        cross_validation=json_safe({k: v for k, v in (cv or {}).items() if k != "text"}) or None,
+        calibration=json_safe(calibration), config=json_safe(config_dict), history=json_safe(result.history),
     )
     selection = ""
     if result.extra.get("best_epoch"):
@@ -232,14 +234,14 @@ def export_bundle(out_dir: Path, result, cfg, *, name: str, table, split, data_s
     return bundle
 
 
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """NaN/inf -> None, numpy -> python, recursively (bundle.json is strict JSON)."""
     if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _json_safe(x.tolist())
+        return json_safe(x.tolist())
     if isinstance(x, (np.floating, float)):
         return float(x) if math.isfinite(float(x)) else None
     if isinstance(x, np.integer):

@@ -7,18 +7,26 @@ NaN AP/AUC and a note, and is left out of the macro means; it never raises.
 ``accuracy`` is argmax accuracy as the official AST reports it (``accuracy_score(argmax target,
 argmax output)``), over the segments with exactly one label present and none unknown; for a
 multilabel model ``exact_match`` also counts whether every known label is right at its threshold.
+``Selection`` chooses the best epoch by one of them (and stops early).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from monitor.config import DEFAULT_THRESHOLD
+
 log = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("mAP", "mAUC", "d_prime", "accuracy", "exact_match", "macro_f1")  # of evaluate_scores' summary
+MAXIMISE = {"mAP": True, "mAUC": True, "d_prime": True, "accuracy": True, "exact_match": True, "macro_f1": True,
+            "val_loss": False}
 
 
 def average_precision(y: np.ndarray, s: np.ndarray) -> float:
@@ -105,7 +113,7 @@ def _nanmean(v: Sequence[float]) -> float:
 
 
 def evaluate_scores(targets: np.ndarray, scores: np.ndarray, labels: Sequence[str], task: str = "multilabel",
-                    thresholds: Mapping[str, float] | float = 0.5) -> dict[str, Any]:
+                    thresholds: Mapping[str, float] | float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """All metrics of one evaluation. ``targets`` (n, L) 0/1 (soft > 0.5 counts) or NaN (unknown: left
     out for that label), ``scores`` (n, L) in 0..1.
 
@@ -163,3 +171,42 @@ def pr_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     fp = (last + 1) - tp
     n_pos = max(int(y.sum()), 1)
     return tp / (tp + fp), tp / n_pos, s[last]
+
+
+# --- choosing the epoch ---------------------------------------------------------------------------------
+
+def _better(value: float, best: float | None, maximise: bool) -> bool:
+    """An undefined (NaN) value never wins; +-inf (d-prime at AUC 1 or 0) compares as a number."""
+    if value is None or math.isnan(value):
+        return False
+    return best is None or math.isnan(best) or (value > best if maximise else value < best)
+
+
+@dataclass
+class Selection:
+    """Which epoch's weights are best, and when to stop early.
+
+    ``update`` takes an epoch's history row: an undefined (NaN) ``metric`` at the first validated
+    epoch switches the run to ``val_loss``; patience counts as Keras/Lightning do: stop once
+    ``patience`` epochs in a row did not improve on the best.
+    """
+
+    metric: str
+    best_value: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, row: dict[str, Any], patience: int | None) -> tuple[bool, bool]:
+        """(improved, stop) after ``epoch`` (1-based)."""
+        value = row.get(self.metric, float("nan"))
+        if (math.isnan(value) and self.metric != "val_loss" and self.best_epoch == 0
+                and math.isfinite(row.get("val_loss", float("nan")))):
+            log.warning("eval.metric %s is undefined on this validation split (a label without positives or "
+                        "negatives?); choosing epochs by val_loss instead", self.metric)
+            self.metric, value = "val_loss", row["val_loss"]
+        improved = _better(value, self.best_value, MAXIMISE[self.metric])
+        if improved:
+            self.best_value, self.best_epoch, self.bad_epochs = float(value), epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved, patience is not None and self.bad_epochs >= patience
