@@ -70,9 +70,6 @@ class BandConfig:
             raise ConfigError(f"band.order must be in 1..16, got {self.order}")
 
 
-MODEL_RATE_HZ = 16000  # the rate every bundle so far resamples to (AST: 16 kHz)
-
-
 @dataclass(frozen=True)
 class ResampleConfig:
     """Target rate and method: ``poly`` (scipy.signal.resample_poly) or ``soxr`` if installed."""
