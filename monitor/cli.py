@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--move", action="store_true",
                    help="with --deployment (or a deployments table): re-file files of this card already stored under "
                         "another deployment, with their verdicts, instead of refusing")
+    r.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help="also keep each segment's embedding (float16, in the results store) for `monitor search`, "
+                        "heads trained from them and `monitor report --rescore`; kept for later runs into OUT_DIR")
     r.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local: this machine; ray: decode in Ray tasks, score in Ray actors (pip install "
                         "'monitor[ray]'; see README 'Past one machine')")
@@ -205,7 +208,8 @@ def run_command(args: argparse.Namespace) -> int:
                         thresholds=dict(args.threshold), labels=None if args.labels is None else [args.labels],
                         deployment=args.deployment, deployments=args.deployments, resume=not args.no_resume,
                         prune=args.prune, move=args.move, engine=args.engine, address=args.address,
-                        actors=args.actors, gpus_per_actor=args.gpus_per_actor, command=command)
+                        actors=args.actors, gpus_per_actor=args.gpus_per_actor, command=command,
+                        embeddings=args.embeddings)
         info = run(cfg)
     except MonitorError:
         if is_out(dst):  # the run got as far as making OUT: its log says why it stopped

@@ -163,7 +163,8 @@ class RunConfig:
     deployment name; ``deployments``: a deployments table (CSV); ``resume=False`` re-scores this card's
     files; ``prune`` archives results of files no longer on the card; ``move`` re-files files already stored
     under another deployment (else refused); ``engine``: ``local`` or ``ray``
-    (``address``, ``actors``, ``gpus_per_actor`` are Ray's); ``progress``: None shows a bar on a terminal.
+    (``address``, ``actors``, ``gpus_per_actor`` are Ray's); ``progress``: None shows a bar on a terminal;
+    ``embeddings``: keep each segment's embedding (None: as ``out_dir`` already does, kept for later runs).
     """
 
     input_dir: Path | str
@@ -187,6 +188,7 @@ class RunConfig:
     gpus_per_actor: float | None = None
     progress: bool | None = None
     command: str = ""
+    embeddings: bool | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -198,6 +200,13 @@ class RunConfig:
         if self.engine == "ray" and self.workers is not None:
             raise ConfigError("--workers applies to --engine local; Ray schedules decode tasks itself")
         check_batch_size(self.batch_size)
+        if self.embeddings:
+            if self.engine == "ray":
+                raise ConfigError("--embeddings works with --engine local only (not yet with Ray)")
+            if self.precision == "int8" or self.compile:
+                raise ConfigError("--embeddings does not apply to --precision int8 or --compile; drop one of them")
+            if self.models is not None and len(self.models) > 1:
+                raise ConfigError("--embeddings needs one --model (embeddings belong to one backbone), not an ensemble")
 
 
 def _is_dataclass_type(tp: Any) -> bool:

@@ -74,19 +74,21 @@ def run(cfg: RunConfig) -> RunInfo:
         store.bind_model(model_hash, names, " + ".join(f"{b.name} {b.version}" for b in bundles))
         store.set_meta("bundle_thresholds", dict(bundles[0].thresholds))
         remember_choices(store, table, keep)
+        embed = keep_embeddings(store, cfg, bundles)
         thr = current_thresholds(store, RunInfo(labels=names), cfg.thresholds)
         info = _run_info(src, dst, bundles, thr, cfg.command, started)
         run_id = store.begin_run(str(src), info.to_json())
         warnings: list[str] = []
         with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
             # the engine starts first: its worker processes' imports overlap discovery and model loading
-            with make_engine(bundles, cfg) as engine:
+            with make_engine(bundles, cfg, embed) as engine:
                 plan = scan_card(src, store, bundles[0].preprocessing, model_hash, stop.state, cfg.deployment,
                                  cfg.prune, cfg.resume, stored_deployments(store), cfg.move)
                 if table is not None and plan.unmatched_rows:
                     warnings.append(f"deployments table {Path(cfg.deployments).name}: "
                                     f"{listing(plan.unmatched_rows)} matched no file of this card")
-                stats, interrupted = score_planned(engine, plan, store, bundles, cfg.progress, stop.state)
+                stats, interrupted = score_planned(engine, plan, store, bundles, cfg.progress, stop.state,
+                                                   (store.embeddings_backbone or "", model_hash) if embed else None)
             interrupted = interrupted or stop.state["flag"]
             e = stats.engine
             info = dataclasses.replace(
@@ -105,13 +107,28 @@ def run(cfg: RunConfig) -> RunInfo:
     return info
 
 
-def make_engine(bundles: list[Bundle], cfg: RunConfig) -> Engine:
+def keep_embeddings(store: ResultsStore, cfg: RunConfig, bundles: list[Bundle]) -> bool:
+    """Whether this run keeps segment embeddings: ``--embeddings``, or an output folder that already keeps them
+    (remembered for later runs). Files analysed without them are then analysed again (``store.embeddings``)."""
+    keep = bool(store.get_meta("embeddings")) if cfg.embeddings is None else bool(cfg.embeddings)
+    if keep and cfg.embeddings is None and (cfg.engine == "ray" or len(bundles) > 1 or cfg.precision == "int8"
+                                            or cfg.compile):
+        raise MonitorError(f"{store.path.parent} keeps segment embeddings (an earlier --embeddings run), which needs "
+                           "one --model, --engine local and no --precision int8 / --compile")
+    store.set_meta("embeddings", keep)
+    if keep:
+        store.embeddings_backbone = bundles[0].backbone()
+        log.info("keeping segment embeddings (backbone %s)", store.embeddings_backbone[:12])
+    return keep
+
+
+def make_engine(bundles: list[Bundle], cfg: RunConfig, embeddings: bool = False) -> Engine:
     """The engine ``monitor run`` scores through: ``engine.LocalEngine`` or ``ray_engine.RayEngine``."""
     if cfg.engine == "ray":
         return RayEngine(bundles, address=cfg.address, actors=cfg.actors, gpus_per_actor=cfg.gpus_per_actor,
                          device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size)
     return LocalEngine(bundles, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
-                       workers=cfg.workers, compile=cfg.compile)
+                       workers=cfg.workers, compile=cfg.compile, embeddings=embeddings)
 
 
 def _now() -> str:
@@ -133,8 +150,10 @@ def file_outcome(res: FileScores, n_labels: int) -> tuple[str, str]:
 
 
 def score_planned(engine: Engine, plan: WorkPlan, store: ResultsStore, bundles: list[Bundle],
-                  progress: bool | None, stop: dict[str, bool]) -> tuple[RunStats, bool]:
-    """Score the planned jobs through ``engine``; each file is committed as soon as all its segments are in."""
+                  progress: bool | None, stop: dict[str, bool],
+                  embeddings: tuple[str, str] | None = None) -> tuple[RunStats, bool]:
+    """Score the planned jobs through ``engine``; each file is committed as soon as all its segments are in
+    (``embeddings``: (backbone, bundle hash) the kept embeddings are tied to, committed with their file)."""
     from tqdm.auto import tqdm
 
     pre = bundles[0].preprocessing
@@ -164,8 +183,10 @@ def score_planned(engine: Engine, plan: WorkPlan, store: ResultsStore, bundles: 
             log.info("failed %s: %s", job.rel, reason)
         else:
             segs = list(zip(res.index, res.start_s, res.end_s, res.scores))
+            backbone, bundle = embeddings or ("", "")
             store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite, input_dir=plan.input_dir,
-                           card=plan.card)
+                           card=plan.card, embeddings=res.embeddings if embeddings else None, backbone=backbone,
+                           bundle=bundle)
         stats.done += 1
 
     interrupted = bool(stop["flag"])

@@ -1,0 +1,146 @@
+"""Segment embeddings (``monitor run --embeddings``): one row per file, beside its segments.
+
+A file's embeddings are one float16 matrix ``(segments, width)`` in segment order (``vectors``) with the
+segments' indices (``segments``, int32), tied to the backbone that made them (``backbone``: the bundle's
+``backbone_sha256``) and to the bundle itself (``bundle``: its sha256, for provenance). They are written in the
+file's own transaction (``FilesMixin.put_file``), so they are always exactly the stored segments' embeddings:
+``--no-resume`` and a re-scored file replace them, ``--prune`` archives them with the file and
+``--restore-pruned`` brings them back, ``--move`` re-files them.
+
+One row per file, not per segment: a season of 1 M segments is a few thousand rows, read back in seconds
+(``benchmarks/agile.py``: 1 M x 768 in about 5 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from monitor.store.base import Db
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    deployment TEXT NOT NULL, file TEXT NOT NULL,
+    backbone TEXT NOT NULL, bundle TEXT NOT NULL DEFAULT '',
+    width INTEGER NOT NULL, n INTEGER NOT NULL,
+    segments BLOB NOT NULL, vectors BLOB NOT NULL,
+    PRIMARY KEY (deployment, file)
+);
+CREATE TABLE IF NOT EXISTS pruned_embeddings (
+    deployment TEXT NOT NULL, file TEXT NOT NULL,
+    backbone TEXT NOT NULL, bundle TEXT NOT NULL DEFAULT '',
+    width INTEGER NOT NULL, n INTEGER NOT NULL,
+    segments BLOB NOT NULL, vectors BLOB NOT NULL,
+    pruned_at TEXT NOT NULL
+)
+"""
+COLUMNS = "deployment, file, backbone, bundle, width, n, segments, vectors"
+
+
+@dataclass
+class Embeddings:
+    """Stored embeddings in (deployment, file, segment) order: ``vectors`` (n, width) float16, and per row its
+    ``deployment``, ``file``, ``segment`` index, ``start_s``/``end_s``; ``backbone``: the one backbone they share."""
+
+    deployment: np.ndarray
+    file: np.ndarray
+    segment: np.ndarray
+    start_s: np.ndarray
+    end_s: np.ndarray
+    vectors: np.ndarray
+    backbone: str = ""
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+class EmbeddingsMixin(Db):
+    """What the store keeps of ``--embeddings``; the per-file writes are ``FilesMixin``'s."""
+
+    embeddings_backbone: str | None = None  # set by a run that keeps embeddings: files without them are not done
+
+    def _put_embeddings(self, deployment: str, file: str, index: np.ndarray, vectors: np.ndarray | None,
+                        backbone: str, bundle: str) -> None:
+        """Inside the caller's transaction: replace a file's embeddings (none when ``vectors`` is None)."""
+        self.db.execute("DELETE FROM embeddings WHERE deployment=? AND file=?", (deployment, file))
+        if vectors is None or not len(vectors):
+            return
+        v = np.ascontiguousarray(vectors, dtype=np.float16)
+        idx = np.ascontiguousarray(index, dtype=np.int32)
+        self.db.execute(f"INSERT INTO embeddings({COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                        (deployment, file, backbone, bundle, int(v.shape[1]), int(v.shape[0]), idx.tobytes(),
+                         v.tobytes()))
+
+    def has_embeddings(self, deployment: str, file: str, backbone: str) -> bool:
+        row = self.db.execute("SELECT backbone, n FROM embeddings WHERE deployment=? AND file=?",
+                              (deployment, file)).fetchone()
+        return row is not None and row[0] == backbone
+
+    def embedding_backbones(self) -> dict[str, int]:
+        """backbone -> files whose embeddings it made."""
+        return {b: int(n) for b, n in self.db.execute("SELECT backbone, COUNT(*) FROM embeddings GROUP BY backbone")}
+
+    def count_embeddings(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(SUM(n), 0) FROM embeddings").fetchone()[0])
+
+    def files_without_embeddings(self, backbone: str) -> list[tuple[str, str]]:
+        """Analysed files (ok, with segments) that have no embeddings of ``backbone``."""
+        return [tuple(r) for r in self.db.execute(
+            "SELECT f.deployment, f.file FROM files f LEFT JOIN embeddings e ON e.deployment=f.deployment AND "
+            "e.file=f.file AND e.backbone=? WHERE f.status='ok' AND f.n_segments>0 AND e.file IS NULL "
+            "ORDER BY f.deployment, f.file", (backbone,))]
+
+    def load_embeddings(self, backbone: str | None = None) -> Embeddings:
+        """Every stored embedding (of ``backbone``; default: the only one there is) with its segment's times."""
+        backbones = self.embedding_backbones()
+        if backbone is None:
+            backbone = next(iter(backbones), "")
+        rows = self.db.execute("SELECT deployment, file, n, width, segments, vectors FROM embeddings WHERE backbone=? "
+                               "ORDER BY deployment, file", (backbone,)).fetchall()
+        total = sum(r[2] for r in rows)
+        width = rows[0][3] if rows else 0
+        vec = np.empty((total, width), np.float16)
+        seg = np.empty(total, np.int64)
+        dep = np.empty(total, object)
+        fil = np.empty(total, object)
+        k = 0
+        for d, f, n, w, idx, blob in rows:
+            vec[k:k + n] = np.frombuffer(blob, np.float16).reshape(n, w)
+            seg[k:k + n] = np.frombuffer(idx, np.int32)
+            dep[k:k + n] = d
+            fil[k:k + n] = f
+            k += n
+        times: dict[tuple[str, str, int], tuple[float, float]] = {}
+        for d, f, i, a, b in self.db.execute("SELECT s.deployment, s.file, s.segment, s.start_s, s.end_s FROM segments s "
+                                             "JOIN embeddings e ON e.deployment=s.deployment AND e.file=s.file "
+                                             "WHERE e.backbone=?", (backbone,)):
+            times[(d, f, i)] = (a, b)
+        t = np.array([times.get((d, f, int(i)), (np.nan, np.nan)) for d, f, i in zip(dep, fil, seg)],
+                     dtype=np.float64).reshape(total, 2)
+        return Embeddings(dep, fil, seg, t[:, 0], t[:, 1], vec, backbone)
+
+    def iter_file_embeddings(self, backbone: str):
+        """``(deployment, file, segment indices, vectors)`` per file of ``backbone``, one file at a time."""
+        cur = self.db.execute("SELECT deployment, file, n, width, segments, vectors FROM embeddings WHERE backbone=? "
+                              "ORDER BY deployment, file", (backbone,))
+        for d, f, n, w, idx, blob in cur:
+            yield d, f, np.frombuffer(idx, np.int32).astype(np.int64), np.frombuffer(blob, np.float16).reshape(n, w)
+
+    # -- kept consistent with the file rows (called inside FilesMixin's transactions) -------------------
+    def _archive_embeddings(self, deployment: str, file: str, stamp: str) -> None:
+        self.db.execute(f"INSERT INTO pruned_embeddings({COLUMNS}, pruned_at) SELECT {COLUMNS}, ? FROM embeddings "
+                        "WHERE deployment=? AND file=?", (stamp, deployment, file))
+        self.db.execute("DELETE FROM embeddings WHERE deployment=? AND file=?", (deployment, file))
+
+    def _restore_embeddings(self, deployment: str, file: str, stamp: str) -> None:
+        self.db.execute(f"INSERT OR REPLACE INTO embeddings({COLUMNS}) SELECT {COLUMNS} FROM pruned_embeddings "
+                        "WHERE deployment=? AND file=? AND pruned_at=?", (deployment, file, stamp))
+        self.db.execute("DELETE FROM pruned_embeddings WHERE deployment=? AND file=? AND pruned_at=?",
+                        (deployment, file, stamp))
+
+    def _embeddings_needed(self, deployment: str, file: str, status: Any, n_segments: Any) -> bool:
+        """A run keeping embeddings must redo an analysed file that has none of its backbone."""
+        return bool(self.embeddings_backbone) and status == "ok" and bool(n_segments) and \
+            not self.has_embeddings(deployment, file, str(self.embeddings_backbone))
