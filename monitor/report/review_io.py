@@ -18,7 +18,7 @@ from monitor.store import Review
 
 log = logging.getLogger(__name__)
 
-SHEETS = ("Detections", "Reviewed below threshold")
+SHEETS = ("Detections", "Reviewed below threshold", "Segments")  # Segments: the search / review-next workbooks
 _ALIASES = {"y": "yes", "yes": "yes", "true": "yes", "1": "yes", "x": "yes", "n": "no", "no": "no", "false": "no",
             "0": "no", "?": "unsure", "unsure": "unsure", "maybe": "unsure", "u": "unsure"}
 
@@ -111,6 +111,8 @@ def _sheet_reviews(ws) -> list[Review]:
             a, b = float(r[aj]), float(r[bj])
         except (TypeError, ValueError):
             continue
+        if lj >= len(r) or not _text(r[lj]):
+            continue  # a search row nobody named a label for: no verdict can be kept
         out.append(Review(_text(r[dep]) if dep is not None and dep < len(r) else "", _text(r[fj]), _text(r[lj]),
                           a, b, normalize_verdict(r[vj] if vj < len(r) else None),
                           _text(r[nj]) if nj is not None and nj < len(r) else ""))

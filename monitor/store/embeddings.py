@@ -121,12 +121,21 @@ class EmbeddingsMixin(Db):
                      dtype=np.float64).reshape(total, 2)
         return Embeddings(dep, fil, seg, t[:, 0], t[:, 1], vec, backbone)
 
-    def iter_file_embeddings(self, backbone: str):
-        """``(deployment, file, segment indices, vectors)`` per file of ``backbone``, one file at a time."""
-        cur = self.db.execute("SELECT deployment, file, n, width, segments, vectors FROM embeddings WHERE backbone=? "
-                              "ORDER BY deployment, file", (backbone,))
-        for d, f, n, w, idx, blob in cur:
-            yield d, f, np.frombuffer(idx, np.int32).astype(np.int64), np.frombuffer(blob, np.float16).reshape(n, w)
+    def embedding_files(self, backbone: str) -> list[tuple[str, str]]:
+        return [tuple(r) for r in self.db.execute("SELECT deployment, file FROM embeddings WHERE backbone=? "
+                                                  "ORDER BY deployment, file", (backbone,))]
+
+    def file_embeddings(self, deployment: str, file: str) -> tuple[np.ndarray, np.ndarray]:
+        """(segment indices, float16 vectors) of one file."""
+        n, w, idx, blob = self.db.execute("SELECT n, width, segments, vectors FROM embeddings WHERE deployment=? AND "
+                                          "file=?", (deployment, file)).fetchone()
+        return np.frombuffer(idx, np.int32).astype(np.int64), np.frombuffer(blob, np.float16).reshape(n, w)
+
+    def put_scores(self, deployment: str, file: str, index: np.ndarray, scores: np.ndarray) -> None:
+        """Inside the caller's transaction: new scores for a file's stored segments (``--rescore``)."""
+        s = np.ascontiguousarray(scores, dtype=np.float32)
+        self.db.executemany("UPDATE segments SET scores=? WHERE deployment=? AND file=? AND segment=?",
+                            [(s[k].tobytes(), deployment, file, int(i)) for k, i in enumerate(index)])
 
     # -- kept consistent with the file rows (called inside FilesMixin's transactions) -------------------
     def _archive_embeddings(self, deployment: str, file: str, stamp: str) -> None:
