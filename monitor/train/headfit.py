@@ -7,7 +7,7 @@ thresholds calibrated on validation, held-out test, model card (``train.export``
 The features are the stored float16 embeddings through the frozen LayerNorm; validation, test and the
 calibration score exactly as inference will (``model.head.Head``: float64 from the float16 embedding).
 Optimiser settings come from ``optim`` (``lr``, ``weight_decay``, ``epochs``, ``batch_size``, ``seed``;
-the packaged ``agile_head`` recipe sets values that suit a linear head). ``data.extend_head``: the source
+the packaged ``head_from_embeddings`` recipe sets values that suit a linear head). ``data.extend_head``: the source
 model's labels keep their head rows and thresholds unless verdicts retrain them.
 """
 
