@@ -44,10 +44,12 @@ class SegmentIndex:
     def similarity(self, queries: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Exact mean cosine similarity (float64) of ``rows`` (default: all) to ``queries`` (k, width)."""
         q = np.asarray(queries, np.float64)
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        q = q / np.maximum(np.sqrt((q * q).sum(axis=1, keepdims=True)), 1e-12)
         v = np.asarray(self.vectors if rows is None else self.vectors[rows], np.float64)
-        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        return (v @ q.T).mean(axis=1)
+        v = v / np.maximum(np.sqrt((v * v).sum(axis=1, keepdims=True)), 1e-12)
+        # row by row (no matrix product, whose sums depend on the shape): a row's similarity never depends on
+        # which other rows are scored with it
+        return np.mean([(v * qj).sum(axis=1) for qj in q], axis=0)
 
     def search(self, queries: np.ndarray, top: int, skip: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``top`` rows most similar to ``queries``: (row numbers, exact similarity), best first.
