@@ -80,7 +80,7 @@ def fit_linear(x, y: np.ndarray, weight: np.ndarray, w0, b0, cfg, rows: np.ndarr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(i)
+            total += float(loss.detach()) * len(i)
             steps += 1
         value, summ = validate(w.detach(), b.detach())
         row = {"epoch": epoch, "steps": steps, "train_loss": total / max(1, len(rows)), **summ,
