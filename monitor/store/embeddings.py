@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from monitor.errors import MonitorError
 from monitor.store.base import Db
 
 TABLES = """
@@ -112,14 +113,15 @@ class EmbeddingsMixin(Db):
             dep[k:k + n] = d
             fil[k:k + n] = f
             k += n
-        times: dict[tuple[str, str, int], tuple[float, float]] = {}
-        for d, f, i, a, b in self.db.execute("SELECT s.deployment, s.file, s.segment, s.start_s, s.end_s FROM segments s "
-                                             "JOIN embeddings e ON e.deployment=s.deployment AND e.file=s.file "
-                                             "WHERE e.backbone=?", (backbone,)):
-            times[(d, f, i)] = (a, b)
-        t = np.array([times.get((d, f, int(i)), (np.nan, np.nan)) for d, f, i in zip(dep, fil, seg)],
-                     dtype=np.float64).reshape(total, 2)
-        return Embeddings(dep, fil, seg, t[:, 0], t[:, 1], vec, backbone)
+        # a file's embeddings are its segments in segment order (written together): one ordered query aligns them
+        t = np.array(self.db.execute("SELECT s.segment, s.start_s, s.end_s FROM segments s JOIN embeddings e ON "
+                                     "e.deployment=s.deployment AND e.file=s.file WHERE e.backbone=? ORDER BY "
+                                     "s.deployment, s.file, s.segment", (backbone,)).fetchall(),
+                     dtype=np.float64).reshape(-1, 3)
+        if len(t) != total or not np.array_equal(t[:, 0].astype(np.int64), seg):  # never expected: say so
+            raise MonitorError(f"{self.path}: stored embeddings and segments disagree; run the cards again with "
+                               "--embeddings --no-resume")
+        return Embeddings(dep, fil, seg, t[:, 1], t[:, 2], vec, backbone)
 
     def embedding_files(self, backbone: str) -> list[tuple[str, str]]:
         return [tuple(r) for r in self.db.execute("SELECT deployment, file FROM embeddings WHERE backbone=? "
