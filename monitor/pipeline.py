@@ -70,11 +70,11 @@ def run(cfg: RunConfig) -> RunInfo:
     table = read_deployments(cfg.deployments) if cfg.deployments else None
     started = datetime.now(timezone.utc).astimezone()
     with open_out(dst, create=True) as store:
+        embed = keep_embeddings(store, cfg, bundles)  # before anything is written: it may refuse the run
         model_hash = ensemble_hash(bundles)
         store.bind_model(model_hash, names, " + ".join(f"{b.name} {b.version}" for b in bundles))
         store.set_meta("bundle_thresholds", dict(bundles[0].thresholds))
         remember_choices(store, table, keep)
-        embed = keep_embeddings(store, cfg, bundles)
         thr = current_thresholds(store, RunInfo(labels=names), cfg.thresholds)
         info = _run_info(src, dst, bundles, thr, cfg.command, started)
         run_id = store.begin_run(str(src), info.to_json())
@@ -115,7 +115,8 @@ def keep_embeddings(store: ResultsStore, cfg: RunConfig, bundles: list[Bundle]) 
                                             or cfg.compile):
         raise MonitorError(f"{store.path.parent} keeps segment embeddings (an earlier --embeddings run), which needs "
                            "one --model, --engine local and no --precision int8 / --compile")
-    store.set_meta("embeddings", keep)
+    if keep != bool(store.get_meta("embeddings")):
+        store.set_meta("embeddings", keep)
     if keep:
         store.embeddings_backbone = bundles[0].backbone()
         log.info("keeping segment embeddings (backbone %s)", store.embeddings_backbone[:12])

@@ -127,6 +127,9 @@ def train_head(cfg, out_dir: Path, *, name: str, progress: bool = True) -> dict[
     w0, b0, known = _init_rows(data, head)
     trained = np.array([np.isfinite(y[:, j]).any() for j in range(len(labels))])
     tr, va, te = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
+    if not np.isfinite(y[tr[~data.weak[tr]]]).any():
+        raise MonitorError("the training split holds no verdict; review segments of more recordings or lower "
+                           "split.val_fraction")
 
     def scores_of(w, b, rows):
         h = dataclasses.replace(head, weight=w.double(), bias=b.double())
