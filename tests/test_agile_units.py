@@ -29,6 +29,7 @@ def test_embeddings_follow_their_segments_through_prune_restore_clear_and_move(t
     _put(st, "d1", "b.wav", 2, card, 2)
     emb = st.load_embeddings("bb")
     assert len(emb) == 5 and emb.backbone == "bb"
+    assert np.allclose(emb.norms, np.linalg.norm(emb.vectors.astype(np.float32), axis=1), rtol=1e-6)
     assert emb.file.tolist() == ["a.wav"] * 3 + ["b.wav"] * 2 and emb.segment.tolist() == [0, 1, 2, 0, 1]
     assert emb.start_s.tolist() == [0.0, 10.0, 20.0, 0.0, 10.0] and np.array_equal(emb.vectors[:3], a)
     # a re-scored file replaces its embeddings with its segments, in one transaction
@@ -163,6 +164,10 @@ def test_brute_force_search_is_exact_and_skips_what_it_is_told():
     assert np.allclose(sim, exact[rows]) and (np.diff(sim) <= 0).all()
     rows1, sim1 = idx.search(vec[[17]], 3)
     assert rows1[0] == 17 and sim1[0] == pytest.approx(1.0)
+    norms = np.sqrt((vec.astype(np.float32) ** 2).sum(axis=1))
+    fast = SegmentIndex(vec.copy(), norms)  # the stored lengths instead of a normalised copy: the same answers
+    assert fast.scale is not None and np.array_equal(fast.search(q, 10)[0], rows)
+    assert np.allclose(fast.search(q, 10)[1], sim)
     skip = np.zeros(5000, bool)
     skip[17] = True
     assert 17 not in idx.search(vec[[17]], 3, skip)[0].tolist()

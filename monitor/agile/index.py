@@ -1,6 +1,6 @@
 """Nearest segments by cosine similarity over stored float16 embeddings, by brute force.
 
-The stored vectors are unit-normalised once into one float16 matrix; a query is one matrix-vector product
+The stored float16 matrix is used as it is, divided by the stored row lengths; a query is one matrix-vector product
 (torch's float16 kernel: about 0.7 s over 1 M x 768 on 2 cores, ``benchmarks/agile.py``), then the best
 candidates are re-ranked exactly in float64, so ties and float16 rounding never change the order that
 matters. Several examples: the mean of their cosine similarities (the product with the mean of the
@@ -32,11 +32,20 @@ def unit_rows(vectors: np.ndarray) -> Any:
 
 
 class SegmentIndex:
-    """Brute-force cosine search over ``vectors`` (n, width) float16."""
+    """Brute-force cosine search over ``vectors`` (n, width) float16. ``norms``: each row's length (the store keeps
+    them): the rows are then used as they are and the products divided by the lengths, with no pass over the
+    matrix; without them the rows are unit-normalised once (``unit_rows``)."""
 
-    def __init__(self, vectors: np.ndarray):
+    def __init__(self, vectors: np.ndarray, norms: np.ndarray | None = None):
+        import torch
+
         self.vectors = np.asarray(vectors)
-        self.matrix = unit_rows(self.vectors)
+        if norms is not None and self.vectors.flags.writeable and self.vectors.dtype == np.float16:
+            self.matrix = torch.from_numpy(self.vectors)
+            self.scale = torch.from_numpy(1.0 / np.maximum(np.asarray(norms, np.float32), 1e-12))
+        else:
+            self.matrix = unit_rows(self.vectors)
+            self.scale = None
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0])
@@ -62,6 +71,8 @@ class SegmentIndex:
         q = torch.from_numpy(np.asarray(queries, np.float32))
         q = (q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)).mean(0)
         approx = (self.matrix @ q.half()).float()
+        if self.scale is not None:
+            approx *= self.scale
         if skip is not None and skip.any():
             approx[torch.from_numpy(np.asarray(skip, bool))] = -float("inf")
         k = min(n, top + SHORTLIST)

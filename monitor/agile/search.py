@@ -93,7 +93,7 @@ def search(out_dir: Path | str, examples: Sequence[str], top: int = 100, label: 
                                info.batch_size > 0 else 16)
         emb = store.load_embeddings(bb)
         t0 = time.perf_counter()
-        index = SegmentIndex(emb.vectors)
+        index = SegmentIndex(emb.vectors, emb.norms)
         rows, sim = index.search(q, int(top))
         seconds = time.perf_counter() - t0
         label = _label(store, label)

@@ -1,7 +1,8 @@
 """Segment embeddings (``monitor run --embeddings``): one row per file, beside its segments.
 
 A file's embeddings are one float16 matrix ``(segments, width)`` in segment order (``vectors``) with the
-segments' indices (``segments``, int32), tied to the backbone that made them (``backbone``: the bundle's
+segments' indices (``segments``, int32) and each vector's length (``norms``, float32: a search needs no pass over
+the matrix to normalise it), tied to the backbone that made them (``backbone``: the bundle's
 ``backbone_sha256``) and to the bundle itself (``bundle``: its sha256, for provenance). They are written in the
 file's own transaction (``FilesMixin.put_file``), so they are always exactly the stored segments' embeddings:
 ``--no-resume`` and a re-scored file replace them, ``--prune`` archives them with the file and
@@ -26,24 +27,25 @@ CREATE TABLE IF NOT EXISTS embeddings (
     deployment TEXT NOT NULL, file TEXT NOT NULL,
     backbone TEXT NOT NULL, bundle TEXT NOT NULL DEFAULT '',
     width INTEGER NOT NULL, n INTEGER NOT NULL,
-    segments BLOB NOT NULL, vectors BLOB NOT NULL,
+    segments BLOB NOT NULL, vectors BLOB NOT NULL, norms BLOB NOT NULL,
     PRIMARY KEY (deployment, file)
 );
 CREATE TABLE IF NOT EXISTS pruned_embeddings (
     deployment TEXT NOT NULL, file TEXT NOT NULL,
     backbone TEXT NOT NULL, bundle TEXT NOT NULL DEFAULT '',
     width INTEGER NOT NULL, n INTEGER NOT NULL,
-    segments BLOB NOT NULL, vectors BLOB NOT NULL,
+    segments BLOB NOT NULL, vectors BLOB NOT NULL, norms BLOB NOT NULL,
     pruned_at TEXT NOT NULL
 )
 """
-COLUMNS = "deployment, file, backbone, bundle, width, n, segments, vectors"
+COLUMNS = "deployment, file, backbone, bundle, width, n, segments, vectors, norms"
 
 
 @dataclass
 class Embeddings:
     """Stored embeddings in (deployment, file, segment) order: ``vectors`` (n, width) float16, and per row its
-    ``deployment``, ``file``, ``segment`` index, ``start_s``/``end_s``; ``backbone``: the one backbone they share."""
+    ``deployment``, ``file``, ``segment`` index, ``start_s``/``end_s``, ``norms`` (each vector's length, float32);
+    ``backbone``: the one backbone they share."""
 
     deployment: np.ndarray
     file: np.ndarray
@@ -52,6 +54,7 @@ class Embeddings:
     end_s: np.ndarray
     vectors: np.ndarray
     backbone: str = ""
+    norms: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -70,9 +73,10 @@ class EmbeddingsMixin(Db):
             return
         v = np.ascontiguousarray(vectors, dtype=np.float16)
         idx = np.ascontiguousarray(index, dtype=np.int32)
-        self.db.execute(f"INSERT INTO embeddings({COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+        norms = np.sqrt((v.astype(np.float32) ** 2).sum(axis=1)).astype(np.float32)
+        self.db.execute(f"INSERT INTO embeddings({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
                         (deployment, file, backbone, bundle, int(v.shape[1]), int(v.shape[0]), idx.tobytes(),
-                         v.tobytes()))
+                         v.tobytes(), norms.tobytes()))
 
     def has_embeddings(self, deployment: str, file: str, backbone: str) -> bool:
         row = self.db.execute("SELECT backbone, n FROM embeddings WHERE deployment=? AND file=?",
@@ -98,17 +102,19 @@ class EmbeddingsMixin(Db):
         backbones = self.embedding_backbones()
         if backbone is None:
             backbone = next(iter(backbones), "")
-        rows = self.db.execute("SELECT deployment, file, n, width, segments, vectors FROM embeddings WHERE backbone=? "
-                               "ORDER BY deployment, file", (backbone,)).fetchall()
+        rows = self.db.execute("SELECT deployment, file, n, width, segments, vectors, norms FROM embeddings WHERE "
+                               "backbone=? ORDER BY deployment, file", (backbone,)).fetchall()
         total = sum(r[2] for r in rows)
         width = rows[0][3] if rows else 0
         vec = np.empty((total, width), np.float16)
+        norms = np.empty(total, np.float32)
         seg = np.empty(total, np.int64)
         dep = np.empty(total, object)
         fil = np.empty(total, object)
         k = 0
-        for d, f, n, w, idx, blob in rows:
+        for d, f, n, w, idx, blob, nb in rows:
             vec[k:k + n] = np.frombuffer(blob, np.float16).reshape(n, w)
+            norms[k:k + n] = np.frombuffer(nb, np.float32)
             seg[k:k + n] = np.frombuffer(idx, np.int32)
             dep[k:k + n] = d
             fil[k:k + n] = f
@@ -121,7 +127,7 @@ class EmbeddingsMixin(Db):
         if len(t) != total or not np.array_equal(t[:, 0].astype(np.int64), seg):  # never expected: say so
             raise MonitorError(f"{self.path}: stored embeddings and segments disagree; run the cards again with "
                                "--embeddings --no-resume")
-        return Embeddings(dep, fil, seg, t[:, 1], t[:, 2], vec, backbone)
+        return Embeddings(dep, fil, seg, t[:, 1], t[:, 2], vec, backbone, norms)
 
     def embedding_files(self, backbone: str) -> list[tuple[str, str]]:
         return [tuple(r) for r in self.db.execute("SELECT deployment, file FROM embeddings WHERE backbone=? "
