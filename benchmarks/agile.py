@@ -337,7 +337,7 @@ def quality(work: Path, sizes=(5, 10, 20), seeds=(0, 1, 2), epochs: int = 8) -> 
     from monitor.model.bundle import load_bundle
     from monitor.model.head import Head
     from monitor.plan import job_from_path, plan_batches
-    from monitor.train.cli import run_one
+    from monitor.train.single import run_one
     from monitor.train.config import build_config, load_config
     from monitor.train.headfit import fit_linear
     from monitor.train.metrics import evaluate_scores

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from monitor.resources import monitor_cache
+
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'monitor[int8]' (onnxruntime, onnx)"
@@ -91,8 +93,6 @@ def prepare_int8(bundle, model, threads: int):
 
     if available():
         import onnxruntime as ort
-
-        from monitor.model.checkpoints import monitor_cache
 
         sha = getattr(bundle, "sha256", "") or ""
         if sha:

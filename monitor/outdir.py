@@ -34,6 +34,7 @@ from monitor.report import write_reports
 from monitor.report.review_io import WorkbookUnreadable, lock_files, read_workbook_reviews
 from monitor.results import VERIFIED_CHOICES, Results, RunInfo, load_results, reviews_frame
 from monitor.store import STORE_NAME, DirLock, ResultsStore, Review, when
+from monitor.verdicts import normalize_verdict, unknown_text, unknown_words
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +228,13 @@ def harvest_reviews(store: ResultsStore, out_dir: Path) -> Workbooks:
             edits = [dataclasses.replace(r, updated_at=at) for r in reviews
                      if (r.verified, r.notes) != before.get(r.key, ("", ""))]
             date_edits = [x for x in dates if x[3] != before_dates.get(x[:3], "")]
+            _say_unknown_words(name, edits)
             n = store.put_reviews(edits, source=name, newer_only=True)
             n += store.put_review_dates(date_edits, source=name, at=at, newer_only=True)
             _say_conflicts(store, name, edits, changed_by)
         else:  # written by an older monitor
             full = bool(wb.build) and wb.build == store.get_meta("report_build")
+            _say_unknown_words(name, reviews)
             n = store.put_reviews([r for r in reviews if full or r.verified or r.notes], source=name)
             n += store.put_review_dates([x for x in dates if full or x[3]], source=name)
         n += sum(store.set_card_folder(card, folder, at) for card, folder in wb.folders.items()
@@ -244,6 +247,14 @@ def harvest_reviews(store: ResultsStore, out_dir: Path) -> Workbooks:
                        "folders": {str(k): v for k, v in wb.folders.items()}}
         store.set_meta("workbooks", state)
     return found
+
+
+def _say_unknown_words(name: str, reviews: list[Review]) -> None:
+    """Warn about Verified cells outside the verdict vocabulary (kept as typed, but no verdict)."""
+    odd = unknown_words([r.verified for r in reviews],
+                        [f"{r.deployment}/{r.file} {r.label} at {r.start_s:g} s" for r in reviews])
+    if odd:
+        warn(unknown_text(odd, name))
 
 
 def _resolve(reviews: list[Review], dates: list[tuple[str, str, str, str]], known: Mapping[str, list[str]],
@@ -418,6 +429,7 @@ def record_reviews(out_dir: Path, verdicts: Mapping[int, str], notes: Mapping[in
 
     out_dir = Path(out_dir)
     notes = dict(notes or {})
+    verdicts = {k: normalize_verdict(v) for k, v in verdicts.items()}  # the one vocabulary: y, n, ? ...
     bad = [v for v in verdicts.values() if v not in (*VERIFIED_CHOICES, "")]
     if bad:
         raise MonitorError(f"Verified must be one of {', '.join(VERIFIED_CHOICES)}, got {bad[0]!r}")

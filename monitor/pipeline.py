@@ -30,7 +30,7 @@ from monitor.engine import Engine, EngineInfo, LocalEngine
 from monitor.errors import MonitorError
 from monitor.logs import listing
 from monitor.model.bundle import Bundle
-from monitor.model.ensemble import ensemble_hash, load_models
+from monitor.model.ensemble import Models, load_ensemble
 from monitor.outdir import (check_folders, current_thresholds, open_out, remember_choices, stored_deployments,
                             write_outputs)
 from monitor.plan import FileJob, FileScores
@@ -63,22 +63,26 @@ class RunStats:
 def run(cfg: RunConfig) -> RunInfo:
     """Run detection as ``cfg`` says; returns the ``RunInfo`` written to ``run.json``."""
     src, dst = check_folders(cfg.input_dir, cfg.out_dir)
-    bundles = load_models(cfg.models)
-    names = list(bundles[0].labels)
-    resolve_thresholds(names, bundles[0].thresholds, cfg.thresholds)  # a bad --threshold fails before any work
+    models = load_ensemble(cfg.models)
+    bundles = models.members  # what the engine scores (their probabilities averaged)
+    names = models.labels
+    resolve_thresholds(names, models.thresholds, cfg.thresholds)  # a bad --threshold fails before any work
     keep = label_filter(names, cfg.labels)
     table = read_deployments(cfg.deployments) if cfg.deployments else None
     started = datetime.now(timezone.utc).astimezone()
     with open_out(dst, create=True) as store:
         embed = keep_embeddings(store, cfg, bundles)  # before anything is written: it may refuse the run
-        model_hash = ensemble_hash(bundles)
-        store.bind_model(model_hash, names, " + ".join(f"{b.name} {b.version}" for b in bundles))
-        store.set_meta("bundle_thresholds", dict(bundles[0].thresholds))
+        model_hash = models.sha256  # the same whatever the order of --model
+        store.bind_model(model_hash, names, models.describe())
+        store.set_meta("bundle_thresholds", dict(models.thresholds))
         remember_choices(store, table, keep)
         thr = current_thresholds(store, RunInfo(labels=names), cfg.thresholds)
-        info = _run_info(src, dst, bundles, thr, cfg.command, started)
+        info = _run_info(src, dst, models, thr, cfg.command, started)
         run_id = store.begin_run(str(src), info.to_json())
         warnings: list[str] = []
+        if not models.calibrated:
+            warnings.append(f"thresholds of the {len(models.given)} models given with --model: "
+                            f"{models.thresholds_from}")
         with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
             # the engine starts first: its worker processes' imports overlap discovery and model loading
             with make_engine(bundles, cfg, embed) as engine:
@@ -111,10 +115,13 @@ def keep_embeddings(store: ResultsStore, cfg: RunConfig, bundles: list[Bundle]) 
     """Whether this run keeps segment embeddings: ``--embeddings``, or an output folder that already keeps them
     (remembered for later runs). Files analysed without them are then analysed again (``store.embeddings``)."""
     keep = bool(store.get_meta("embeddings")) if cfg.embeddings is None else bool(cfg.embeddings)
-    if keep and cfg.embeddings is None and (cfg.engine == "ray" or len(bundles) > 1 or cfg.precision == "int8"
-                                            or cfg.compile):
-        raise MonitorError(f"{store.path.parent} keeps segment embeddings (an earlier --embeddings run), which needs "
-                           "one --model, --engine local and no --precision int8 / --compile")
+    why = "" if not keep else ("--engine ray" if cfg.engine == "ray" else "--precision int8" if cfg.precision == "int8"
+                               else "--compile" if cfg.compile else
+                               f"an ensemble of {len(bundles)} models (embeddings belong to one backbone)"
+                               if len(bundles) > 1 else "")
+    if why:
+        whose = "--embeddings" if cfg.embeddings else f"{store.path.parent} keeps segment embeddings (--embeddings), which"
+        raise MonitorError(f"{whose} does not work with {why}; run one model with --engine local")
     if keep != bool(store.get_meta("embeddings")):
         store.set_meta("embeddings", keep)
     if keep:
@@ -225,13 +232,17 @@ class _StopOnSigint:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _run_info(src: Path | str, dst: Path, bundles: list[Bundle], thr: dict[str, float], command: str,
+def _run_info(src: Path | str, dst: Path, models: Models, thr: dict[str, float], command: str,
               started: datetime) -> RunInfo:
-    b = bundles[0]
-    refs = [ModelRef(x.name, x.version, x.sha256, str(x.path or "")) for x in bundles]
+    def ref(x: Bundle) -> ModelRef:
+        return ModelRef(x.name, x.version, x.sha256, str(x.path or ""))
+
+    refs = [ref(x) for x in models.given]
     model = refs[0] if len(refs) == 1 else ModelRef(" + ".join(r.name for r in refs),
-                                                     " + ".join(r.version for r in refs), ensemble_hash(bundles), "")
-    return RunInfo(model=model, models=refs, labels=list(b.labels), task=b.task, thresholds=dict(thr),
-                   preprocessing=b.preprocessing.to_dict(), package_version=__version__, command=command or "",
+                                                     " + ".join(r.version for r in refs), models.sha256, "")
+    members = [ref(x) for x in models.members] if len(models.members) > 1 else []
+    return RunInfo(model=model, models=refs, members=members, labels=models.labels, task=models.task,
+                   thresholds=dict(thr), thresholds_from=models.thresholds_from,
+                   preprocessing=models.preprocessing.to_dict(), package_version=__version__, command=command or "",
                    input_dir=str(src), out_dir=str(dst), started=started.isoformat(timespec="seconds"),
                    completed=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import filecmp
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def packaged(kind: str) -> Path:
     here = Path(__file__).resolve().parent
     inside = here / "_data" / kind
     return inside if inside.is_dir() else here.parent / kind
+
+
+def monitor_cache() -> Path:
+    """Where downloads and exports are cached: ``$MONITOR_CACHE`` or ``~/.cache/monitor``."""
+    return Path(os.environ.get("MONITOR_CACHE") or Path.home() / ".cache" / "monitor")
 
 
 def models_dir() -> Path:

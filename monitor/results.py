@@ -53,10 +53,12 @@ class RunInfo:
     interrupted run, with ``files_done`` / ``files_left`` saying how far it got."""
 
     model: ModelRef = field(default_factory=ModelRef)
-    models: list[ModelRef] = field(default_factory=list)
+    models: list[ModelRef] = field(default_factory=list)  # as given with --model (an ensemble bundle is one)
     labels: list[str] = field(default_factory=list)
     task: str = "multilabel"
     thresholds: dict[str, float] = field(default_factory=dict)
+    thresholds_from: str = ""  # how the model's thresholds were chosen (an ensemble's rule, in words)
+    members: list[ModelRef] = field(default_factory=list)  # the bundles scored and averaged, for an ensemble
     preprocessing: dict[str, Any] = field(default_factory=dict)
     package_version: str = ""
     command: str = ""
@@ -104,7 +106,8 @@ class RunInfo:
         kw = {k: v for k, v in d.items() if k in names}
         if isinstance(kw.get("model"), Mapping):
             kw["model"] = _model_ref(kw["model"])
-        kw["models"] = [_model_ref(m) for m in kw.get("models") or [] if isinstance(m, Mapping)]
+        for key in ("models", "members"):
+            kw[key] = [_model_ref(m) for m in kw.get(key) or [] if isinstance(m, Mapping)]
         return cls(**kw)
 
     def summary_lines(self) -> list[str]:

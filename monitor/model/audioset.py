@@ -21,9 +21,10 @@ from monitor.config import (AUDIOSET_MEAN, AUDIOSET_STD, BandConfig, FbankConfig
 from monitor.errors import BundleError, MonitorError
 from monitor.fileio import sha256_file
 from monitor.model.bundle import load_bundle, save_bundle
-from monitor.model.checkpoints import PRETRAINED, from_official_checkpoint, load_state_dict_file, monitor_cache, pull
+from monitor.model.checkpoints import PRETRAINED, from_official_checkpoint, load_state_dict_file, pull
 from monitor.model.geometry import expected_shapes
 from monitor.model.labels import read_labels
+from monitor.resources import monitor_cache
 
 log = logging.getLogger(__name__)
 

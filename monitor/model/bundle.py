@@ -1,6 +1,12 @@
 """Model bundles: a folder with ``bundle.json`` (labels, task, geometry, the whole preprocessing,
 thresholds, provenance) and ``model.safetensors``. Everything inference needs comes from here.
 
+An *ensemble bundle* has no weights of its own: its ``ensemble`` section lists member bundles by path
+(relative to its folder, or absolute) and sha256, and its labels, task, preprocessing and thresholds
+(calibrated for the members' averaged score) are at the top level as for any bundle. Loading it loads
+and verifies every member (a missing or changed member is a one-line ``BundleError``); its sha256 covers
+its bundle.json with the members' hashes in sorted order, so it identifies the members whatever the order.
+
 Loading reads only JSON and safetensors, validates every field (a wrong or missing one is a
 one-line ``BundleError``), refuses file names that leave the folder, and checks every tensor's
 name and shape against the declared architecture before any torch module is built.
@@ -23,11 +29,11 @@ from monitor.config import ConfigError, Preprocess
 from monitor.errors import BundleError
 from monitor.fileio import sha256_file
 from monitor.model.ast import AST
-from monitor.model.checkpoints import PRETRAINED, checkpoint_path, monitor_cache
+from monitor.model.checkpoints import PRETRAINED, checkpoint_path
 from monitor.model.geometry import Geometry, expected_shapes
 from monitor.model.head import backbone_sha256
 from monitor.model.labels import summarise
-from monitor.resources import models_dir
+from monitor.resources import models_dir, monitor_cache
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,8 @@ DEFAULT_MODEL = "demo-frog-bird"
 WEIGHTS = "model.safetensors"
 TASKS = ("multilabel", "multiclass")
 TOP_KEYS = ("format_version", "name", "version", "labels", "task", "architecture", "preprocessing", "thresholds",
-            "weights", "provenance")
+            "weights", "provenance", "ensemble")
+ENSEMBLE_KEYS = ("members", "thresholds", "thresholds_note", "combine")
 DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
@@ -48,7 +55,7 @@ class Bundle:
     version: str
     labels: list[str]
     task: str
-    architecture: Geometry
+    architecture: Geometry | None  # None for an ensemble bundle (each member has its own)
     preprocessing: Preprocess
     thresholds: dict[str, float]
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -58,28 +65,42 @@ class Bundle:
     weights_dtype: str = "float32"
     weights_sha256: str = ""  # of model.safetensors; recorded in bundle.json and checked on load
     backbone_sha256: str = ""  # of the non-head tensors and the front end (``model.head``); see ``backbone``
+    ensemble: dict[str, Any] | None = None  # an ensemble bundle's section as written (members by path and sha256)
+    members: list["Bundle"] = field(default_factory=list)  # an ensemble's member bundles, loaded and verified
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.ensemble is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "version": self.version,
             "labels": list(self.labels),
             "task": self.task,
-            "architecture": self.architecture.to_dict(),
-            "preprocessing": self.preprocessing.to_dict(),
-            "thresholds": {k: float(v) for k, v in self.thresholds.items()},
-            "weights": {"file": self.weights_file, "dtype": self.weights_dtype,
-                        **({"sha256": self.weights_sha256} if self.weights_sha256 else {}),
-                        **({"backbone_sha256": self.backbone_sha256} if self.backbone_sha256 else {})},
-            "provenance": self.provenance,
         }
+        if self.architecture is not None:
+            d["architecture"] = self.architecture.to_dict()
+        d["preprocessing"] = self.preprocessing.to_dict()
+        d["thresholds"] = {k: float(v) for k, v in self.thresholds.items()}
+        if self.is_ensemble:
+            d["ensemble"] = self.ensemble
+        else:
+            d["weights"] = {"file": self.weights_file, "dtype": self.weights_dtype,
+                            **({"sha256": self.weights_sha256} if self.weights_sha256 else {}),
+                            **({"backbone_sha256": self.backbone_sha256} if self.backbone_sha256 else {})}
+        d["provenance"] = self.provenance
+        return d
 
     def build_model(self, device: str = "cpu"):
         """The AST with this bundle's weights (fp32 even if stored fp16), in eval mode on ``device``."""
         import torch
         from safetensors.torch import load_file
 
+        if self.is_ensemble:
+            raise BundleError(f"{self.name} is an ensemble of {len(self.members) or 'several'} bundles with no weights "
+                              "of its own; monitor run averages its members (start training from one member)")
         if self.path is None:
             raise BundleError(f"bundle {self.name} has no folder to load weights from; save it first")
         with torch.device("meta"):  # shapes only: every weight comes from the file (base384: ~5 s of init saved)
@@ -95,7 +116,12 @@ class Bundle:
 
     def backbone(self) -> str:
         """``backbone_sha256``: recorded in bundle.json since monitor records it, else computed from the weights
-        once (a bundle made by an older monitor)."""
+        once (a bundle made by an older monitor). An ensemble has one only when it has one member."""
+        if self.is_ensemble:
+            if len(self.members) == 1:
+                return self.members[0].backbone()
+            raise BundleError(f"{self.name} is an ensemble of {len(self.members) or 'several'} bundles: no one backbone "
+                              "(embeddings and heads belong to one)")
         if not self.backbone_sha256:
             from safetensors.torch import load_file
 
@@ -110,8 +136,8 @@ class Bundle:
         """The head alone (``model.head.Head``, float64), read without the backbone's tensors."""
         from monitor.model.head import Head, head_tensors
 
-        if self.path is None:
-            raise BundleError(f"bundle {self.name} has no folder to read weights from; save it first")
+        if self.is_ensemble or self.path is None:
+            raise BundleError(f"{self.name} is an ensemble (its members have heads of their own) or was never saved")
         return Head.from_tensors(head_tensors(self.path / self.weights_file), self.architecture.head_norm_eps)
 
 
@@ -168,12 +194,13 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
     task = _need(data, "task", str)
     if task not in TASKS:
         raise BundleError(f"bundle.json: 'task' must be one of {', '.join(TASKS)}, got {task!r}")
-    arch = _parse_arch(data, len(labels))
+    ens = _parse_ensemble(data["ensemble"]) if "ensemble" in data else None
+    arch = None if ens is not None and "architecture" not in data else _parse_arch(data, len(labels))
     try:
         pre = Preprocess.from_dict(_need(data, "preprocessing", dict))
     except ConfigError as exc:
         raise BundleError(f"bundle.json preprocessing: {exc}") from None
-    if pre.fbank.num_mel_bins != arch.input_fdim or pre.fbank.target_frames != arch.input_tdim:
+    if arch is not None and (pre.fbank.num_mel_bins != arch.input_fdim or pre.fbank.target_frames != arch.input_tdim):
         raise BundleError("bundle.json: preprocessing fbank (num_mel_bins, target_frames) must equal "
                           "architecture (input_fdim, input_tdim)")
     thr = _need(data, "thresholds", dict)
@@ -183,6 +210,15 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
     for k, v in thr.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
             raise BundleError(f"bundle.json: threshold for {k!r} must be a number in 0..1, got {v!r}")
+    if ens is not None:
+        if "weights" in data:
+            raise BundleError("bundle.json: an ensemble bundle has no weights of its own; drop 'weights' (its members "
+                              "hold theirs)")
+        prov = data.get("provenance", {})
+        if not isinstance(prov, dict):
+            raise BundleError("bundle.json: 'provenance' must be an object")
+        return Bundle(name, version, list(labels), task, arch, pre, {k: float(v) for k, v in thr.items()}, prov,
+                      folder, ensemble=ens)
     weights = data.get("weights", {"file": WEIGHTS, "dtype": "float32"})
     wfile = _need(weights, "file", str, "bundle.json weights")
     dtype = _need(weights, "dtype", str, "bundle.json weights")
@@ -204,6 +240,63 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
                   folder, weights_file=wfile, weights_dtype=dtype, backbone_sha256=weights.get("backbone_sha256", ""))
 
 
+def _parse_ensemble(ens: Any) -> dict[str, Any]:
+    """Validate an ``ensemble`` section: members [{path, sha256}], thresholds (how they were chosen, in words)."""
+    where = "bundle.json ensemble"
+    if not isinstance(ens, dict):
+        raise BundleError(f"{where} must be an object")
+    unknown = [k for k in ens if k not in ENSEMBLE_KEYS]
+    if unknown:
+        raise BundleError(f"{where}: unknown field '{unknown[0]}' (allowed: {', '.join(ENSEMBLE_KEYS)})")
+    members = _need(ens, "members", list, where)
+    if not members:
+        raise BundleError(f"{where}: 'members' must list at least one bundle")
+    for m in members:
+        _need(m, "path", str, f"{where} member")
+        sha = _need(m, "sha256", str, f"{where} member")
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise BundleError(f"{where}: member {m['path']!r} sha256 must be 64 hex digits")
+    _need(ens, "thresholds", str, where)
+    if ens.get("combine", "mean") != "mean":
+        raise BundleError(f"{where}: combine {ens['combine']!r} is not supported (mean: the members' probabilities "
+                          "averaged)")
+    return dict(ens)
+
+
+def _identity(data: Mapping[str, Any]) -> str:
+    """sha256 of the canonical bundle.json of an ensemble, member paths left out and their hashes sorted."""
+    ens = dict(data["ensemble"])
+    ens["members"] = sorted(m["sha256"] for m in ens["members"])
+    return hashlib.sha256(json.dumps({**data, "ensemble": ens}, sort_keys=True, separators=(",", ":")).encode()
+                          ).hexdigest()
+
+
+def member_path(folder: Path, path: str) -> Path:
+    """An ensemble member's folder: absolute, or relative to the ensemble bundle's folder."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(os.path.normpath(Path(folder).absolute() / p))
+
+
+def _load_members(b: Bundle, folder: Path) -> list[Bundle]:
+    """Each member loaded, checked against its recorded sha256 and the ensemble's labels, task and preprocessing."""
+    out = []
+    for m in b.ensemble["members"]:  # type: ignore[index]
+        p = member_path(folder, m["path"])
+        if not (p / "bundle.json").is_file():
+            raise BundleError(f"ensemble {folder}: member {m['path']} is missing ({p}); copy the whole run folder "
+                              "(the ensemble and its member bundles) together")
+        mb = _load(p, member=True)
+        if mb.sha256 != m["sha256"]:
+            raise BundleError(f"ensemble {folder}: member {m['path']} is not the bundle the ensemble was made with "
+                              f"(sha256 {mb.sha256[:16]}..., bundle.json records {m['sha256'][:16]}...); "
+                              "restore that member or train the ensemble again")
+        if list(mb.labels) != list(b.labels) or mb.task != b.task or mb.preprocessing != b.preprocessing:
+            raise BundleError(f"ensemble {folder}: member {m['path']} has other labels, task or preprocessing "
+                              "than the ensemble")
+        out.append(mb)
+    return out
+
+
 def bundle_search_path() -> list[Path]:
     """Where bundle names are looked up, in order: ``$MONITOR_MODELS``, the bundled models (inside the
     installed package, or a checkout's ``models/``), the cache."""
@@ -216,8 +309,8 @@ def bundle_search_path() -> list[Path]:
 def resolve(name_or_path: str | Path) -> Path:
     """A bundle folder: an existing path, else a folder named NAME on ``bundle_search_path()``."""
     p = Path(name_or_path).expanduser()
-    if p.is_dir():
-        return p
+    if p.is_dir():  # a training run's folder: its exported bundle (an ensemble bundle for a k-fold run)
+        return p / "bundle" if not (p / "bundle.json").is_file() and (p / "bundle" / "bundle.json").is_file() else p
     if p.is_file() and p.name == "bundle.json":
         return p.parent
     if p.is_file():
@@ -278,16 +371,28 @@ def check_weights(b: Bundle, weights: Path) -> None:
 
 
 def load_bundle(name_or_path: str | Path) -> Bundle:
-    """Load and validate a bundle by folder path or by name (see ``bundle_search_path``)."""
-    folder = resolve(name_or_path)
+    """Load and validate a bundle by folder path or by name (see ``bundle_search_path``); a training run's
+    folder stands for its ``bundle/``. An ensemble bundle comes with its members loaded and verified."""
+    return _load(resolve(name_or_path))
+
+
+def _load(folder: Path, member: bool = False) -> Bundle:
     meta = folder / "bundle.json"
     if not meta.is_file():
-        raise BundleError(f"{folder} has no bundle.json: not a model bundle")
+        run = any((folder / n).exists() for n in ("config.yaml", "checkpoints", "splits.csv", "folds.csv"))
+        raise BundleError(f"{folder} has no bundle.json: " + ("a training run that has not exported its bundle yet "
+                          "(finish it with monitor train ... --resume)" if run else "not a model bundle"))
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{meta} is not valid JSON ({getattr(exc, 'msg', exc)}); fix or re-export it") from None
     b = parse_bundle(data, folder)
+    if b.is_ensemble:
+        if member:
+            raise BundleError(f"{folder} is itself an ensemble bundle; an ensemble lists plain bundles as members")
+        b.members = _load_members(b, folder)
+        b.sha256 = _identity(data)
+        return b
     weights = _inside(folder, b.weights_file)
     if not weights.is_file():
         raise BundleError(f"{folder} is missing its weights file {b.weights_file}; copy the whole bundle folder")
@@ -376,7 +481,7 @@ def list_models() -> list[dict[str, Any]]:
             try:
                 b = load_bundle(d)
                 short = len(b.labels) <= 4
-                row.update(kind="bundle", version=b.version,
+                row.update(kind=f"ensemble ({len(b.members)})" if b.is_ensemble else "bundle", version=b.version,
                            labels=", ".join(b.labels) if short else summarise(b.labels, first=3))
             except BundleError as exc:
                 row.update(kind="bundle (invalid)", version="", labels=str(exc))

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 
 from monitor.errors import BundleError, MonitorError
+from monitor.resources import monitor_cache
 from monitor.fileio import sha256_file
 from monitor.model.ast import AST, MODEL_SIZES, patch_grid, resize_pos_embed
 from monitor.model.geometry import Geometry
@@ -312,11 +313,6 @@ PRETRAINED: dict[str, Pretrained] = {
     "audioset-16-16": Pretrained((_DBX + "mdsa4t1xmcimia6/audioset_16_16_0.4422.pth?dl=1",),
                                  "audioset_16_16_0.4422.pth", 16, 16, 0.4422, "strides 16/16"),
 }
-
-
-def monitor_cache() -> Path:
-    """``$MONITOR_CACHE`` or ``~/.cache/monitor``."""
-    return Path(os.environ.get("MONITOR_CACHE") or Path.home() / ".cache" / "monitor")
 
 
 def checkpoint_path(name: str, cache_dir: str | Path | None = None) -> Path:

@@ -93,15 +93,24 @@ def _info(name: str, all_labels: bool = False) -> int:
                 _print_labels(labels)
             return 0
     b = load_bundle(name)
-    a, p = b.architecture, b.preprocessing
+    p = b.preprocessing
     more = len(b.labels) > SHOWN_LABELS and not all_labels
     lines = [
         ("name", b.name), ("version", b.version), ("path", b.path), ("sha256", b.sha256),
         ("task", f"{b.task} ({'sigmoid' if b.task == 'multilabel' else 'softmax'})"),
         ("labels", summarise(b.labels, SHOWN_LABELS) + (" (--labels lists them all)" if more else "")),
         ("thresholds", _thresholds_line(b.labels, b.thresholds)),
-        ("geometry", a.describe()),
-        ("weights", f"{b.weights_file} ({b.weights_dtype})"),
+    ]
+    if b.is_ensemble:
+        ens = b.ensemble or {}
+        lines += [("ensemble", f"{len(b.members)} members, their probabilities averaged; thresholds: "
+                               f"{ens.get('thresholds_note') or ens.get('thresholds')}")]
+        lines += [(f"member {i + 1}", f"{m.name} {m.version} ({ref['path']}, sha256 {m.sha256[:12]}...)")
+                  for i, (m, ref) in enumerate(zip(b.members, ens.get("members", [])))]
+        lines += [("geometry", " | ".join(dict.fromkeys(m.architecture.describe() for m in b.members)))]
+    else:
+        lines += [("geometry", b.architecture.describe()), ("weights", f"{b.weights_file} ({b.weights_dtype})")]
+    lines += [
         ("segments", f"{p.segment.window_s:g} s every {p.segment.hop_s:g} s (min {p.segment.min_segment_s:g} s)"),
         ("band", "off" if p.band.low_hz is None and p.band.high_hz is None else
                  f"{p.band.low_hz or 0:g}-{p.band.high_hz or p.resample.sample_rate_hz / 2:g} Hz "

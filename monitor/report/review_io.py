@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from monitor.store import Review
+from monitor.verdicts import normalize_verdict  # the one vocabulary (re-exported: review_io.normalize_verdict)
 
 log = logging.getLogger(__name__)
 
 SHEETS = ("Detections", "Reviewed below threshold", "Segments")  # Segments: the search / review-next workbooks
-_ALIASES = {"y": "yes", "yes": "yes", "true": "yes", "1": "yes", "x": "yes", "n": "no", "no": "no", "false": "no",
-            "0": "no", "?": "unsure", "unsure": "unsure", "maybe": "unsure", "u": "unsure"}
 
 
 class WorkbookUnreadable(Exception):
@@ -47,14 +46,6 @@ def lock_files(path: Path) -> list[Path]:
     path = Path(path)
     names = (f"~${path.name}", f"~${path.name[2:]}" if len(path.name) > 2 else "", f".~lock.{path.name}#")
     return [path.with_name(n) for n in names if n and path.with_name(n).exists()]
-
-
-def normalize_verdict(value) -> str:
-    """What a reviewer typed -> yes / no / unsure; other text is kept as typed (trimmed), never dropped."""
-    if value is None:
-        return ""
-    text = str(value).strip()
-    return _ALIASES.get(text.lower(), text)
 
 
 def _text(value) -> str:

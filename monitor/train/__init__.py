@@ -6,7 +6,8 @@ manifest, dispatch), ``annotations`` (Raven / Audacity / CSV) and ``reviews`` (r
 ``augment``, ``sampling``, ``losses``; ``model_init`` (the starting model, freezing), ``optim``
 (optimiser, LR schedule, precision, step losses), ``fit`` (the loop), ``checkpoints`` (exact resume),
 ``evaluate`` (scoring by ``monitor.infer.Scorer``), ``metrics``; ``calibrate``, ``export``;
-``recipes`` (packaged recipes by name); ``cli`` (``monitor train``, cross-validation).
+``recipes`` (packaged recipes by name); ``single`` (one run: fit, calibrate, test, export), ``crossval``
+(K folds and their ensemble bundle), ``cli`` (``monitor train``, ``--plan``).
 
 Entry points: ``monitor.train.cli.train(cfg, out_dir, name=...)`` and
 ``monitor.train.config.load_config(path, overrides)``. Nothing heavy is imported here.

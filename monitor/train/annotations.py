@@ -11,7 +11,7 @@ from pathlib import Path
 from monitor.config import SegmentConfig
 from monitor.discover import discover
 from monitor.errors import MonitorError
-from monitor.train.table import group_of, make_table, probe_or_skip, windows
+from monitor.train.table import MIN_CLIP_S, LeftOut, clip_windows, group_of, make_table, probe_or_skip
 
 log = logging.getLogger(__name__)
 
@@ -159,22 +159,24 @@ def label_windows(wins: list[tuple[float, float]], ann: list[Annotation], min_ov
 
 def from_annotations(annotations: Path, audio_root: Path, seg: SegmentConfig, labels: list[str] | None = None,
                      min_overlap_s: float = 0.5, min_overlap_frac: float = 0.5, unannotated_negative: bool = True,
-                     group_regex: str | None = None):
-    """Annotated long recordings cut into ``seg`` windows labelled by overlap. Returns (table, labels)."""
+                     group_regex: str | None = None, min_clip_s: float = MIN_CLIP_S, left_out: LeftOut | None = None):
+    """Annotated long recordings cut into ``seg`` windows labelled by overlap (a recording shorter than a
+    segment: one padded window, see ``table.clip_windows``). Returns (table, labels)."""
     audio_root = Path(audio_root)
     by_rec = collect_annotations(Path(annotations), audio_root)
     found = sorted({a.label for anns in by_rec.values() for a in anns})
     labels = list(labels) if labels is not None else found
     rows = []
     for path in sorted(by_rec):
-        info = probe_or_skip(path)
+        info = probe_or_skip(path, left_out)
         if info is None:
             continue
         ann = [a for a in by_rec[path] if a.label in labels]
-        wins = windows(info.duration_s, info.sample_rate_hz, info.frames, seg)
+        wins = clip_windows(path, info, seg, min_clip_s, left_out)
         rel = path.relative_to(audio_root).as_posix() if path.is_relative_to(audio_root) else path.name
         for a, b, lab in label_windows(wins, ann, min_overlap_s, min_overlap_frac, unannotated_negative):
             rows.append(dict(file=str(path), start_s=a, end_s=b, labels=lab, group=group_of(rel, group_regex)))
     if not rows:
-        raise MonitorError(f"the annotation tables at {annotations} gave no segments (labels {labels})")
+        why = f"; {left_out.text(min_clip_s)}" if left_out is not None and left_out.rows else ""
+        raise MonitorError(f"the annotation tables at {annotations} gave no segments (labels {labels}){why}")
     return make_table(rows), labels

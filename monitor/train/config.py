@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.config import (BandConfig, ConfigError, FbankConfig, Preprocess, ResampleConfig, SegmentConfig,
-                            from_dict, load_yaml)
+from monitor.config import (DEFAULT_THRESHOLD, BandConfig, ConfigError, FbankConfig, Preprocess, ResampleConfig,
+                            SegmentConfig, from_dict, load_yaml)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ SOURCES = ("folders", "annotations", "manifest", "report", "embeddings")
 SOURCE_ALIASES = {"folder": "folders", "annotation": "annotations", "raven": "annotations", "reviews": "report",
                   "reviewed": "report", "workbook": "report", "ast_json": "manifest", "json": "manifest"}
 NORM_STATS = ("auto", "train", "config", "bundle")
+MIN_CLIP_S = 0.25  # data.min_clip_s: shorter recordings are left out of training (and counted)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class DataConfig:
     extend_head: bool = False  # embeddings: keep the model's labels (their head rows and thresholds) and add the new
     group_regex: str | None = None  # group = first match group on the relative path (default: the file)
     max_per_label: int | None = None  # cap segments per label (quick experiments, tests)
+    # a recording shorter than segment.min_segment_s (which monitor run skips) trains as one window padded to
+    # the segment length when it holds at least this much audio; shorter ones are left out (and counted)
+    min_clip_s: float = MIN_CLIP_S
     # auto: the bundle's for init: bundle, else train; train: mean/std of the training split (all folds
     # together with --folds, so fold models share preprocessing); config: fbank.norm_mean/std; bundle
     norm_stats: str = "auto"
@@ -66,6 +70,8 @@ class DataConfig:
         if isinstance(self.num_workers, str) and self.num_workers != "auto" or \
                 isinstance(self.num_workers, int) and self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be auto or a number >= 0, got {self.num_workers!r}")
+        if not self.min_clip_s > 0:
+            raise ConfigError(f"data.min_clip_s must be > 0 seconds, got {self.min_clip_s}")
         if self.min_overlap_s < 0 or not 0 <= self.min_overlap_frac <= 1:
             raise ConfigError("data.min_overlap_s must be >= 0 and data.min_overlap_frac in 0..1")
         if self.weak_negatives < 0 or not 0 < self.weak_negative_weight <= 1:
@@ -141,7 +147,7 @@ class OptimConfig:
     weight_decay: float = 5e-7
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
     head_lr_mult: float = 1.0
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear warmup; longer than the run: clamped to a tenth of it, with a warning
     warmup_fraction: float = 0.0  # warmup as a fraction of all optimiser steps (instead of warmup_steps)
     scheduler: str = "multistep"  # multistep | cosine | constant
     lr_decay_start_epoch: int = 2  # multistep: the first epoch (0-based) at lr * decay
@@ -204,7 +210,7 @@ class EvalConfig:
 
     metric: str = "mAP"  # mAP | mAUC | d_prime | accuracy | exact_match | val_loss | macro_f1
     patience: int | None = None  # early stopping: stop after this many epochs without improvement (as Keras)
-    threshold: float = 0.5  # for per-label P/R/F1 during training
+    threshold: float = DEFAULT_THRESHOLD  # for per-label P/R/F1 during training
     average_from_epoch: int | None = None  # rolling weight average over epochs [from, to] (1-based, official wa)
     average_to_epoch: int | None = None
     batch_size: int = 16
@@ -220,7 +226,7 @@ class EvalConfig:
 class CalibrateConfig:
     method: str = "f1"  # f1 (max F1) | precision (lowest threshold reaching `precision`) | fixed
     precision: float = 0.9
-    default: float = 0.5  # labels that cannot be calibrated (no positives in validation)
+    default: float = DEFAULT_THRESHOLD  # labels that cannot be calibrated (no positives in validation)
 
     def __post_init__(self) -> None:
         if self.method not in ("f1", "precision", "fixed"):
@@ -351,8 +357,21 @@ def cache_dir_for(cfg: TrainConfig, out_dir: Path) -> str | None:
     return c
 
 
+WARMUP_CLAMP = 0.1  # a warmup as long as the run (or longer) is clamped to this fraction of it
+
+
 def warmup_steps(o: OptimConfig, steps_per_epoch: int) -> int:
-    """Warmup length in optimiser steps: ``warmup_steps``, or ``warmup_fraction`` of the whole run."""
+    """Warmup length in optimiser steps: ``warmup_fraction`` of the whole run, or ``warmup_steps``; a
+    ``warmup_steps`` as long as the run or longer (the LR would never reach its peak, the schedule never
+    start) is clamped to a tenth of the run (``warmup_clamped`` says so)."""
+    total = o.epochs * steps_per_epoch
     if o.warmup_fraction > 0:
-        return max(1, int(round(o.warmup_fraction * o.epochs * steps_per_epoch)))
+        return max(1, int(round(o.warmup_fraction * total)))
+    if warmup_clamped(o, steps_per_epoch):
+        return max(1, int(round(WARMUP_CLAMP * total)))
     return o.warmup_steps
+
+
+def warmup_clamped(o: OptimConfig, steps_per_epoch: int) -> bool:
+    """True when ``optim.warmup_steps`` is at least the run's length in optimiser steps."""
+    return o.warmup_fraction == 0 and o.warmup_steps > 0 and o.warmup_steps >= o.epochs * steps_per_epoch

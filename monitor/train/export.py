@@ -89,6 +89,9 @@ def model_card(name: str, version: str, labels: Sequence[str], task: str, data_s
              f"({data_summary.get('groups')} groups, {data_summary.get('hours')} h); "
              f"{data_summary.get('negatives')} segments with no label present.",
              "Split (segments): " + ", ".join(f"{k} {v}" for k, v in split_counts.items()) + "."]
+    gone = data_summary.get("left_out")
+    if gone:
+        lines.append("Recordings left out (not in any split): " + ", ".join(f"{v} {k}" for k, v in gone.items()) + ".")
     unk = data_summary.get("unknown_per_label")
     if unk:
         lines.append("Not judged (unknown, left out of loss and metrics): "

@@ -35,10 +35,11 @@ from monitor.config import Preprocess
 from monitor.device import autocast_dtype, pick_device
 from monitor.errors import MonitorError
 from monitor.fileio import atomic_write, atomic_write_text
+from monitor.logs import plural, warn
 from monitor.train.augment import augment_batch
 from monitor.train.checkpoints import (CHECKPOINT_VERSION, history_row_safe, log_size, restore_rng, resume_keys,
                                        rng_state, save_weights, truncate_steps, update_average)
-from monitor.train.config import AugmentConfig, TrainConfig, cache_dir_for, warmup_steps
+from monitor.train.config import AugmentConfig, TrainConfig, cache_dir_for, warmup_clamped, warmup_steps
 from monitor.train.dataset import PlanSampler, SegmentDataset, loader_workers, make_loader, norm_stats_for
 from monitor.train.evaluate import cached_embeddings, evaluate_batches, predict, score_head
 from monitor.train.losses import make_loss
@@ -132,6 +133,11 @@ def fit(cfg: TrainConfig, out_dir: Path, *, table, labels: list[str], split, res
     n_batches = math.ceil(len(train_idx) / o.batch_size)
     steps_per_epoch = math.ceil(n_batches / o.accum_steps)
     warm = warmup_steps(o, steps_per_epoch)
+    if warmup_clamped(o, steps_per_epoch):
+        warn(f"optim.warmup_steps {o.warmup_steps} is not shorter than the run ({o.epochs} epochs x {steps_per_epoch} "
+             f"steps = {o.epochs * steps_per_epoch} optimiser steps), so the LR would never reach optim.lr and the "
+             f"{o.scheduler} schedule never start: clamped to {plural(warm, 'step')} (a tenth of the run); set "
+             "optim.warmup_fraction (e.g. 0.1) to size it with the run")
     if o.scheduler == "multistep" and warm > o.lr_decay_start_epoch * steps_per_epoch:
         peak = lr_factor(warm - 1, steps_per_epoch, o)
         log.warning("warmup (%d steps) lasts past the first LR decay (epoch %d, step %d): the peak LR is %.2f x "
@@ -298,8 +304,9 @@ def fit(cfg: TrainConfig, out_dir: Path, *, table, labels: list[str], split, res
         losses.flush()
         skip_batches = 0
         train_loss = losses.epoch_loss[0] / max(losses.epoch_loss[1], 1)
-        row: dict[str, Any] = dict(epoch=epoch + 1, steps=global_step, train_loss=train_loss,
-                                   lr=opt.param_groups[0]["lr"])
+        # the LR of the epoch's last optimiser step (the optimiser now holds the next step's)
+        lr_epoch = opt.param_groups[0]["initial_lr"] * lr_factor(max(global_step - 1, 0), steps_per_epoch, o)
+        row: dict[str, Any] = dict(epoch=epoch + 1, steps=global_step, train_loss=train_loss, lr=lr_epoch)
         if len(val_idx):
             yv, sv, vloss = validate()
             summ = evaluate_scores(yv, sv, labels, task, cfg.eval.threshold)["summary"]

@@ -12,6 +12,7 @@ import torch
 
 from monitor.config import Preprocess
 from monitor.errors import MonitorError
+from monitor.logs import listing, warn
 from monitor.model.ast import AST
 from monitor.model.bundle import load_bundle
 from monitor.model.checkpoints import from_hf_checkpoint, from_official_checkpoint, pull
@@ -80,6 +81,9 @@ def from_bundle(path: str | None, labels: list[str], geom: dict[str, Any], pre: 
     if not path:
         raise MonitorError("model.init: bundle needs model.checkpoint (a bundle folder or name)")
     b = load_bundle(path)
+    if b.is_ensemble:
+        raise MonitorError(f"model.init: bundle {b.name} is an ensemble of {len(b.members)} models with no weights of "
+                           f"its own; start from one of its members (e.g. {b.members[0].path})")
     a = b.architecture
     for k in ("fstride", "tstride", "input_fdim", "input_tdim", "model_size", "depth"):
         if geom[k] is not None and getattr(a, k) != geom[k]:
@@ -90,6 +94,11 @@ def from_bundle(path: str | None, labels: list[str], geom: dict[str, Any], pre: 
     old = b.build_model()
     if list(b.labels) == list(labels):
         return old.train()
+    dropped = [x for x in b.labels if x not in labels]
+    if dropped:
+        warn(f"model.init: {len(dropped)} of bundle {b.name}'s {len(b.labels)} labels are not in this run's data and "
+             f"are dropped (the new model will not detect them): {listing(dropped, 10)}; add them to data.labels "
+             "with data for them to keep them")
     new = AST.from_geometry(a.replace(label_dim=len(labels)))
     sd = {k: v for k, v in old.state_dict().items() if not k.startswith("mlp_head.1.")}
     new.load_state_dict(sd, strict=False)

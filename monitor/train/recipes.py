@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -79,10 +78,18 @@ def list_recipes() -> list[dict[str, str]]:
     rows = []
     for name in recipe_names():
         path = recipes_dir() / f"{name}.yaml"
-        desc = recipe_description(path)
-        first = re.split(r"\. |: ", desc, maxsplit=1)[0].rstrip(".")  # the first clause
-        rows.append({"name": name, "summary": first, "path": str(path)})
+        rows.append({"name": name, "summary": first_clause(recipe_description(path)), "path": str(path)})
     return rows
+
+
+def first_clause(text: str) -> str:
+    """Text up to the first ``. `` or ``: `` outside parentheses (a colon inside them belongs to the clause)."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if depth <= 0 and ch in ".:" and text[i + 1:i + 2] == " ":
+            return text[:i]
+    return text.rstrip(".")
 
 
 def _shipped_refs(path: Path) -> list[tuple[str, str, str, Path]]:

@@ -1,5 +1,7 @@
 """Reviewer verdicts as training targets: the Verified column of a reviewed ``report.xlsx``, or the
-results store of a ``monitor run`` output folder; a ``yes`` or ``no`` speaks for its label only."""
+results store of a ``monitor run`` output folder; a ``yes`` or ``no`` speaks for its label only. Cells
+are read with the one verdict vocabulary (``monitor.verdicts``: x is yes, ? unsure); a word outside it
+is no verdict, and a warning names it and where it is."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from typing import Any
 
 from monitor.config import SegmentConfig
 from monitor.errors import MonitorError
+from monitor.logs import warn
 from monitor.outdir import load_reviews as store_reviews
-from monitor.train.table import group_of, make_table, probe_or_skip, windows
+from monitor.train.table import LeftOut, group_of, make_table, probe_or_skip, windows
+from monitor.verdicts import normalize_verdict, unknown_text, unknown_words
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +28,7 @@ _REPORT_COLS = {
 
 
 def read_report(path: Path, sheet: str = "Detections") -> list[dict[str, Any]]:
-    """Rows of a reviewed workbook: {file, label, start_s, end_s, verified} with verified yes/no/unsure/''.
+    """Rows of a reviewed workbook: {file, label, start_s, end_s, verified}, verified as typed (trimmed).
 
     The header is the first row (of the first 20) holding a 'Verified' cell; columns are matched
     case-insensitively by the names in ``_REPORT_COLS``.
@@ -62,26 +66,30 @@ def read_report(path: Path, sheet: str = "Detections") -> list[dict[str, Any]]:
         except (TypeError, ValueError, IndexError):
             continue
         v = r[col["verified"]]
-        item["verified"] = "" if v is None else str(v).strip().lower()
+        item["verified"] = "" if v is None else str(v).strip()
         out.append(item)
     return out
 
 
-YES = ("yes", "y", "true", "1")
-NO = ("no", "n", "false", "0")
 REVIEW_COLUMNS = ("file", "label", "start_s", "end_s", "verified")
 
 
 def verdict(value: Any) -> str:
-    """A Verified cell -> ``yes``, ``no`` or ``''`` (unsure, blank, anything else: no information)."""
-    v = "" if value is None else str(value).strip().lower()
-    if v in ("nan", "none"):
-        return ""
-    return "yes" if v in YES else ("no" if v in NO else "")
+    """A Verified cell -> ``yes``, ``no`` or ``''`` (unsure, blank, a word outside the vocabulary: no
+    information), by the one vocabulary of ``monitor.verdicts``."""
+    v = normalize_verdict(value)
+    return v if v in ("yes", "no") else ""
+
+
+def group_name(deployment: str, file: str) -> str:
+    """``deployment/file``, without repeating the deployment when the file's path already starts with it."""
+    if not deployment or file.split("/", 1)[0] == deployment:
+        return file
+    return f"{deployment}/{file}"
 
 
 def targets_from_reviews(reviews, audio_root: Path | None, seg: SegmentConfig, labels: list[str] | None = None,
-                         group_regex: str | None = None, where: str = "the reviews"):
+                         group_regex: str | None = None, where: str = "the reviews", left_out: LeftOut | None = None):
     """Reviewer verdicts -> per-label targets.
 
     ``reviews``: a DataFrame with ``file`` (absolute, or relative to ``audio_root``), ``label``,
@@ -99,6 +107,10 @@ def targets_from_reviews(reviews, audio_root: Path | None, seg: SegmentConfig, l
     missing = [c for c in REVIEW_COLUMNS if c not in df.columns]
     if missing:
         raise MonitorError(f"{where}: no {missing[0]!r} column (need {', '.join(REVIEW_COLUMNS)})")
+    odd = unknown_words(df["verified"], [f"{f} {lab} at {float(a):g} s" for f, lab, a in
+                                         zip(df["file"], df["label"], df["start_s"])])
+    if odd:
+        warn(unknown_text(odd, where))
     df["v"] = [verdict(v) for v in df["verified"]]
     df = df[df["v"] != ""]
     if df.empty:
@@ -117,14 +129,14 @@ def targets_from_reviews(reviews, audio_root: Path | None, seg: SegmentConfig, l
             continue
         key = str(path)
         if key not in probed:
-            probed[key] = probe_or_skip(path)
+            probed[key] = probe_or_skip(path, left_out)
         info = probed[key]
         if info is None:
             continue
         if key not in rel_of:
             dep = str(getattr(r, "deployment", "") or "")
             rel_of[key] = (path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root)
-                           else (f"{dep}/{r.file}" if dep else str(r.file)))
+                           else group_name(dep, str(r.file)))
         sr = info.sample_rate_hz
         start_f = int(round(float(r.start_s) * sr))
         end_f = min(int(round(float(r.end_s) * sr)), info.frames)
@@ -181,6 +193,7 @@ def load_reviews(report: Path):
 
 
 def from_report(report: Path, audio_root: Path | None, seg: SegmentConfig, labels: list[str] | None = None,
-                group_regex: str | None = None):
+                group_regex: str | None = None, left_out: LeftOut | None = None):
     """A reviewed workbook (or run folder) -> per-label targets (``targets_from_reviews``). Returns (table, labels)."""
-    return targets_from_reviews(load_reviews(Path(report)), audio_root, seg, labels, group_regex, where=str(report))
+    return targets_from_reviews(load_reviews(Path(report)), audio_root, seg, labels, group_regex, where=str(report),
+                                left_out=left_out)
