@@ -6,7 +6,8 @@ thresholds calibrated on validation, held-out test, model card (``train.export``
 
 The features are the stored float16 embeddings through the frozen LayerNorm; validation, test and the
 calibration score exactly as inference will (``model.head.Head``: float64 from the float16 embedding).
-Optimiser settings come from ``optim`` (``lr``, ``weight_decay``, ``epochs``, ``batch_size``, ``seed``;
+Optimiser settings come from ``optim`` (``lr``, ``weight_decay``, ``epochs``, ``batch_size`` (larger when an epoch
+would take more than ``MAX_STEPS_PER_EPOCH`` steps), ``seed``;
 the packaged ``head_from_embeddings`` recipe sets values that suit a linear head). ``data.extend_head``: the source
 model's labels keep their head rows and thresholds unless verdicts retrain them.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from monitor.decode import one_torch_thread
 from monitor.errors import MonitorError
 from monitor.train.calibrate import calibrate
 from monitor.train.config import config_yaml
@@ -34,6 +36,7 @@ from monitor.train.table import summary, target_matrix
 log = logging.getLogger(__name__)
 
 DONE = "train_done.json"
+MAX_STEPS_PER_EPOCH = 16  # a linear head on tens of thousands of rows: larger batches keep an epoch to this many steps
 
 
 def _init_rows(data: Embedded, head) -> tuple[Any, Any, np.ndarray]:
@@ -58,6 +61,7 @@ def fit_linear(x, y: np.ndarray, weight: np.ndarray, w0, b0, cfg, rows: np.ndarr
 
     o, metric = cfg.optim, cfg.eval.metric
     g = torch.Generator().manual_seed(int(o.seed))
+    batch = max(int(o.batch_size), -(-len(rows) // MAX_STEPS_PER_EPOCH))  # many rows: larger batches, not more steps
     w = w0.clone().requires_grad_(True)
     b = b0.clone().requires_grad_(True)
     opt = torch.optim.AdamW([w, b], lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
@@ -72,8 +76,8 @@ def fit_linear(x, y: np.ndarray, weight: np.ndarray, w0, b0, cfg, rows: np.ndarr
         t0 = time.perf_counter()
         perm = torch.randperm(len(rows), generator=g)
         total = 0.0
-        for k in range(0, len(rows), o.batch_size):
-            i = perm[k:k + o.batch_size]
+        for k in range(0, len(rows), batch):
+            i = perm[k:k + batch]
             z = xt[i] @ w.T + b
             loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, yt[i], reduction="none") * wt[i]).sum() \
                 / wt[i].sum().clamp_min(1e-12)
@@ -141,7 +145,8 @@ def train_head(cfg, out_dir: Path, *, name: str, progress: bool = True) -> dict[
         m = evaluate_scores(y[va], scores_of(w, b, va), labels, "multilabel", cfg.eval.threshold)["summary"]
         return float(m.get(cfg.eval.metric, float("nan"))), {k: m[k] for k in SUMMARY_KEYS}
 
-    w, b, history, chosen = fit_linear(x, y, data.weight, w0, b0, cfg, tr, validate, progress)
+    with one_torch_thread():  # tiny ops: threads only stall behind other work on a busy CPU (60 s -> 7 s)
+        w, b, history, chosen = fit_linear(x, y, data.weight, w0, b0, cfg, tr, validate, progress)
     for j in np.flatnonzero(known & ~trained):  # an extended head: labels nobody judged keep their rows exactly
         w[j], b[j] = w0[j], b0[j]
     fit_s = time.perf_counter() - t_start
