@@ -1,12 +1,13 @@
 """Nearest segments by cosine similarity over stored float16 embeddings, by brute force.
 
 The stored float16 matrix is used as it is, divided by the stored row lengths; a query is one matrix-vector product
-(torch's float16 kernel: about 0.7 s over 1 M x 768 on 2 cores, ``benchmarks/agile.py``), then the best
+(torch's float16 kernel: p50 0.75 s wall, 0.37 s CPU, over 1 M x 768 on 2 busy cores, ``benchmarks/agile.py``), then the best
 candidates are re-ranked exactly in float64, so ties and float16 rounding never change the order that
 matters. Several examples: the mean of their cosine similarities (the product with the mean of the
 normalised examples). Brute force is exact, needs no build step and no extra package; at the sizes a
-season holds (up to about a million segments) it beats building a graph index for each search
-(``benchmarks/agile.py`` measures usearch, faiss and hnswlib beside it).
+season holds (up to about a million segments) it beats building a graph index for each search: at 50,000
+vectors usearch, faiss HNSW and hnswlib answer in 0.5-2 ms but take 90-285 s to build on 2 cores, and the build
+grows with every card (``benchmarks/agile.py``).
 """
 
 from __future__ import annotations

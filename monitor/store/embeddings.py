@@ -9,7 +9,7 @@ file's own transaction (``FilesMixin.put_file``), so they are always exactly the
 ``--restore-pruned`` brings them back, ``--move`` re-files them.
 
 One row per file, not per segment: a season of 1 M segments is a few thousand rows, read back in seconds
-(``benchmarks/agile.py``: 1 M x 768 in about 5 s on 2 cores).
+(``benchmarks/agile.py``: 1 M x 768 in 5 s on 2 idle cores, 16 s on busy ones).
 """
 
 from __future__ import annotations
