@@ -36,7 +36,7 @@ from monitor.train.table import summary, target_matrix
 log = logging.getLogger(__name__)
 
 DONE = "train_done.json"
-MAX_STEPS_PER_EPOCH = 32  # a linear head on tens of thousands of rows: larger batches keep an epoch to this many steps
+MAX_STEPS_PER_EPOCH = 16  # a linear head on tens of thousands of rows: larger batches keep an epoch to this many steps
 
 
 def _init_rows(data: Embedded, head) -> tuple[Any, Any, np.ndarray]:
