@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--move", action="store_true",
                    help="with --deployment (or a deployments table): re-file files of this card already stored under "
                         "another deployment, with their verdicts, instead of refusing")
+    r.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help="also keep each segment's embedding (float16, in the results store) for `monitor search`, "
+                        "heads trained from them and `monitor report --rescore`; kept for later runs into OUT_DIR")
     r.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local: this machine; ray: decode in Ray tasks, score in Ray actors (pip install "
                         "'monitor[ray]'; see README 'Past one machine')")
@@ -145,6 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a new deployments table: time zones and places (deployment names stay as assigned)")
     rp.add_argument("--restore-pruned", action="store_true",
                     help="bring back results that --prune archived (where nothing newer took their place)")
+    rp.add_argument("--rescore", default=None, metavar="BUNDLE",
+                    help="apply BUNDLE's head to the stored embeddings of every card (needs runs with --embeddings "
+                         "and a bundle with the same backbone, e.g. one trained with data.source: embeddings); the "
+                         "folder then holds BUNDLE's results; every verdict is kept")
+
+    se = sub.add_parser("search", help="find segments like an example, or pick segments to review next")
+    se.add_argument("out_dir", type=Path, help="an output folder of runs with --embeddings")
+    se.add_argument("--example", action="append", default=[], metavar="AUDIO[@START_S]",
+                    help="an audio file (its window from START_S, default 0); repeat to search by several")
+    se.add_argument("--top", type=int, default=100, help="rows to list (default 100)")
+    se.add_argument("--label", default=None, metavar="NAME",
+                    help="the label the Verified column judges (a new species' name is fine)")
+    se.add_argument("--name", default=None, help="file name of the list (default: the label or the example)")
+    se.add_argument("--model", default=None, metavar="NAME_OR_PATH",
+                    help="the bundle to embed examples with (default: the folder's model)")
+    se.add_argument("--uncertain", default=None, metavar="LABEL",
+                    help="instead of examples: the unreviewed segments nearest LABEL's threshold (margin sampling)")
+    se.add_argument("--sample", default=None, metavar="LABEL",
+                    help="instead of examples: a random sample of LABEL's scores stratified by score, to estimate "
+                         "precision")
+    se.add_argument("--seed", type=int, default=0, help="--sample: the random seed")
 
     rc = sub.add_parser("recipes", help="list, show or copy the packaged training recipes")
     rsub = rc.add_subparsers(dest="recipes_command", metavar="ACTION")
@@ -221,7 +245,8 @@ def run_command(args: argparse.Namespace) -> int:
                         deployment=args.deployment, deployments=args.deployments, resume=not args.no_resume,
                         prune=args.prune, move=args.move, engine=args.engine, address=args.address,
                         actors=args.actors, gpus_per_actor=args.gpus_per_actor, stall_warn_s=args.stall_warn,
-                        stall_stop_s=args.stall_stop, progress_every_s=args.progress_every, command=command)
+                        stall_stop_s=args.stall_stop, progress_every_s=args.progress_every, command=command,
+                        embeddings=args.embeddings)
         info = run(cfg)
     except MonitorError:
         if is_out(dst):  # the run got as far as making OUT: its log says why it stopped
@@ -247,6 +272,20 @@ def report_command(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     if is_out(out_dir):
         add_log_file(out_dir / LOG_NAME)
+    if args.rescore:
+        from monitor.agile.rescore import rescore
+        from monitor.errors import MonitorError
+
+        if args.restore_pruned or args.deployments:
+            raise MonitorError("--rescore takes --threshold and --labels; run --restore-pruned or --deployments "
+                               "in a `monitor report` of its own")
+        info = rescore(out_dir, args.rescore, dict(args.threshold), None if args.labels is None else [args.labels],
+                       command=" ".join(["monitor", *map(_quote, sys.argv[1:])]))
+        print(f"monitor: rescored with {info.model.name} {info.model.version}; reports rebuilt in {out_dir} "
+              f"({info.workbook}): {info.counts.get('detections', '?')} detections")
+        for line in info.summary_lines()[1:]:
+            print(f"monitor: {line}")
+        return 0
     info = rebuild_reports(out_dir, dict(args.threshold), args.deployments,
                            None if args.labels is None else [args.labels], restore_pruned=args.restore_pruned)
     thr = info.thresholds
@@ -255,6 +294,34 @@ def report_command(args: argparse.Namespace) -> int:
           + (f" (thresholds {shown})" if thr else ""))
     for line in info.summary_lines()[1:]:
         print(f"monitor: {line}")
+    return 0
+
+
+def search_command(args: argparse.Namespace) -> int:
+    """``monitor search OUT``: by example, or what to review next; prints the paths written."""
+    from monitor.agile import search as agile
+    from monitor.errors import MonitorError
+    from monitor.logs import add_log_file
+    from monitor.outdir import LOG_NAME, is_out
+
+    if is_out(args.out_dir):
+        add_log_file(Path(args.out_dir) / LOG_NAME)
+    modes = [bool(args.example), args.uncertain is not None, args.sample is not None]
+    if sum(modes) != 1:
+        raise MonitorError("give --example AUDIO (repeatable), or --uncertain LABEL, or --sample LABEL")
+    if args.top < 1:
+        raise MonitorError("--top must be >= 1")
+    if args.example:
+        res = agile.search(args.out_dir, args.example, args.top, args.label, args.name, args.model)
+        print(f"monitor: {res.rows} most similar of {res.searched} segments (searched in {res.seconds:.2f} s)")
+    elif args.uncertain is not None:
+        res = agile.uncertain(args.out_dir, args.uncertain, args.top, args.name)
+        print(f"monitor: {res.rows} unreviewed segments nearest the threshold, of {res.searched}")
+    else:
+        res = agile.sample(args.out_dir, args.sample, args.top, args.name, args.seed)
+        print(f"monitor: a stratified sample of {res.rows} of {res.searched} segments")
+    print(f"monitor: {res.csv}")
+    print(f"monitor: {res.xlsx} (fill Verified: `monitor report` reads it into the results store)")
     return 0
 
 
@@ -271,6 +338,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return train_command(args)
     if args.command == "report":
         return report_command(args)
+    if args.command == "search":
+        return search_command(args)
     if args.command == "recipes":
         from monitor.train.recipes import recipes_command
 

@@ -167,7 +167,7 @@ class RunConfig:
     under another deployment (else refused); ``engine``: ``local`` or ``ray`` (``address``, ``actors``,
     ``gpus_per_actor``, ``stall_warn_s``, ``stall_stop_s`` are Ray's: None is ``STALL_WARN_S``/``STALL_STOP_S``);
     ``progress``: None shows a bar on a terminal and progress lines every ``progress_every_s`` elsewhere (0: no
-    lines).
+    lines); ``embeddings``: keep each segment's embedding (None: as ``out_dir`` already does, kept for later runs).
     """
 
     input_dir: Path | str
@@ -194,6 +194,7 @@ class RunConfig:
     stall_warn_s: float | None = None
     stall_stop_s: float | None = None
     command: str = ""
+    embeddings: bool | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -212,6 +213,13 @@ class RunConfig:
         if self.engine == "ray" and self.workers is not None:
             raise ConfigError("--workers applies to --engine local; Ray schedules decode tasks itself")
         check_batch_size(self.batch_size)
+        if self.embeddings:
+            if self.engine == "ray":
+                raise ConfigError("--embeddings works with --engine local only (not yet with Ray)")
+            if self.precision == "int8" or self.compile:
+                raise ConfigError("--embeddings does not apply to --precision int8 or --compile; drop one of them")
+            if self.models is not None and len(self.models) > 1:
+                raise ConfigError("--embeddings needs one --model (embeddings belong to one backbone), not an ensemble")
 
 
 def _is_dataclass_type(tp: Any) -> bool:

@@ -72,6 +72,7 @@ def run(cfg: RunConfig) -> RunInfo:
     table = read_deployments(cfg.deployments) if cfg.deployments else None
     started = datetime.now(timezone.utc).astimezone()
     with open_out(dst, create=True) as store:
+        embed = keep_embeddings(store, cfg, bundles)  # before anything is written: it may refuse the run
         model_hash = models.sha256  # the same whatever the order of --model
         store.bind_model(model_hash, names, models.describe())
         store.set_meta("bundle_thresholds", dict(models.thresholds))
@@ -85,14 +86,15 @@ def run(cfg: RunConfig) -> RunInfo:
                             f"{models.thresholds_from}")
         with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
             # the engine starts first: its worker processes' imports overlap discovery and model loading
-            with make_engine(bundles, cfg) as engine:
+            with make_engine(bundles, cfg, embed) as engine:
                 plan = scan_card(src, store, bundles[0].preprocessing, model_hash, stop.state, cfg.deployment,
                                  cfg.prune, cfg.resume, stored_deployments(store), cfg.move)
                 if table is not None and plan.unmatched_rows:
                     warnings.append(f"deployments table {Path(cfg.deployments).name}: "
                                     f"{listing(plan.unmatched_rows)} matched no file of this card")
                 stats, interrupted = score_planned(engine, plan, store, bundles, cfg.progress, stop.state,
-                                                   cfg.progress_every_s)
+                                                   cfg.progress_every_s,
+                                                   (store.embeddings_backbone or "", model_hash) if embed else None)
             interrupted = interrupted or stop.state["flag"]
             e = stats.engine
             info = dataclasses.replace(
@@ -111,14 +113,33 @@ def run(cfg: RunConfig) -> RunInfo:
     return info
 
 
-def make_engine(bundles: list[Bundle], cfg: RunConfig) -> Engine:
+def keep_embeddings(store: ResultsStore, cfg: RunConfig, bundles: list[Bundle]) -> bool:
+    """Whether this run keeps segment embeddings: ``--embeddings``, or an output folder that already keeps them
+    (remembered for later runs). Files analysed without them are then analysed again (``store.embeddings``)."""
+    keep = bool(store.get_meta("embeddings")) if cfg.embeddings is None else bool(cfg.embeddings)
+    why = "" if not keep else ("--engine ray" if cfg.engine == "ray" else "--precision int8" if cfg.precision == "int8"
+                               else "--compile" if cfg.compile else
+                               f"an ensemble of {len(bundles)} models (embeddings belong to one backbone)"
+                               if len(bundles) > 1 else "")
+    if why:
+        whose = "--embeddings" if cfg.embeddings else f"{store.path.parent} keeps segment embeddings (--embeddings), which"
+        raise MonitorError(f"{whose} does not work with {why}; run one model with --engine local")
+    if keep != bool(store.get_meta("embeddings")):
+        store.set_meta("embeddings", keep)
+    if keep:
+        store.embeddings_backbone = bundles[0].backbone()
+        log.info("keeping segment embeddings (backbone %s)", store.embeddings_backbone[:12])
+    return keep
+
+
+def make_engine(bundles: list[Bundle], cfg: RunConfig, embeddings: bool = False) -> Engine:
     """The engine ``monitor run`` scores through: ``engine.LocalEngine`` or ``ray_engine.RayEngine``."""
     if cfg.engine == "ray":
         return RayEngine(bundles, address=cfg.address, actors=cfg.actors, gpus_per_actor=cfg.gpus_per_actor,
                          device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
                          stall_warn_s=cfg.stall_warn_s, stall_stop_s=cfg.stall_stop_s)
     return LocalEngine(bundles, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
-                       workers=cfg.workers, compile=cfg.compile)
+                       workers=cfg.workers, compile=cfg.compile, embeddings=embeddings)
 
 
 def _now() -> str:
@@ -141,9 +162,11 @@ def file_outcome(res: FileScores, n_labels: int) -> tuple[str, str]:
 
 def score_planned(engine: Engine, plan: WorkPlan, store: ResultsStore, bundles: list[Bundle],
                   progress: bool | None, stop: dict[str, bool],
-                  progress_every_s: float = PROGRESS_EVERY_S) -> tuple[RunStats, bool]:
+                  progress_every_s: float = PROGRESS_EVERY_S,
+                  embeddings: tuple[str, str] | None = None) -> tuple[RunStats, bool]:
     """Score the planned jobs through ``engine``; each file is committed as soon as all its segments are in.
-    ``progress``: None a bar on a terminal and progress lines elsewhere (``progress.Progress``)."""
+    ``progress``: None a bar on a terminal and progress lines elsewhere (``progress.Progress``); ``embeddings``:
+    (backbone, bundle hash) the kept embeddings are tied to, committed with their file."""
     pre = bundles[0].preprocessing
     n_labels = len(bundles[0].labels)
     stats = RunStats(engine.describe(), plan.found, plan.resumed, plan.todo, audio_s=plan.audio_s,
@@ -166,8 +189,10 @@ def score_planned(engine: Engine, plan: WorkPlan, store: ResultsStore, bundles: 
             log.info("failed %s: %s", job.rel, reason)
         else:
             segs = list(zip(res.index, res.start_s, res.end_s, res.scores))
+            backbone, bundle = embeddings or ("", "")
             store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite, input_dir=plan.input_dir,
-                           card=plan.card)
+                           card=plan.card, embeddings=res.embeddings if embeddings else None, backbone=backbone,
+                           bundle=bundle)
         stats.done += 1
         bar.file_done()
 

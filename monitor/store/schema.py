@@ -1,6 +1,7 @@
 """The store's tables and the upgrades from older schemas (nothing is ever dropped on the way).
 
-Schema 3 (this one) adds cards: every file belongs to the card (SD card) it was read from, so the next
+Schema 4 (this one) adds segment embeddings (``store.embeddings``: ``embeddings``, ``pruned_embeddings``);
+nothing else changes, so a schema 3 store only gains the empty tables. Schema 3 added cards: every file belongs to the card (SD card) it was read from, so the next
 card of a recorder adds to its deployment and only a re-scanned card can have missing files; an archive
 of what ``--prune`` removed; what each workbook was last known to hold (so an older workbook never undoes
 a newer verdict); the card-folder cells a reviewer edited; and files moved between deployments.
@@ -15,10 +16,11 @@ from pathlib import Path, PurePosixPath
 
 from monitor.deployments import default_deployment
 from monitor.store.base import now_iso
+from monitor.store.embeddings import TABLES as EMBEDDING_TABLES
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 FILE_COLUMNS = ("deployment, file, size, mtime_ns, model_hash, status, reason, metadata, n_segments, nonfinite, "
                 "done_at, input_dir, missing_since, fingerprint, card")
@@ -106,12 +108,13 @@ def columns(db: sqlite3.Connection, table: str) -> list[str]:
 
 
 def create(db: sqlite3.Connection) -> None:
-    for stmt in statements(SCHEMA):
+    for stmt in statements(SCHEMA) + statements(EMBEDDING_TABLES):
         db.execute(stmt)
 
 
 def upgrade(db: sqlite3.Connection, path: Path) -> None:
-    """Bring an older store to schema 3 in one transaction (called with the tables as they are)."""
+    """Bring an older store to schema 4 in one transaction (called with the tables as they are; ``create`` then
+    adds the tables that are new since: schema 4's embeddings)."""
     cols = columns(db, "files")
     if not cols:
         return  # a new store
@@ -120,8 +123,10 @@ def upgrade(db: sqlite3.Connection, path: Path) -> None:
         _v1_to_v2(db)
         cols = columns(db, "files")
     if "card" not in cols:
-        log.info("upgrading the results store %s to schema %d (cards)", path, SCHEMA_VERSION)
+        log.info("upgrading the results store %s to schema 3 (cards)", path)
         _v2_to_v3(db)
+    if not columns(db, "embeddings"):
+        log.info("upgrading the results store %s to schema %d (embeddings)", path, SCHEMA_VERSION)
     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
 
 
