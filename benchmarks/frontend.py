@@ -6,10 +6,11 @@ pinned to 1 before torch loads):
 
 * production: exactly ``monitor run``'s CPU front end: ``plan.plan_batches`` (batches of 16, decode
   tasks within the decoded-sample budget) and ``decode.decode_task`` on every task (seeking
-  ``audio.read_frames`` -> ``frontend.prepare_wave``: mono, sanitise, resample, band-limit ->
-  ``frontend.features``: mean removal, Kaldi fbank, pad/crop, normalise), with the time per stage;
-* naive: ``librosa.load(path, sr=16000)`` of the whole file (soxr HQ; warmed up first), the same band
-  limit when the preprocessing has one, then the same per-segment features.
+  ``audio.read_frames`` -> ``frontend.prepare_wave``: mono, sanitise, resample -> ``frontend.FrontEnd``
+  on the CPU: band limit, mean removal, Kaldi fbank, pad/crop, normalise), with the time per stage
+  (``features``: the ``FrontEnd`` less its band limit);
+* naive: ``librosa.load(path, sr=16000)`` of the whole file (soxr HQ; warmed up first), then the same
+  ``FrontEnd`` (band limit included when the preprocessing has one) per batch of segments.
 
 Both with the bundled demo model's preprocessing (no band limit; ``poly`` resampling) and with a
 200-6000 Hz band. It also times the alternatives for each stage on 60 s of 48 kHz audio.
@@ -82,8 +83,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # elsewhere: KiB on Linux, bytes on macOS
 
 
-STAGES = (("monitor.audio", "read_frames", "read"), ("monitor.audio", "resample", "resample"),
-          ("monitor.audio", "bandpass", "band"), ("monitor.frontend", "features", "fbank"))
+# (module, attribute, label): patched where production code looks them up (names imported into a module
+# are that module's attributes; module stages are class attributes)
+STAGES = (("monitor.decode", "read_frames", "read"), ("monitor.frontend", "resample", "resample"),
+          ("monitor.frontend", "BandLimit.forward", "band"), ("monitor.frontend", "FrontEnd.forward", "frontend"))
 
 
 def _time_stages() -> dict[str, float]:
@@ -91,9 +94,12 @@ def _time_stages() -> dict[str, float]:
     import importlib
 
     acc: dict[str, float] = {}
-    for mod_name, fn_name, label in STAGES:
-        mod = importlib.import_module(mod_name)
-        fn = getattr(mod, fn_name)
+    for mod_name, attr, label in STAGES:
+        owner = importlib.import_module(mod_name)
+        *path, name = attr.split(".")
+        for p in path:
+            owner = getattr(owner, p)
+        fn = getattr(owner, name)
 
         def timed(*a, _fn=fn, _label=label, **k):
             t = _now()
@@ -102,7 +108,7 @@ def _time_stages() -> dict[str, float]:
             finally:
                 acc[_label] = acc.get(_label, 0.0) + _now() - t
 
-        setattr(mod, fn_name, timed)
+        setattr(owner, name, timed)
     return acc
 
 
@@ -130,26 +136,25 @@ def child_production(path: str, band, method: str) -> dict:
 
 
 def child_naive(path: str, warm_path: str, band) -> dict:
-    """librosa.load of the whole file at 16 kHz (after a warm-up load), the same band limit, per-segment features."""
+    """librosa.load of the whole file at 16 kHz (after a warm-up load), then the same ``FrontEnd`` (band
+    limit included) per batch of segments."""
     import librosa
     import torch
 
     torch.set_num_threads(1)
-    from monitor.audio import bandpass
-    from monitor.frontend import features
+    from monitor.frontend import front_end, stack_waves
 
     pre = _pre(band, "poly")
+    front = front_end(pre)
     y, _ = librosa.load(warm_path, sr=16000)  # warm-up: imports, resampler
-    features([y[:160000]] * 2, pre)
+    front(*stack_waves([y[:160000]] * 2))
     t0, w0 = _now(), time.perf_counter()
     y, _ = librosa.load(path, sr=16000)
     t_load = _now() - t0
     chunks = [y[i:i + 160000] for i in range(0, len(y), 160000)]
     chunks = [c for c in chunks if len(c) >= 16000]
-    if band:
-        chunks = [bandpass(c, 16000, band[0], band[1]) for c in chunks]
     for k in range(0, len(chunks), BATCH):
-        features(chunks[k:k + BATCH], pre)
+        front(*stack_waves(chunks[k:k + BATCH]))
     wall = _now() - t0
     return {"wall_s": wall, "real_s": time.perf_counter() - w0, "audio_s": len(y) / 16000, "segments": len(chunks),
             "load_s": t_load, "peak_mb": _peak_rss_mb()}
@@ -172,8 +177,9 @@ def child_alternatives() -> dict:
     torch.set_num_threads(1)
     from scipy.signal import butter, sosfiltfilt
 
-    from monitor.audio import bandpass, resample
-    from monitor.features import _hann, fbank, mel_banks
+    from monitor.audio import resample
+    from monitor.features import KaldiFbank, mel_banks
+    from monitor.frontend import BandLimit, bandpass
 
     rng = np.random.default_rng(1)
     segs48 = [(0.1 * rng.standard_normal(480000)).astype(np.float32) for _ in range(6)]
@@ -203,8 +209,12 @@ def child_alternatives() -> dict:
     out["band 200-6000 Hz after resampling (16 kHz)"] = _best_ms(lambda: [bandpass(s, 16000, 200, 6000) for s in segs16])
     out["band 200-6000 Hz before resampling (48 kHz)"] = _best_ms(lambda: [bandpass(s, 48000, 200, 6000) for s in segs48])
     batch = torch.from_numpy(np.stack(segs16))
+    band_torch = BandLimit(16000, 200, 6000, backend="torch")
+    out["band 200-6000 Hz, the GPU's kernel (float64 FFT convolution) on the CPU"] = _best_ms(lambda: band_torch(batch))
+    fbank, fbank_torch = KaldiFbank(), KaldiFbank(backend="torch")
     out["fbank batched, float64 FFT (default)"] = _best_ms(lambda: fbank(batch))
-    out["fbank one call per segment"] = _best_ms(lambda: [fbank(s) for s in batch])
+    out["fbank one call per segment"] = _best_ms(lambda: [fbank(s[None]) for s in batch])
+    out["fbank batched, the GPU's kernel (torch FFT) on the CPU"] = _best_ms(lambda: fbank_torch(batch))
 
     sos = butter(6, [200, 6000], btype="bandpass", fs=16000, output="sos")
     bank = mel_banks(128, 512, 16000.0)
@@ -212,7 +222,7 @@ def child_alternatives() -> dict:
     def fbank_variant(x: torch.Tensor, fft_dtype: torch.dtype, mel: torch.Tensor) -> torch.Tensor:
         fr = x.unfold(-1, 400, 160)
         fr = fr - fr.mean(-1, keepdim=True)
-        fr = (fr - 0.97 * torch.cat([fr[..., :1], fr[..., :-1]], dim=-1)) * _hann(400)
+        fr = (fr - 0.97 * torch.cat([fr[..., :1], fr[..., :-1]], dim=-1)) * fbank.window
         spec = torch.fft.rfft(fr.to(fft_dtype), n=512)
         power = (spec.real.square() + spec.imag.square()).float()
         return (power @ mel.T).clamp_min(float(torch.finfo(torch.float32).eps)).log()
@@ -298,7 +308,8 @@ def main() -> None:
     for name, r in rows.items():
         st = r["stages"]
         print(f"  {name:<18} {r['audio_s'] / r['wall_s']:6.0f}x realtime  {r['wall_s']:6.1f} s  (read {st.get('read', 0):.1f} s, "
-              f"resample {st.get('resample', 0):.1f} s, band {st.get('band', 0):.1f} s, features {st.get('fbank', 0):.1f} s)  "
+              f"resample {st.get('resample', 0):.1f} s, band {st.get('band', 0):.1f} s, "
+              f"features {st.get('frontend', 0) - st.get('band', 0):.1f} s)  "
               f"{r['segments']} segments  peak RSS {r['peak_mb']:.0f} MB")
     for nm, nv in (("no band", naive), (f"band {band_arg.replace(',', '-')} Hz", naive_band)):
         print(f"naive librosa.load + per-segment features, {label(short)}, {nm}: {nv['audio_s'] / nv['wall_s']:.0f}x "

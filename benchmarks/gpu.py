@@ -204,12 +204,12 @@ def decode_rate(files: list[Path], output: str, max_tasks: int = 40) -> float:
 
 
 def gpu_frontend_rate(files: list[Path], device: str, batch: int, seconds: float) -> float:
-    """Segments/s of ``devfront.device_features`` on a batch of 16 kHz waves already on the device."""
+    """Segments/s of ``frontend.FrontEnd`` on the device, on a batch of 16 kHz waves already there."""
     import torch
 
     from monitor.config import Preprocess
-    from monitor.devfront import device_features
     from monitor.decode import decode_task
+    from monitor.frontend import front_end
     from monitor.plan import job_from_path, plan_batches
 
     pre = Preprocess()
@@ -217,12 +217,13 @@ def gpu_frontend_rate(files: list[Path], device: str, batch: int, seconds: float
     rows = decode_task(plan.tasks[0], pre, "waves")
     waves = torch.from_numpy(np.resize(rows.data, (batch, rows.data.shape[1]))).to(device)
     lengths = [waves.shape[1]] * batch
+    front = front_end(pre, device)
     with torch.inference_mode():
-        device_features(waves, lengths, pre)
+        front(waves, lengths)
         _sync(device)
         k, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds or k < 2:
-            device_features(waves, lengths, pre)
+            front(waves, lengths)
             k += 1
         _sync(device)
     return batch * k / (time.perf_counter() - t0)

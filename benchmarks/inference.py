@@ -211,13 +211,13 @@ def main() -> None:
     e2e = max(np.abs(np.asarray(hf_scores[(r.file, r.segment)]) - np.array([getattr(r, k) for k in labels])).max()
               for r in seg.itertuples())
     # int8 logit error against fp32 on the real clips
-    from monitor.frontend import features
+    from monitor.frontend import front_end, stack_waves
 
     waves = []
     for p in files[:16]:
         y, sr = sf.read(str(p), dtype="float32", always_2d=True)
         waves.append(prepare_wave(y[: sr * 10], sr, pre)[0])
-    feats = features(waves, pre)
+    feats = front_end(pre)(*stack_waves(waves))
     q = prepare_models([load_bundle(bundle)], "cpu", "int8")[0][0]
     with torch.inference_mode():  # int8 scores one segment per call, as monitor.infer.Scorer does
         lf = ours(feats).flatten().numpy()

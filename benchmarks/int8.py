@@ -67,7 +67,7 @@ def real_clips(n: int):
     import soundfile as sf
 
     from monitor.config import Preprocess
-    from monitor.frontend import features, prepare_wave
+    from monitor.frontend import front_end, prepare_wave, stack_waves
 
     pre = Preprocess()
     pool = sorted((SHARED / "data" / "recordings").rglob("*.wav")) + sorted((SHARED / "data" / "clips" / "bird").glob("*.flac"))
@@ -80,7 +80,7 @@ def real_clips(n: int):
         waves.append(prepare_wave(y, sr, pre)[0])
         if len(waves) == n:
             break
-    return features(waves, pre).numpy()
+    return front_end(pre)(*stack_waves(waves)).numpy()
 
 
 def timed(fn, xs: np.ndarray) -> tuple[float, np.ndarray]:

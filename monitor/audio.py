@@ -1,8 +1,9 @@
-"""Streaming decode and the signal stages, as pure functions on arrays.
+"""Decoding and the signal stages at the recorder's rate, as pure functions on arrays.
 
-``stream_segments`` reads a file with soundfile in blocks (never the whole file) and yields
-``Segment``s in true time order. ``to_mono``, ``sanitize``, ``resample`` and ``bandpass`` are pure
-functions on ``(samples,)`` / ``(samples, channels)`` float arrays.
+``probe`` reads a header, ``read_frames`` decodes a span by seeking (never the whole file), and
+``plan_segments`` cuts a file into windows in exact integer frames. ``to_mono``, ``sanitize`` and
+``resample`` (to the model's rate) are pure functions on ``(samples,)`` / ``(samples, channels)`` float
+arrays: steps 1-3 of the front end, before ``frontend.FrontEnd``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from monitor.config import SegmentConfig
+from monitor.config import MODEL_RATE_HZ, SegmentConfig
+from monitor.remote import is_url, open_input
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +37,9 @@ class AudioInfo:
     subtype: str
 
 
-@dataclass
-class Segment:
-    """One analysis window. ``samples`` (n,) float32 mono at the native rate; the final partial
-    segment is shorter than the window (the feature step pads it)."""
-
-    file: str
-    index: int
-    start_s: float
-    end_s: float
-    samples: np.ndarray
-    sample_rate_hz: int
-    nonfinite: int = 0
-
-
 def probe(path: Path | str) -> AudioInfo:
     """Header facts via soundfile, without decoding audio. Raises ``AudioError`` with a human reason."""
     import soundfile as sf
-
-    from monitor.remote import is_url, open_input
 
     try:
         if is_url(path):  # an fsspec URL: soundfile reads the header through a file object
@@ -75,10 +60,8 @@ def probe(path: Path | str) -> AudioInfo:
 def read_frames(path: Path | str, start_frame: int, stop_frame: int) -> np.ndarray:
     """Decode frames ``[start_frame, stop_frame)`` by seeking (never the whole file): ``(frames, channels)``
     float32. Fewer frames come back when the file is shorter than its header says. The one reader
-    of ``monitor run`` (``infer.decode_task``) and ``monitor train`` (``train.dataset``)."""
+    of ``monitor run`` (``decode.decode_task``) and ``monitor train`` (``train.dataset``)."""
     import soundfile as sf
-
-    from monitor.remote import is_url, open_input
 
     if is_url(path):  # an fsspec URL: seek and read through a read-ahead file object
         with open_input(path) as fh, sf.SoundFile(fh) as f:
@@ -126,52 +109,6 @@ def plan_segments(n_frames: int, sample_rate_hz: int, cfg: SegmentConfig) -> lis
     return out
 
 
-def too_short(info: AudioInfo, cfg: SegmentConfig) -> bool:
-    """True when the file yields no segment (shorter than ``min_segment_s``)."""
-    return not plan_segments(info.frames, info.sample_rate_hz, cfg)
-
-
-def stream_segments(path: Path | str, cfg: SegmentConfig, rel: str | None = None) -> Iterator[Segment]:
-    """Yield the file's segments in time order, reading ``block_s`` of audio at a time.
-
-    Memory is bounded by one block plus one window, whatever the file's length. Overlapping
-    windows (hop < window) and gaps (hop > window) are both handled.
-    """
-    import soundfile as sf
-
-    rel = rel if rel is not None else Path(path).name
-    try:
-        f = sf.SoundFile(str(path))
-    except sf.LibsndfileError as exc:
-        raise AudioError(f"not a readable audio file ({_sf_reason(exc)})") from None
-    with f:
-        sr = int(f.samplerate)
-        plan = plan_segments(int(f.frames), sr, cfg)
-        block = max(int(cfg.block_s * sr), 1)
-        buf = np.zeros(0, dtype=np.float32)
-        buf_start = 0  # frame index of buf[0]
-        pos = 0  # frames read so far
-        for k, start, end in plan:
-            if start > pos:  # gap between windows: skip without decoding
-                f.seek(start)
-                pos = start
-                buf, buf_start = np.zeros(0, np.float32), start
-            elif start > buf_start:
-                buf = buf[start - buf_start:]
-                buf_start = start
-            while pos < end:
-                chunk = f.read(block, dtype="float32", always_2d=True)
-                if len(chunk) == 0:
-                    break
-                buf = np.concatenate([buf, to_mono(chunk)])
-                pos += len(chunk)
-            x = buf[: end - start]
-            if len(x) == 0:
-                return
-            x, bad = sanitize(x)
-            yield Segment(rel, k, start / sr, (start + len(x)) / sr, x, sr, bad)
-
-
 def to_mono(x: np.ndarray) -> np.ndarray:
     """(n,) or (n, channels) -> (n,) float32, the mean of the channels."""
     x = np.asarray(x)
@@ -193,7 +130,7 @@ def sanitize(x: np.ndarray) -> tuple[np.ndarray, int]:
     return x, n
 
 
-def resample(x: np.ndarray, sr_in_hz: int, sr_out_hz: int = 16000, method: str = "poly") -> np.ndarray:
+def resample(x: np.ndarray, sr_in_hz: int, sr_out_hz: int = MODEL_RATE_HZ, method: str = "poly") -> np.ndarray:
     """Anti-aliased resampling along axis 0 of (n,) or (n, channels) -> float32 at ``sr_out_hz``.
 
     ``poly``: ``scipy.signal.resample_poly`` (Kaiser-windowed FIR, up/down reduced by their gcd), so
@@ -274,61 +211,3 @@ def _decimate(x: np.ndarray, down: int) -> np.ndarray:
         if threads > 1:
             torch.set_num_threads(threads)
     return out[:n_out]
-
-
-@functools.lru_cache(maxsize=64)
-def _design(sr_hz: int, low_hz: float | None, high_hz: float | None, order: int):
-    """(sos, zi) of the Butterworth band, or None when both edges are off; designed once per band
-    (the design and ``sosfilt_zi`` cost a fifth of the whole front end when redone per segment)."""
-    from scipy.signal import butter, sosfilt_zi
-
-    nyq = sr_hz / 2.0
-    lo = low_hz if low_hz is not None and low_hz > 0 else None
-    hi = high_hz if high_hz is not None and high_hz < nyq else None
-    if lo is not None and lo >= nyq:
-        raise ValueError(f"band low edge {lo} Hz is at or above Nyquist ({nyq} Hz)")
-    if lo is None and hi is None:
-        return None
-    if lo is not None and hi is not None:
-        sos = butter(order, [lo, hi], btype="bandpass", fs=sr_hz, output="sos")
-    elif lo is not None:
-        sos = butter(order, lo, btype="highpass", fs=sr_hz, output="sos")
-    else:
-        sos = butter(order, hi, btype="lowpass", fs=sr_hz, output="sos")
-    return sos, sosfilt_zi(sos)  # shared by every call: never modified (scipy's sosfilt needs them writable)
-
-
-def sosfiltfilt0(sos: np.ndarray, zi: np.ndarray, x: np.ndarray, padlen: int) -> np.ndarray:
-    """``scipy.signal.sosfiltfilt(sos, x.astype(float64), axis=0, padlen=padlen)`` (odd padding), step for
-    step, with ``zi = sosfilt_zi(sos)`` given instead of recomputed: the same numbers, bit for bit (tested).
-    ``x`` may be float32; it is widened while padding. Returns float64."""
-    from scipy.signal import sosfilt
-
-    if padlen > 0:
-        if x.shape[0] <= padlen:
-            raise ValueError(f"the input must be longer than padlen={padlen} samples")
-        ends = x[[0, -1]].astype(np.float64)
-        left = 2 * ends[0:1] - x[padlen:0:-1].astype(np.float64)
-        right = 2 * ends[1:2] - x[-2:-(padlen + 2):-1].astype(np.float64)
-        ext = np.concatenate((left, x, right), axis=0, dtype=np.float64)  # one pass, float32 -> float64
-    else:
-        ext = np.asarray(x, dtype=np.float64)
-    zi = zi.reshape([zi.shape[0], 2] + [1] * (x.ndim - 1))
-    y, _ = sosfilt(sos, ext, axis=0, zi=zi * ext[0:1])
-    y, _ = sosfilt(sos, y[::-1], axis=0, zi=zi * y[-1:])
-    y = y[::-1]
-    return y[padlen:-padlen] if padlen > 0 else y
-
-
-def bandpass(x: np.ndarray, sr_hz: int, low_hz: float | None, high_hz: float | None, order: int = 6) -> np.ndarray:
-    """Zero-phase Butterworth band/low/high-pass (SOS, ``sosfiltfilt``) along axis 0.
-
-    ``None`` (or 0 for the low edge, or >= Nyquist for the high edge) turns an edge off; both off
-    returns ``x`` unchanged. Zero phase doubles the attenuation in dB (the filter runs twice).
-    """
-    d = _design(int(sr_hz), low_hz, high_hz, int(order))
-    if d is None or len(x) == 0:
-        return np.asarray(x, dtype=np.float32)
-    sos, zi = d
-    padlen = min(3 * (2 * len(sos) + 1), max(0, len(x) - 1))
-    return sosfiltfilt0(sos, zi, np.asarray(x), padlen).astype(np.float32)

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from monitor import __version__
-from monitor.config import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_THRESHOLD
+from monitor.config import (AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_THRESHOLD, PROGRESS_EVERY_S, STALL_STOP_S,
+                            STALL_WARN_S)
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,13 @@ def _batch_size(text: str) -> int | str:
 
 
 def _input(text: str) -> Path | str:
-    """A local folder (``Path``) or an fsspec URL (kept as a string)."""
-    return text if "://" in text else Path(text)
+    """A local folder (``Path``, which must exist: said at once, before anything heavy is imported) or an fsspec
+    URL (kept as a string, checked when the run opens it)."""
+    if "://" in text:
+        return text
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"input folder not found: {text}")
+    return Path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--screen", default=None, metavar="STUDENT",
                    help="a student distilled from --model (monitor distill): it scores every segment, the model only "
                         "those it passes; detections come only from the model (README 'Screening')")
+    r.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help="also keep each segment's embedding (float16, in the results store) for `monitor search`, "
+                        "heads trained from them and `monitor report --rescore`; kept for later runs into OUT_DIR")
     r.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local: this machine; ray: decode in Ray tasks, score in Ray actors (pip install "
                         "'monitor[ray]'; see README 'Past one machine')")
@@ -107,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--engine ray: scoring actors (default: one per GPU, else one per node)")
     r.add_argument("--gpus-per-actor", type=float, default=None,
                    help="--engine ray: GPUs each scoring actor holds (default 1 when the cluster has GPUs)")
+    r.add_argument("--stall-warn", type=float, default=None, metavar="SECONDS",
+                   help=f"--engine ray: when no batch finished for this long, say what the run waits for (pending "
+                        f"resources, nodes alive, work left) (default {STALL_WARN_S:g})")
+    r.add_argument("--stall-stop", type=float, default=None, metavar="SECONDS",
+                   help=f"--engine ray: when no batch finished for this long, stop; finished files are saved and a "
+                        f"re-run resumes (default {STALL_STOP_S:g}; 0: never)")
+    r.add_argument("--progress-every", type=float, default=PROGRESS_EVERY_S, metavar="SECONDS",
+                   help=f"without a terminal (batch jobs): a progress line on stderr and in monitor.log this often, "
+                        f"and at each 10%% (default {PROGRESS_EVERY_S:g}; 0: none)")
 
     m = sub.add_parser("metadata", help="print recorder metadata of files or folders")
     m.add_argument("paths", nargs="+", type=Path)
@@ -164,6 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a new deployments table: time zones and places (deployment names stay as assigned)")
     rp.add_argument("--restore-pruned", action="store_true",
                     help="bring back results that --prune archived (where nothing newer took their place)")
+    rp.add_argument("--rescore", default=None, metavar="BUNDLE",
+                    help="apply BUNDLE's head to the stored embeddings of every card (needs runs with --embeddings "
+                         "and a bundle with the same backbone, e.g. one trained with data.source: embeddings); the "
+                         "folder then holds BUNDLE's results; every verdict is kept")
+
+    se = sub.add_parser("search", help="find segments like an example, or pick segments to review next")
+    se.add_argument("out_dir", type=Path, help="an output folder of runs with --embeddings")
+    se.add_argument("--example", action="append", default=[], metavar="AUDIO[@START_S]",
+                    help="an audio file (its window from START_S, default 0); repeat to search by several")
+    se.add_argument("--top", type=int, default=100, help="rows to list (default 100)")
+    se.add_argument("--label", default=None, metavar="NAME",
+                    help="the label the Verified column judges (a new species' name is fine)")
+    se.add_argument("--name", default=None, help="file name of the list (default: the label or the example)")
+    se.add_argument("--model", default=None, metavar="NAME_OR_PATH",
+                    help="the bundle to embed examples with (default: the folder's model)")
+    se.add_argument("--uncertain", default=None, metavar="LABEL",
+                    help="instead of examples: the unreviewed segments nearest LABEL's threshold (margin sampling)")
+    se.add_argument("--sample", default=None, metavar="LABEL",
+                    help="instead of examples: a random sample of LABEL's scores stratified by score, to estimate "
+                         "precision")
+    se.add_argument("--seed", type=int, default=0, help="--sample: the random seed")
 
     rc = sub.add_parser("recipes", help="list, show or copy the packaged training recipes")
     rsub = rc.add_subparsers(dest="recipes_command", metavar="ACTION")
@@ -239,7 +278,9 @@ def run_command(args: argparse.Namespace) -> int:
                         thresholds=dict(args.threshold), labels=None if args.labels is None else [args.labels],
                         deployment=args.deployment, deployments=args.deployments, resume=not args.no_resume,
                         prune=args.prune, move=args.move, engine=args.engine, address=args.address,
-                        actors=args.actors, gpus_per_actor=args.gpus_per_actor, command=command, screen=args.screen)
+                        actors=args.actors, gpus_per_actor=args.gpus_per_actor, stall_warn_s=args.stall_warn,
+                        stall_stop_s=args.stall_stop, progress_every_s=args.progress_every, command=command,
+                        embeddings=args.embeddings, screen=args.screen)
         info = run(cfg)
     except MonitorError:
         if is_out(dst):  # the run got as far as making OUT: its log says why it stopped
@@ -265,6 +306,20 @@ def report_command(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     if is_out(out_dir):
         add_log_file(out_dir / LOG_NAME)
+    if args.rescore:
+        from monitor.agile.rescore import rescore
+        from monitor.errors import MonitorError
+
+        if args.restore_pruned or args.deployments:
+            raise MonitorError("--rescore takes --threshold and --labels; run --restore-pruned or --deployments "
+                               "in a `monitor report` of its own")
+        info = rescore(out_dir, args.rescore, dict(args.threshold), None if args.labels is None else [args.labels],
+                       command=" ".join(["monitor", *map(_quote, sys.argv[1:])]))
+        print(f"monitor: rescored with {info.model.name} {info.model.version}; reports rebuilt in {out_dir} "
+              f"({info.workbook}): {info.counts.get('detections', '?')} detections")
+        for line in info.summary_lines()[1:]:
+            print(f"monitor: {line}")
+        return 0
     info = rebuild_reports(out_dir, dict(args.threshold), args.deployments,
                            None if args.labels is None else [args.labels], restore_pruned=args.restore_pruned)
     thr = info.thresholds
@@ -273,6 +328,34 @@ def report_command(args: argparse.Namespace) -> int:
           + (f" (thresholds {shown})" if thr else ""))
     for line in info.summary_lines()[1:]:
         print(f"monitor: {line}")
+    return 0
+
+
+def search_command(args: argparse.Namespace) -> int:
+    """``monitor search OUT``: by example, or what to review next; prints the paths written."""
+    from monitor.agile import search as agile
+    from monitor.errors import MonitorError
+    from monitor.logs import add_log_file
+    from monitor.outdir import LOG_NAME, is_out
+
+    if is_out(args.out_dir):
+        add_log_file(Path(args.out_dir) / LOG_NAME)
+    modes = [bool(args.example), args.uncertain is not None, args.sample is not None]
+    if sum(modes) != 1:
+        raise MonitorError("give --example AUDIO (repeatable), or --uncertain LABEL, or --sample LABEL")
+    if args.top < 1:
+        raise MonitorError("--top must be >= 1")
+    if args.example:
+        res = agile.search(args.out_dir, args.example, args.top, args.label, args.name, args.model)
+        print(f"monitor: {res.rows} most similar of {res.searched} segments (searched in {res.seconds:.2f} s)")
+    elif args.uncertain is not None:
+        res = agile.uncertain(args.out_dir, args.uncertain, args.top, args.name)
+        print(f"monitor: {res.rows} unreviewed segments nearest the threshold, of {res.searched}")
+    else:
+        res = agile.sample(args.out_dir, args.sample, args.top, args.name, args.seed)
+        print(f"monitor: a stratified sample of {res.rows} of {res.searched} segments")
+    print(f"monitor: {res.csv}")
+    print(f"monitor: {res.xlsx} (fill Verified: `monitor report` reads it into the results store)")
     return 0
 
 
@@ -293,6 +376,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from monitor.train.distill import distill_command
 
         return distill_command(args)
+    if args.command == "search":
+        return search_command(args)
     if args.command == "recipes":
         from monitor.train.recipes import recipes_command
 

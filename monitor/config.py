@@ -18,6 +18,8 @@ from monitor.errors import MonitorError
 
 T = TypeVar("T")
 
+MODEL_RATE_HZ = 16000  # the rate every model's front end runs at: waves are resampled to it before band and fbank
+
 
 class ConfigError(MonitorError, ValueError):
     """A bad configuration; the message is one line that says what to fix."""
@@ -66,9 +68,6 @@ class BandConfig:
             raise ConfigError(f"band.low_hz ({self.low_hz}) must be below band.high_hz ({self.high_hz})")
         if not 1 <= self.order <= 16:
             raise ConfigError(f"band.order must be in 1..16, got {self.order}")
-
-
-MODEL_RATE_HZ = 16000  # the rate every bundle so far resamples to (AST: 16 kHz)
 
 
 @dataclass(frozen=True)
@@ -140,6 +139,9 @@ class Preprocess:
 
 
 ENGINES = ("local", "ray")
+PROGRESS_EVERY_S = 60.0  # without a terminal: a progress line at least this often (--progress-every)
+STALL_WARN_S = 180.0  # --engine ray: no batch finished for this long prints what the run waits for (--stall-warn)
+STALL_STOP_S = 1200.0  # ... and for this long stops the run, resumable (--stall-stop; 0: never)
 
 
 def check_batch_size(batch_size: int | str) -> int | str:
@@ -162,8 +164,10 @@ class RunConfig:
     ``labels``: labels kept in every output (``["all"]``: every label); ``deployment``: this card's
     deployment name; ``deployments``: a deployments table (CSV); ``resume=False`` re-scores this card's
     files; ``prune`` archives results of files no longer on the card; ``move`` re-files files already stored
-    under another deployment (else refused); ``engine``: ``local`` or ``ray``
-    (``address``, ``actors``, ``gpus_per_actor`` are Ray's); ``progress``: None shows a bar on a terminal;
+    under another deployment (else refused); ``engine``: ``local`` or ``ray`` (``address``, ``actors``,
+    ``gpus_per_actor``, ``stall_warn_s``, ``stall_stop_s`` are Ray's: None is ``STALL_WARN_S``/``STALL_STOP_S``);
+    ``progress``: None shows a bar on a terminal and progress lines every ``progress_every_s`` elsewhere (0: no
+    lines); ``embeddings``: keep each segment's embedding (None: as ``out_dir`` already does, kept for later runs);
     ``screen``: a distilled student bundle (``monitor distill``) that scores every segment first, the model
     only those it escalates (``monitor.cascade``).
     """
@@ -188,19 +192,37 @@ class RunConfig:
     actors: int | None = None
     gpus_per_actor: float | None = None
     progress: bool | None = None
+    progress_every_s: float = PROGRESS_EVERY_S
+    stall_warn_s: float | None = None
+    stall_stop_s: float | None = None
     command: str = ""
+    embeddings: bool | None = None
     screen: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.engine == "local" and (self.address, self.actors, self.gpus_per_actor) != (None, None, None):
-            raise ConfigError("--address, --actors and --gpus-per-actor need --engine ray")
+        ray_only = (self.address, self.actors, self.gpus_per_actor, self.stall_warn_s, self.stall_stop_s)
+        if self.engine == "local" and ray_only != (None,) * len(ray_only):
+            raise ConfigError("--address, --actors, --gpus-per-actor, --stall-warn and --stall-stop need --engine ray")
+        if not self.progress_every_s >= 0:
+            raise ConfigError(f"--progress-every must be >= 0 seconds (0: no progress lines), got {self.progress_every_s}")
+        if self.stall_warn_s is not None and not self.stall_warn_s > 0:
+            raise ConfigError(f"--stall-warn must be > 0 seconds, got {self.stall_warn_s}")
+        if self.stall_stop_s is not None and not self.stall_stop_s >= 0:
+            raise ConfigError(f"--stall-stop must be >= 0 seconds (0: never stop), got {self.stall_stop_s}")
         if self.engine == "ray" and self.compile:
             raise ConfigError("--compile is not supported with --engine ray yet")
         if self.engine == "ray" and self.workers is not None:
             raise ConfigError("--workers applies to --engine local; Ray schedules decode tasks itself")
         check_batch_size(self.batch_size)
+        if self.embeddings:
+            if self.engine == "ray":
+                raise ConfigError("--embeddings works with --engine local only (not yet with Ray)")
+            if self.precision == "int8" or self.compile:
+                raise ConfigError("--embeddings does not apply to --precision int8 or --compile; drop one of them")
+            if self.models is not None and len(self.models) > 1:
+                raise ConfigError("--embeddings needs one --model (embeddings belong to one backbone), not an ensemble")
 
 
 def _is_dataclass_type(tp: Any) -> bool:

@@ -1,9 +1,10 @@
 """Decoding and the CPU part of the front end, for planned decode tasks (``monitor.plan``).
 
 ``decode_task`` reads each span of a task by seeking (never a whole file) and returns one row per
-segment: features (the whole front end) on a CPU run, or 16 kHz waves for the front end on the scoring
-device (``devfront``) on a GPU run. A span that cannot be decoded keeps its rows, zero-filled, with its
-reason. ``WorkerPool`` runs tasks in spawned worker processes (or in process with 0 workers).
+segment: features (the whole front end: ``prepare_wave``, then ``frontend.FrontEnd`` on the CPU) on a
+CPU run, or 16 kHz waves (``prepare_wave`` only) for the same ``FrontEnd`` on the scoring device on a
+GPU run. A span that cannot be decoded keeps its rows, zero-filled, with its reason. ``WorkerPool`` runs
+tasks in spawned worker processes (or in process with 0 workers).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from monitor.audio import read_frames
 from monitor.config import Preprocess
-from monitor.frontend import features, prepare_wave
+from monitor.frontend import front_end, prepare_wave, stack_waves
 from monitor.plan import DecodeTask, Rows
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def decode_task(task: DecodeTask, pre: Preprocess, output: str = "features") -> 
     """Decode a task's spans (seeking, never a whole file) and run the front end's CPU part.
 
     ``output``: ``features`` (the whole front end: ``(n, target_frames, mel)``) or ``waves`` (16 kHz,
-    not band-limited, ``(n, samples)`` zero-padded, for ``devfront`` on the GPU). A span that cannot be
+    not band-limited, ``(n, samples)`` zero-padded, for ``FrontEnd`` on the GPU). A span that cannot be
     decoded gives zero rows carrying the reason; the other spans are unaffected.
     """
     if output not in OUTPUTS:
@@ -74,7 +75,7 @@ def _decode_task(task: DecodeTask, pre: Preprocess, output: str) -> Rows:
                 if part.shape[0] == 0:
                     raise ValueError(f"no audio data at {a / sp.sample_rate_hz:.1f} s "
                                      "(file shorter than its header says)")
-                out.append(prepare_wave(part, sp.sample_rate_hz, pre, band=output == "features"))
+                out.append(prepare_wave(part, sp.sample_rate_hz, pre))
             for k, (w, bad) in enumerate(out):
                 waves[r0 + k], nonfinite[r0 + k] = w, bad
         except Exception as exc:  # one bad file never stops the run
@@ -86,14 +87,10 @@ def _decode_task(task: DecodeTask, pre: Preprocess, output: str) -> Rows:
     if output == "features":
         data = np.zeros((n, fb.target_frames, fb.num_mel_bins), np.float32)
         if ok:
-            data[ok] = features([waves[i] for i in ok], pre).numpy()
+            data[ok] = front_end(pre)(*stack_waves([waves[i] for i in ok])).numpy()
         return Rows(task.first, data, nonfinite, tuple(errors))
-    lengths = np.array([0 if w is None else len(w) for w in waves], np.int64)
-    width = int(lengths.max(initial=0)) or 1
-    data = np.zeros((n, width), np.float32)
-    for i in ok:
-        data[i, :lengths[i]] = waves[i]
-    lengths[[i for i in range(n) if waves[i] is None]] = width  # failed rows: zeros of the common width
+    data, lengths = stack_waves([np.zeros(0, np.float32) if w is None else w for w in waves])
+    lengths[[i for i in range(n) if waves[i] is None]] = data.shape[1]  # failed rows: zeros of the common width
     return Rows(task.first, data, nonfinite, tuple(errors), lengths)
 
 

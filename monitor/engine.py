@@ -87,15 +87,18 @@ class LocalEngine:
     ``batch_size``: an int, or ``auto`` (16 on a CPU; from free GPU memory, see
     ``Scorer.probe_batch_size``). ``devices``: where to score (default: every GPU for ``cuda``).
     ``frontend``: where fbank runs: ``cpu`` (in the workers), ``device`` (batched on the scoring
-    device, ``devfront``), ``auto`` (device on a GPU). ``compile``: ``torch.compile`` the models.
+    device, ``frontend.FrontEnd`` there), ``auto`` (device on a GPU). ``compile``: ``torch.compile`` the models.
+    ``embeddings``: ``FileScores.embeddings`` carries each segment's float16 embedding (one model, one
+    backbone pass for scores and embeddings: ``Scorer``).
     """
 
     name = "local"
 
     def __init__(self, bundles: Sequence, *, device: str = "auto", precision: str = "auto",
                  batch_size: int | str = "auto", workers: int | None = None, compile: bool = False,
-                 devices: Sequence[str] | None = None, frontend: str = "auto"):
+                 devices: Sequence[str] | None = None, frontend: str = "auto", embeddings: bool = False):
         self.bundles = list(bundles)
+        self.embeddings = bool(embeddings)
         self.pre = self.bundles[0].preprocessing
         self.device = pick_device(device)
         self.devices = list(devices) if devices else all_devices(self.device)
@@ -115,7 +118,7 @@ class LocalEngine:
             runtime = "onnxruntime" if available() else "torch"
         return EngineInfo(self.name, self.device, self.precision, self.batch_size, workers=self.workers,
                           devices=tuple(self.devices), frontend=self.frontend, compile=self.compile,
-                          int8_runtime=runtime)
+                          int8_runtime=runtime, extra={"embeddings": True} if self.embeddings else {})
 
     def scorers(self) -> list[Scorer]:
         """A model replica and a scorer per device; resolves ``batch_size`` auto on the first."""
@@ -124,7 +127,8 @@ class LocalEngine:
         for dev in self.devices:
             nets, _ = prepare_models(self.bundles, dev, self.precision, compile=self.compile)
             out.append(Scorer(self.bundles, nets, dev, self.precision,
-                              self.batch_size if isinstance(self.batch_size, int) else 1, pre=self.pre))
+                              self.batch_size if isinstance(self.batch_size, int) else 1, pre=self.pre,
+                              embeddings=self.embeddings))
         if self.batch_size == "auto":
             kind = "waves" if self.frontend == "device" else "features"
             self.batch_size = min(s.probe_batch_size(kind) for s in out)

@@ -1,17 +1,19 @@
-"""Kaldi-compatible log-mel filter banks in native torch, and the AST feature conventions.
+"""The Kaldi log-mel filter bank as a torch layer (``KaldiFbank``), and the AST feature conventions.
 
-``fbank`` equals ``torchaudio.compliance.kaldi.fbank(wave, htk_compat=True, sample_frequency=16000,
+``KaldiFbank`` equals ``torchaudio.compliance.kaldi.fbank(wave, htk_compat=True, sample_frequency=16000,
 use_energy=False, window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10)`` without
-torchaudio: snip-edges framing, per-frame DC removal, pre-emphasis 0.97, symmetric Hann window,
-zero-padded power-of-two FFT, power spectrum, HTK-mel triangular bank from 20 Hz to Nyquist, log with
-a float32-epsilon floor. Batched and vectorised (one ``rfft`` and a few banded matmuls per chunk of
-frames, never a loop over frames), on any device; the mel bank and window are cached per device.
+torchaudio, row by row of a batch: snip-edges framing, per-frame DC removal, pre-emphasis 0.97,
+symmetric Hann window, zero-padded power-of-two FFT, power spectrum, HTK-mel triangular bank from 20 Hz
+to Nyquist, log with a float32-epsilon floor. Vectorised (one ``rfft`` and a few banded matmuls per
+chunk of frames, never a loop over frames), on any device. It is lhotse's ``Wav2LogFilterBank`` pattern:
+the window and the mel bank are the layer's buffers, moved with ``.to(device)``.
 
 Framing, windowing and the mel bank run in float32 exactly as Kaldi/torchaudio do; the FFT runs in
 float64 so the spectrum carries no FFT rounding of its own. Parity with torchaudio is then a few ulps
 near a frame's peak and limited further down by the reference's own float32 FFT noise (~2 eps of the
 frame's peak amplitude: 5e-4 in log power 80 dB down). On CPU the FFT is scipy's pocketfft
-(single-threaded, same speed as torch's on one thread, immune to OpenMP stalls on a loaded machine).
+(single-threaded, same speed as torch's on one thread, immune to OpenMP stalls on a loaded machine);
+elsewhere, or with ``backend="torch"``, torch's FFT: on the CPU both give the same numbers (tested).
 """
 
 from __future__ import annotations
@@ -23,7 +25,32 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from monitor.config import MODEL_RATE_HZ
+
 _EPS = float(torch.finfo(torch.float32).eps)
+BACKENDS = ("auto", "torch")
+_GROUP = 16  # mel bins per matmul: each group touches only the FFT bins under its triangles
+_CHUNK_FRAMES = 1024  # frames per CPU call: keeps float64 intermediates in cache (one huge batch is ~3x slower)
+
+
+def check_backend(backend: str) -> str:
+    """``auto`` (each stage's fastest kernel for the tensor's device) or ``torch`` (the GPU's kernels everywhere)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
+    return backend
+
+
+def frame_sizes(sample_rate_hz: int, frame_length_ms: float, frame_shift_ms: float) -> tuple[int, int]:
+    """(frame length, frame shift) in samples, as Kaldi rounds them (down)."""
+    return int(sample_rate_hz * frame_length_ms * 0.001), int(sample_rate_hz * frame_shift_ms * 0.001)
+
+
+def frame_count(samples: int, sample_rate_hz: int = MODEL_RATE_HZ, frame_length_ms: float = 25.0,
+                frame_shift_ms: float = 10.0) -> int:
+    """Kaldi's (snip-edges) frame count of ``samples`` samples: ``1 + (samples - length) // shift``, 0 when
+    shorter than one frame. The one place it is computed (fbank's output, training's real-frame count)."""
+    win, hop = frame_sizes(sample_rate_hz, frame_length_ms, frame_shift_ms)
+    return 0 if samples < win else 1 + (samples - win) // hop
 
 
 def _mel(f: float) -> float:
@@ -55,75 +82,65 @@ def mel_banks(num_mel_bins: int, n_fft: int, sample_rate_hz: float, low_hz: floa
     return torch.from_numpy(np.pad(bank.astype(f32), ((0, 0), (0, 1))))
 
 
-@functools.lru_cache(maxsize=16)
-def _hann(length: int, device: str = "cpu") -> torch.Tensor:
-    """Symmetric Hann window, float32, cached per device (no host-to-device copy per call)."""
-    return torch.hann_window(length, periodic=False, dtype=torch.float32).to(device)
+class KaldiFbank(torch.nn.Module):
+    """Kaldi fbank as a layer: ``(B, samples)`` float32 at ``sample_rate_hz`` -> ``(B, frames, num_mel_bins)``
+    float32 log-mel on the input's device, ``frames = frame_count(samples, ...)``.
 
-
-_GROUP = 16  # mel bins per matmul: each group touches only the FFT bins under its triangles
-_CHUNK_FRAMES = 1024  # frames per CPU call: keeps float64 intermediates in cache (one huge batch is ~3x slower)
-
-
-@functools.lru_cache(maxsize=16)
-def _mel_groups(num_mel_bins: int, n_fft: int, sample_rate_hz: float, device: str) -> tuple:
-    """The mel bank as ``(mel_lo, mel_hi, bin_lo, bin_hi, weights (bins, mels))`` blocks on ``device``.
-
-    The bank is banded (a triangle covers a few FFT bins), so per-group products skip the zeros:
-    the same sums as the dense ``power @ bank.T``, ~4x fewer multiplications.
+    Buffers: ``window`` (the symmetric Hann window, ``(frame_length,)``) and ``mel_<k>``, the mel bank in
+    blocks of 16 bins, each ``(fft_bins, 16)`` over only the FFT bins under its triangles (the bank is
+    banded: the same sums as the dense ``power @ bank.T``, ~4x fewer multiplications). On the CPU frames
+    go in chunks of ``_CHUNK_FRAMES`` (a loop over chunks, not frames): one huge batched FFT is
+    memory-bound and ~3x slower per frame; elsewhere the whole batch is one call. ``backend``: ``auto``
+    (pocketfft on the CPU, torch elsewhere) or ``torch`` (the GPU's code, also on the CPU).
     """
-    bank = mel_banks(num_mel_bins, n_fft, sample_rate_hz)
-    out = []
-    for g0 in range(0, num_mel_bins, _GROUP):
-        g1 = min(g0 + _GROUP, num_mel_bins)
-        cols = (bank[g0:g1] != 0).any(0).nonzero().flatten()
-        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 1)
-        out.append((g0, g1, lo, hi, bank[g0:g1, lo:hi].T.contiguous().to(device)))
-    return tuple(out)
 
+    def __init__(self, sample_rate_hz: int = MODEL_RATE_HZ, num_mel_bins: int = 128, frame_length_ms: float = 25.0,
+                 frame_shift_ms: float = 10.0, backend: str = "auto"):
+        super().__init__()
+        self.sample_rate_hz, self.num_mel_bins = int(sample_rate_hz), int(num_mel_bins)
+        self.frame_length_ms, self.frame_shift_ms = float(frame_length_ms), float(frame_shift_ms)
+        self.backend = check_backend(backend)
+        self.win, self.hop = frame_sizes(self.sample_rate_hz, frame_length_ms, frame_shift_ms)
+        self.n_fft = 1 << (self.win - 1).bit_length()
+        self.register_buffer("window", torch.hann_window(self.win, periodic=False, dtype=torch.float32),
+                             persistent=False)
+        bank = mel_banks(self.num_mel_bins, self.n_fft, float(self.sample_rate_hz))
+        self.blocks: list[tuple[int, int, int, int]] = []  # (mel_lo, mel_hi, bin_lo, bin_hi) of buffer mel_<k>
+        for k, g0 in enumerate(range(0, self.num_mel_bins, _GROUP)):
+            g1 = min(g0 + _GROUP, self.num_mel_bins)
+            cols = (bank[g0:g1] != 0).any(0).nonzero().flatten()
+            lo, hi = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 1)
+            self.register_buffer(f"mel_{k}", bank[g0:g1, lo:hi].T.contiguous(), persistent=False)
+            self.blocks.append((g0, g1, lo, hi))
 
-def fbank(wave, sample_rate_hz: int = 16000, num_mel_bins: int = 128, frame_length_ms: float = 25.0,
-          frame_shift_ms: float = 10.0, backend: str = "auto") -> torch.Tensor:
-    """Log-mel fbank. ``wave`` (samples,) or (batch, samples) -> (frames, mel) or (batch, frames, mel).
+    def frames(self, samples: int) -> int:
+        """Output frames for a wave of ``samples`` samples (``frame_count``)."""
+        return frame_count(samples, self.sample_rate_hz, self.frame_length_ms, self.frame_shift_ms)
 
-    Frames = ``1 + (samples - frame_length) // frame_shift`` (0 when the wave is shorter than a frame).
-    Runs on ``wave``'s device; float32 out. On the CPU, frames are processed in chunks of
-    ``_CHUNK_FRAMES`` (a loop over chunks, not frames): one huge batched FFT is memory-bound and ~3x
-    slower per frame; elsewhere the whole batch is one call. ``backend``: ``auto`` (scipy's pocketfft
-    on the CPU, torch elsewhere) or ``torch`` (the GPU's code, also on the CPU: tests run it there).
-    """
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
-    x = torch.as_tensor(np.asarray(wave) if not isinstance(wave, torch.Tensor) else wave)
-    x = x.to(torch.float32)
-    single = x.dim() == 1
-    if single:
-        x = x.unsqueeze(0)
-    if x.dim() != 2:
-        raise ValueError(f"wave must be (samples,) or (batch, samples), got shape {tuple(x.shape)}")
-    win = int(sample_rate_hz * frame_length_ms * 0.001)
-    hop = int(sample_rate_hz * frame_shift_ms * 0.001)
-    n_fft = 1 << (win - 1).bit_length()
-    batch, n = x.shape
-    n_frames = 0 if n < win else 1 + (n - win) // hop
-    out = x.new_empty((batch, n_frames, num_mel_bins))
-    if n_frames:
-        window = _hann(win, str(x.device))
-        groups = _mel_groups(num_mel_bins, n_fft, float(sample_rate_hz), str(x.device))
-        frames_all = x.unfold(-1, win, hop)  # (B, F, win), a view
-        use_np = backend == "auto" and x.device.type == "cpu"
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:
+            raise ValueError(f"wave must be (batch, samples), got shape {tuple(x.shape)}")
+        x = x.to(torch.float32)
+        batch, n = x.shape
+        n_frames = self.frames(n)
+        out = x.new_empty((batch, n_frames, self.num_mel_bins))
+        if not n_frames:
+            return out
+        groups = tuple((*b, getattr(self, f"mel_{k}")) for k, b in enumerate(self.blocks))
+        frames_all = x.unfold(-1, self.win, self.hop)  # (B, F, win), a view
+        use_np = self.backend == "auto" and x.device.type == "cpu"
         if x.device.type != "cpu":
-            out = _log_mel(frames_all, window, n_fft, groups, use_np)
-        elif n_frames >= _CHUNK_FRAMES:  # long waves: one row at a time, in chunks of frames
+            return _log_mel(frames_all, self.window, self.n_fft, groups, use_np)
+        if n_frames >= _CHUNK_FRAMES:  # long waves: one row at a time, in chunks of frames
             for b in range(batch):
                 for c in range(0, n_frames, _CHUNK_FRAMES):
-                    out[b, c:c + _CHUNK_FRAMES] = _log_mel(frames_all[b, c:c + _CHUNK_FRAMES], window, n_fft, groups,
-                                                           use_np)
+                    out[b, c:c + _CHUNK_FRAMES] = _log_mel(frames_all[b, c:c + _CHUNK_FRAMES], self.window, self.n_fft,
+                                                           groups, use_np)
         else:  # short waves: several rows per call
             rows = max(1, _CHUNK_FRAMES // n_frames)
             for b in range(0, batch, rows):
-                out[b:b + rows] = _log_mel(frames_all[b:b + rows], window, n_fft, groups, use_np)
-    return out[0] if single else out
+                out[b:b + rows] = _log_mel(frames_all[b:b + rows], self.window, self.n_fft, groups, use_np)
+        return out
 
 
 def _log_mel(frames: torch.Tensor, window: torch.Tensor, n_fft: int, groups: tuple, use_np: bool) -> torch.Tensor:
@@ -153,24 +170,6 @@ def _log_mel(frames: torch.Tensor, window: torch.Tensor, n_fft: int, groups: tup
     for g0, g1, lo, hi, w in groups:
         mel[..., g0:g1] = power[..., lo:hi] @ w
     return mel.clamp_min_(_EPS).log_()
-
-
-def remove_mean(wave):
-    """Subtract the waveform mean per row (the official AST pipeline does this before fbank)."""
-    if isinstance(wave, torch.Tensor):
-        return wave - wave.mean(dim=-1, keepdim=True)
-    w = np.asarray(wave, dtype=np.float32)
-    return w - w.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
-
-
-def pad_or_crop(feats: torch.Tensor, target_frames: int) -> torch.Tensor:
-    """Zero-pad frames at the end, or crop, to ``target_frames``. (T, M) or (B, T, M)."""
-    t = feats.shape[-2]
-    if t == target_frames:
-        return feats
-    if t > target_frames:
-        return feats[..., :target_frames, :]
-    return torch.nn.functional.pad(feats, (0, 0, 0, target_frames - t))
 
 
 def normalize(feats: torch.Tensor, mean: float, std: float, inplace: bool = False) -> torch.Tensor:

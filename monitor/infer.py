@@ -23,6 +23,7 @@ import numpy as np
 from monitor.config import Preprocess
 from monitor.device import autocast_dtype, resolve_precision
 from monitor.errors import MonitorError
+from monitor.frontend import front_end
 from monitor.int8 import prepare_int8
 from monitor.plan import BatchScores, Rows, slice_rows
 
@@ -58,12 +59,15 @@ def prepare_models(bundles: Sequence, device: str, precision: str, compile: bool
 
 @dataclass
 class _Pending:
-    """A submitted batch: its scores are ready (``done``) or will be in ``out[:n]`` once ``event`` fires."""
+    """A submitted batch: its scores are ready (``done``) or will be in ``out[:n]`` once ``event`` fires;
+    with embeddings kept, likewise ``emb_done`` / ``emb_out`` (float16)."""
 
     n: int
     done: np.ndarray | None = None
     out: Any = None
     event: Any = None
+    emb_done: np.ndarray | None = None
+    emb_out: Any = None
 
 
 class Scorer:
@@ -71,7 +75,7 @@ class Scorer:
 
     ``tasks``: per model, ``multilabel`` (sigmoid) or ``multiclass`` (softmax over labels). The one
     scorer of ``monitor run`` and of training's validation (``Scorer.for_model``). ``pre``: the front
-    end for batches of 16 kHz waves (``devfront`` on this device); features need none.
+    end for batches of 16 kHz waves (``frontend.FrontEnd`` on this device); features need none.
 
     ``scorer(feats)`` scores synchronously. ``submit(rows)`` / ``collect(pending)`` is the pipelined
     form: on CUDA, ``submit`` fills a pinned host buffer, copies it on a side stream without blocking
@@ -80,7 +84,7 @@ class Scorer:
     """
 
     def __init__(self, bundles: Sequence, models: Sequence, device: str, precision: str, batch_size: int,
-                 tasks: Sequence[str] | None = None, pre: Preprocess | None = None):
+                 tasks: Sequence[str] | None = None, pre: Preprocess | None = None, embeddings: bool = False):
         import torch
 
         self.models = list(models)
@@ -92,6 +96,13 @@ class Scorer:
         self._copy_stream = torch.cuda.Stream(self._dev) if self._cuda else None
         self._pinned: dict[str, list] = {}
         self._turn = 0
+        self.head = None  # embeddings: one backbone pass gives the embedding, its float16 copy gives the scores
+        if embeddings:
+            from monitor.model.head import Head
+
+            if len(self.models) != 1 or precision == "int8":
+                raise MonitorError("--embeddings needs one model (not an ensemble) and a precision other than int8")
+            self.head = Head.from_module(self.models[0].mlp_head, self._dev)
 
     @classmethod
     def for_model(cls, model, task: str, device: str, precision: str, batch_size: int) -> "Scorer":
@@ -115,6 +126,19 @@ class Scorer:
                 logits = m(x)
             out.append(logits.float())
         return out
+
+    def _forward_embed(self, x) -> tuple[Any, Any]:
+        """``x`` on the device -> (float32 scores, float16 embeddings) from one backbone pass: the pooled embedding
+        rounded to float16 (as stored), then ``Head.scores`` in float64 (as ``monitor report --rescore`` scores)."""
+        import torch
+
+        m = self.models[0]
+        dtype = autocast_dtype(self.precision)
+        amp = contextlib.nullcontext() if dtype is None else torch.autocast(self._dev.type, dtype=dtype)
+        with amp:
+            pooled = m.forward_head(m.forward_features(x), pre_logits=True)
+        emb = pooled.float().half()
+        return self.head.scores(emb, self.tasks[0]), emb
 
     def logits(self, feats: np.ndarray):
         """``feats`` (n <= batch_size, T, F) -> per model, float32 logits ``(n, labels)`` on the CPU."""
@@ -161,7 +185,7 @@ class Scorer:
         return self.collect(self.submit(Rows(0, feats, np.zeros(n, np.int64), ("",) * n)))
 
     # host -> device
-    def _buffer(self, kind: str, shape: tuple[int, ...]):
+    def _buffer(self, kind: str, shape: tuple[int, ...], dtype: Any = None):
         """A contiguous ``shape`` view of the next of two pinned host buffers of ``kind`` (grown when too
         small). A buffer is reused two batches later, after ``collect`` of its batch: its copy has finished."""
         import torch
@@ -170,7 +194,7 @@ class Scorer:
         k = self._turn % 2
         need = int(np.prod(shape))
         if bufs[k] is None or bufs[k].numel() < need:
-            bufs[k] = torch.empty(need, dtype=torch.float32, pin_memory=True)
+            bufs[k] = torch.empty(need, dtype=dtype or torch.float32, pin_memory=True)
         return bufs[k][:need].view(shape)
 
     def _to_device(self, host):
@@ -193,8 +217,6 @@ class Scorer:
         pad = n if self.precision == "int8" else max(n, self.batch_size)
         data = torch.from_numpy(np.ascontiguousarray(rows.data, dtype=np.float32))
         if rows.data.ndim == 2:  # waves: the front end runs here, on the real rows only
-            from monitor.devfront import device_features
-
             if self.pre is None:
                 raise ValueError("a scorer given waves needs the front end's settings (pre)")
             fb = self.pre.fbank
@@ -204,7 +226,7 @@ class Scorer:
                 data = self._to_device(host)
             out = torch.zeros((pad, fb.target_frames, fb.num_mel_bins), dtype=torch.float32, device=self._dev)
             lengths = rows.lengths if rows.lengths is not None else [data.shape[1]] * n
-            return device_features(data, lengths, self.pre, out=out)
+            return front_end(self.pre, self.device)(data, lengths, out=out)
         if not self._cuda:
             if pad == n:
                 return data
@@ -231,20 +253,30 @@ class Scorer:
 
         n = rows.n
         if n > self.batch_size:
-            parts = [self.collect(self.submit(slice_rows(rows, i, min(n, i + self.batch_size))))
-                     for i in range(0, n, self.batch_size)]
-            return _Pending(n, done=np.concatenate(parts))
+            subs = [self.submit(slice_rows(rows, i, min(n, i + self.batch_size))) for i in range(0, n, self.batch_size)]
+            parts = [(self.collect(p), self.collect_embeddings(p)) for p in subs]
+            emb = np.concatenate([e for _, e in parts]) if self.head is not None else None
+            return _Pending(n, done=np.concatenate([s for s, _ in parts]), emb_done=emb)
         try:
             with torch.inference_mode():
-                probs = self._probabilities(self._forward(self._features_on_device(rows)))
+                x = self._features_on_device(rows)
+                if self.head is not None:
+                    probs, emb = self._forward_embed(x)
+                else:
+                    probs, emb = self._probabilities(self._forward(x)), None
                 if not self._cuda:
-                    return _Pending(n, done=probs[:n].numpy().copy())
+                    return _Pending(n, done=probs[:n].numpy().copy(),
+                                    emb_done=None if emb is None else emb[:n].numpy().copy())
                 out = self._buffer("scores", tuple(probs.shape))
                 out.copy_(probs, non_blocking=True)
+                emb_out = None
+                if emb is not None:
+                    emb_out = self._buffer("embeddings", tuple(emb.shape), torch.float16)
+                    emb_out.copy_(emb, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record(torch.cuda.current_stream(self._dev))
                 self._turn += 1
-                return _Pending(n, out=out, event=event)
+                return _Pending(n, out=out, event=event, emb_out=emb_out)
         except torch.OutOfMemoryError:
             if self.batch_size == 1:
                 raise
@@ -259,6 +291,13 @@ class Scorer:
             return p.done
         p.event.synchronize()
         return p.out[:p.n].numpy().copy()
+
+    def collect_embeddings(self, p: _Pending) -> np.ndarray | None:
+        """The float16 embeddings ``(n, width)`` of a submitted batch (None unless the scorer keeps them)."""
+        if p.emb_out is None:
+            return p.emb_done
+        p.event.synchronize()
+        return p.emb_out[:p.n].numpy().copy()
 
     def probe_batch_size(self, kind: str = "features", cap: int = AUTO_BATCH_CAP, fraction: float = 0.5) -> int:
         """``--batch-size auto``: 16 on a CPU; on a GPU the largest power of two whose measured memory
@@ -323,7 +362,7 @@ def score_planned(batches: Iterable[tuple[int, Rows]], scorers: Sequence[Scorer]
 
 def _scored(p, s: Scorer) -> BatchScores:
     b, rows, pend = p
-    return BatchScores(b, rows.first, s.collect(pend), rows.nonfinite, rows.errors)
+    return BatchScores(b, rows.first, s.collect(pend), rows.nonfinite, rows.errors, s.collect_embeddings(pend))
 
 
 _DONE = object()

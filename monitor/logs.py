@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Callable
 
 QUIET_LOGGERS = ("matplotlib", "PIL", "numba", "urllib3", "filelock", "fsspec", "asyncio", "h5py", "git",
                  "httpx", "httpcore", "huggingface_hub", "ray", "torch", "timm", "tornado", "traitlets",
@@ -82,21 +83,44 @@ def listing(items: list[str], shown: int = 5) -> str:
     return head + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
+_console_writer: Callable[[str], None] | None = None
+
+
+def set_console_writer(writer: Callable[[str], None] | None) -> None:
+    """While a progress bar is on the terminal (``progress.Progress``), ``say``/``warn``/``error`` lines go
+    through ``writer`` (the bar's own ``write``: above the bar, not through it); ``None``: plain stderr again."""
+    global _console_writer
+    _console_writer = writer
+
+
+def _print(line: str) -> None:
+    writer = _console_writer
+    if writer is not None:
+        writer(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
 def say(msg: str) -> None:
     """A line for the person running the job (stderr, beside the progress bar, ``monitor: ...``) and the log."""
     logging.getLogger("monitor").info("%s", msg, extra={"said": True})
-    print(f"monitor: {msg}", file=sys.stderr, flush=True)
+    _print(f"monitor: {msg}")
 
 
 def error(msg: str) -> None:
     """A whole-run failure in one line (``monitor: error: ...`` on stderr), also in the log files."""
     logging.getLogger("monitor").error("%s", msg, extra={"said": True})
-    print(f"monitor: error: {msg}", file=sys.stderr, flush=True)
+    _print(f"monitor: error: {msg}")
 
 
 def warn(msg: str) -> None:
-    """A warning for the person running the job (``monitor: warning: ...``) and the log."""
-    logging.getLogger("monitor").warning("%s", msg)
+    """A warning for the person running the job (``monitor: warning: ...``) and the log; above the progress
+    bar while one is shown."""
+    if _console_writer is not None:
+        logging.getLogger("monitor").warning("%s", msg, extra={"said": True})
+        _print(f"monitor: warning: {msg}")
+    else:
+        logging.getLogger("monitor").warning("%s", msg)
 
 
 def setup_logging(verbosity: int = 0, log_file: Path | None = None, stream=None) -> None:

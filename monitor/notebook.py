@@ -249,7 +249,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None):
     return _load_recipe(name_or_path, list(overrides or []))
 
 
-DATA_SOURCES = ("folders", "annotations", "manifest", "report")
+DATA_SOURCES = ("folders", "annotations", "manifest", "report", "embeddings")
 
 
 def _yaml_str(value: str | Path) -> str:
@@ -273,7 +273,8 @@ def training_data(source: str, work: str | Path, *, root: str = "", annotations:
     - ``annotations``: Raven / Audacity selection tables (a file or a folder of them) over recordings in ``root``;
     - ``manifest``: the official AST json manifest with its label csv (``index,mid,display_name``);
     - ``report``: a report reviewed in notebook 03 (``report``: its folder or report.xlsx; default: the latest
-      report in the work folder); the recordings are found through its run.json unless ``root`` is given.
+      report in the work folder); the recordings are found through its run.json unless ``root`` is given;
+    - ``embeddings``: a head on the stored embeddings and verdicts of such a report folder (run with embeddings).
     """
     import json
 
@@ -297,6 +298,11 @@ def training_data(source: str, work: str | Path, *, root: str = "", annotations:
         r = _existing(root, "recordings folder", "set DATA_ROOT to the folder of the annotated recordings")
         print(f"selection tables {a} over the recordings in {r}")
         out += [f"data.annotations={_yaml_str(a)}", f"data.root={_yaml_str(r)}"]
+    elif source == "embeddings":
+        rep = Path(report).expanduser() if str(report).strip() else report_to_review(work)
+        rep = _existing(rep.parent if rep.is_file() else rep, "report folder", "set REPORT to a report folder")
+        print(f"stored embeddings and verdicts of {rep}: a new head on its model's backbone (seconds on a CPU)")
+        out.append(f"data.out={_yaml_str(rep)}")
     elif source == "manifest":
         m = _existing(manifest, "AST json manifest", 'set MANIFEST to a {"data": [{"wav", "labels"}]} json file')
         c = _existing(label_csv, "label csv", "set LABEL_CSV to its index,mid,display_name csv")
@@ -342,8 +348,11 @@ def training_recipe(recipe: str, data: list[str], work: str | Path, *, cpu_recip
     if epochs:
         overrides.append(f"optim.epochs={int(epochs)}")
     overrides += [x.strip() for x in str(extra).split(";") if x.strip()]
+    if "data.source=embeddings" in data and recipe != "head_from_embeddings":
+        print(f"stored embeddings: the recipe head_from_embeddings trains their head (not {recipe})")
+        recipe = "head_from_embeddings"
     cfg = load_recipe(recipe, overrides)
-    heavy = cfg.model.init == "audioset" or cfg.model.size.startswith("base")
+    heavy = cfg.data.source != "embeddings" and (cfg.model.init == "audioset" or cfg.model.size.startswith("base"))
     if gpu:
         print(f"GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else '(none found)'}; recipe {recipe}")
     elif heavy and cpu_recipe and cpu_recipe != "same":
@@ -368,6 +377,9 @@ def pretrained_checkpoint(cfg) -> Path | None:
     starts from scratch or from a local file. Same as ``monitor models pull NAME``."""
     m = cfg.model
     name = m.checkpoint or "audioset-10-10"
+    if cfg.data.source == "embeddings":
+        print(f"nothing to download: the head trains on the stored embeddings of {cfg.data.out}")
+        return None
     if m.init != "audioset" or Path(name).expanduser().is_file() or name not in PRETRAINED:
         print("nothing to download: the recipe starts", "from scratch" if m.init == "scratch" else f"from {name}")
         return None

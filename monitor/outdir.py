@@ -333,6 +333,18 @@ def _remember_workbook(store: ResultsStore, path: Path, build: str, results: Res
     store.set_meta("report_build", build)
 
 
+def remember_side_workbook(store: ResultsStore, out_dir: Path, path: Path, reviews: Sequence[Review],
+                           folders: Mapping[int, str]) -> str:
+    """A workbook monitor wrote besides ``report.xlsx`` (``search/<name>.xlsx``): from now on every harvest
+    reads the verdicts a reviewer changes in it into the store, as for the report. Returns its name there."""
+    name = Path(path).resolve().relative_to(Path(out_dir).resolve()).as_posix()
+    state = store.get_meta("workbooks") or {}
+    state[name] = {"sha256": sha256_file(path), "contents": True, "folders": {str(k): v for k, v in folders.items()}}
+    store.set_workbook_contents(name, reviews, [])
+    store.set_meta("workbooks", state)
+    return name
+
+
 # --- the reports ------------------------------------------------------------------------------------------
 
 def write_outputs(out_dir: Path, store: ResultsStore, thresholds: Mapping[str, float], info: RunInfo,

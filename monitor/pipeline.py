@@ -24,7 +24,7 @@ import numpy as np
 from monitor import __version__
 from monitor.card import WorkPlan, scan_card
 from monitor.cascade import CascadeEngine, load_screen, run_identity, screen_info, screen_precision
-from monitor.config import RunConfig
+from monitor.config import PROGRESS_EVERY_S, RunConfig
 from monitor.deployments import read_deployments
 from monitor.detect import label_filter, resolve_thresholds
 from monitor.engine import Engine, EngineInfo, LocalEngine
@@ -35,6 +35,7 @@ from monitor.model.ensemble import Models, load_ensemble
 from monitor.outdir import (check_folders, current_thresholds, open_out, remember_choices, stored_deployments,
                             write_outputs)
 from monitor.plan import FileJob, FileScores
+from monitor.progress import Progress
 from monitor.ray_engine import RayEngine
 from monitor.results import ModelRef, RunInfo
 from monitor.store import ResultsStore
@@ -73,6 +74,7 @@ def run(cfg: RunConfig) -> RunInfo:
     table = read_deployments(cfg.deployments) if cfg.deployments else None
     started = datetime.now(timezone.utc).astimezone()
     with open_out(dst, create=True) as store:
+        embed = keep_embeddings(store, cfg, bundles)  # before anything is written: it may refuse the run
         model_hash = models.sha256  # the same whatever the order of --model
         store.bind_model(model_hash, names, models.describe())
         store.set_meta("bundle_thresholds", dict(models.thresholds))
@@ -86,13 +88,15 @@ def run(cfg: RunConfig) -> RunInfo:
                             f"{models.thresholds_from}")
         with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
             # the engine starts first: its worker processes' imports overlap discovery and model loading
-            with make_engine(bundles, cfg, screen) as engine:
+            with make_engine(bundles, cfg, embed, screen) as engine:
                 plan = scan_card(src, store, bundles[0].preprocessing, run_identity(model_hash, screen), stop.state,
                                  cfg.deployment, cfg.prune, cfg.resume, stored_deployments(store), cfg.move)
                 if table is not None and plan.unmatched_rows:
                     warnings.append(f"deployments table {Path(cfg.deployments).name}: "
                                     f"{listing(plan.unmatched_rows)} matched no file of this card")
-                stats, interrupted = score_planned(engine, plan, store, bundles, cfg.progress, stop.state)
+                stats, interrupted = score_planned(engine, plan, store, bundles, cfg.progress, stop.state,
+                                                   cfg.progress_every_s,
+                                                   (store.embeddings_backbone or "", model_hash) if embed else None)
                 if screen is not None:
                     info = dataclasses.replace(info, screen={**info.screen, **engine.summary()})
             interrupted = interrupted or stop.state["flag"]
@@ -113,7 +117,28 @@ def run(cfg: RunConfig) -> RunInfo:
     return info
 
 
-def make_engine(bundles: list[Bundle], cfg: RunConfig, screen: Bundle | None = None) -> Engine:
+def keep_embeddings(store: ResultsStore, cfg: RunConfig, bundles: list[Bundle]) -> bool:
+    """Whether this run keeps segment embeddings: ``--embeddings``, or an output folder that already keeps them
+    (remembered for later runs). Files analysed without them are then analysed again (``store.embeddings``)."""
+    keep = bool(store.get_meta("embeddings")) if cfg.embeddings is None else bool(cfg.embeddings)
+    why = "" if not keep else ("--engine ray" if cfg.engine == "ray" else "--precision int8" if cfg.precision == "int8"
+                               else "--compile" if cfg.compile else
+                               "--screen (the model scores only the segments the screen passes)" if cfg.screen else
+                               f"an ensemble of {len(bundles)} models (embeddings belong to one backbone)"
+                               if len(bundles) > 1 else "")
+    if why:
+        whose = "--embeddings" if cfg.embeddings else f"{store.path.parent} keeps segment embeddings (--embeddings), which"
+        raise MonitorError(f"{whose} does not work with {why}; run one model with --engine local")
+    if keep != bool(store.get_meta("embeddings")):
+        store.set_meta("embeddings", keep)
+    if keep:
+        store.embeddings_backbone = bundles[0].backbone()
+        log.info("keeping segment embeddings (backbone %s)", store.embeddings_backbone[:12])
+    return keep
+
+
+def make_engine(bundles: list[Bundle], cfg: RunConfig, embeddings: bool = False,
+                screen: Bundle | None = None) -> Engine:
     """The engine ``monitor run`` scores through: ``engine.LocalEngine`` or ``ray_engine.RayEngine``; with a
     ``screen``, a ``cascade.CascadeEngine`` over one of them for the student and one for the teacher."""
     if screen is not None:
@@ -127,9 +152,10 @@ def make_engine(bundles: list[Bundle], cfg: RunConfig, screen: Bundle | None = N
             raise
     if cfg.engine == "ray":
         return RayEngine(bundles, address=cfg.address, actors=cfg.actors, gpus_per_actor=cfg.gpus_per_actor,
-                         device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size)
+                         device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
+                         stall_warn_s=cfg.stall_warn_s, stall_stop_s=cfg.stall_stop_s)
     return LocalEngine(bundles, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
-                       workers=cfg.workers, compile=cfg.compile)
+                       workers=cfg.workers, compile=cfg.compile, embeddings=embeddings)
 
 
 def _now() -> str:
@@ -151,26 +177,23 @@ def file_outcome(res: FileScores, n_labels: int) -> tuple[str, str]:
 
 
 def score_planned(engine: Engine, plan: WorkPlan, store: ResultsStore, bundles: list[Bundle],
-                  progress: bool | None, stop: dict[str, bool]) -> tuple[RunStats, bool]:
-    """Score the planned jobs through ``engine``; each file is committed as soon as all its segments are in."""
-    from tqdm.auto import tqdm
-
+                  progress: bool | None, stop: dict[str, bool],
+                  progress_every_s: float = PROGRESS_EVERY_S,
+                  embeddings: tuple[str, str] | None = None) -> tuple[RunStats, bool]:
+    """Score the planned jobs through ``engine``; each file is committed as soon as all its segments are in.
+    ``progress``: None a bar on a terminal and progress lines elsewhere (``progress.Progress``); ``embeddings``:
+    (backbone, bundle hash) the kept embeddings are tied to, committed with their file."""
     pre = bundles[0].preprocessing
     n_labels = len(bundles[0].labels)
     stats = RunStats(engine.describe(), plan.found, plan.resumed, plan.todo, audio_s=plan.audio_s,
                      deployments=plan.deployments)
-    bar = tqdm(total=plan.segments, unit="seg", desc="segments", dynamic_ncols=True,
-               disable=None if progress is None else not progress)  # None: only on a terminal
+    bar = Progress(plan.segments, plan.todo, pre.segment.hop_s, bar=progress, every_s=progress_every_s)
     t0 = time.perf_counter()
-    audio_done = {"s": 0.0}
     metas = plan.metas
 
     def on_segments(n: int) -> None:
-        bar.update(n)
+        bar.segments(n)
         stats.segments += n
-        audio_done["s"] += n * pre.segment.hop_s
-        rt = audio_done["s"] / max(1e-9, time.perf_counter() - t0)
-        bar.set_postfix_str(f"{rt:.0f}x realtime")
         if stop["flag"]:
             raise KeyboardInterrupt
 
@@ -182,9 +205,12 @@ def score_planned(engine: Engine, plan: WorkPlan, store: ResultsStore, bundles: 
             log.info("failed %s: %s", job.rel, reason)
         else:
             segs = list(zip(res.index, res.start_s, res.end_s, res.scores))
+            backbone, bundle = embeddings or ("", "")
             store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite, input_dir=plan.input_dir,
-                           card=plan.card, scored_by=res.scored_by)
+                           card=plan.card, embeddings=res.embeddings if embeddings else None, backbone=backbone,
+                           bundle=bundle, scored_by=res.scored_by)
         stats.done += 1
+        bar.file_done()
 
     interrupted = bool(stop["flag"])
     try:

@@ -110,13 +110,15 @@ class Rows:
 @dataclass
 class BatchScores:
     """Scores of one planned batch: segments ``[first, first + n)``, ``scores`` (n, labels) float32, and
-    the rows' ``nonfinite`` counts and ``errors`` carried through from decoding."""
+    the rows' ``nonfinite`` counts and ``errors`` carried through from decoding; ``embeddings`` (n, width)
+    float16 when the run keeps them (``monitor run --embeddings``), else None."""
 
     batch: int
     first: int
     scores: np.ndarray
     nonfinite: np.ndarray
     errors: tuple[str, ...]
+    embeddings: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -283,9 +285,9 @@ def concat_rows(parts: Sequence[Rows]) -> Rows:
 class FileScores:
     """Everything scored for one file: ``index``/``start_s``/``end_s`` (n,), ``scores`` (n, labels)
     float32, non-finite input samples replaced, and ``error`` (non-empty: the file failed, in words;
-    its scores are then meaningless). ``scored_by``: per segment, '' where the run's model scored it, else
-    the name of the screen that alone scored it (``monitor.cascade``; such a row is never a detection);
-    empty: every segment by the run's model."""
+    its scores are then meaningless); ``embeddings`` (n, width) float16 when the run keeps them. ``scored_by``:
+    per segment, '' where the run's model scored it, else the name of the screen that alone scored it
+    (``monitor.cascade``; such a row is never a detection); empty: every segment by the run's model."""
 
     index: np.ndarray
     start_s: np.ndarray
@@ -293,6 +295,7 @@ class FileScores:
     scores: np.ndarray
     nonfinite: int = 0
     error: str = ""
+    embeddings: np.ndarray | None = None
     scored_by: tuple[str, ...] = ()
 
 
@@ -302,6 +305,7 @@ class _Slots:
     nonfinite: np.ndarray
     got: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
+    embeddings: np.ndarray | None = None
 
 
 class Assembler:
@@ -338,6 +342,10 @@ class Assembler:
                 i, j = g - lo, hi - lo
                 r0, r1 = g - res.first, hi - res.first
                 s.scores[i:j] = res.scores[r0:r1]
+                if res.embeddings is not None:
+                    if s.embeddings is None:
+                        s.embeddings = np.zeros((len(s.scores), res.embeddings.shape[1]), np.float16)
+                    s.embeddings[i:j] = res.embeddings[r0:r1]
                 s.nonfinite[i:j] = res.nonfinite[r0:r1]
                 s.got[i:j] = True
                 for k in range(r0, r1):
@@ -374,7 +382,8 @@ class Assembler:
         sr = float(job.sample_rate_hz)
         error = s.errors[min(s.errors)] if s.errors else ""
         return job, FileScores(np.array([b[0] for b in bounds], np.int64), np.array([b[1] / sr for b in bounds]),
-                               np.array([b[2] / sr for b in bounds]), s.scores, int(s.nonfinite.sum()), error)
+                               np.array([b[2] / sr for b in bounds]), s.scores, int(s.nonfinite.sum()), error,
+                               s.embeddings)
 
     @property
     def pending(self) -> int:

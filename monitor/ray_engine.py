@@ -21,12 +21,16 @@ What runs where:
   model bundles once (the bundle is the only source of the preprocessing) and scores through
   ``Scorer``; one GPU (``--gpus-per-actor``) per actor when the cluster has GPUs.
 
-Scores stream back through ``iter_rows`` in whatever order they finish; a re-delivered batch (a task
-retried after a lost node) is ignored. Actors that die are restarted and their batches retried
-(``max_restarts`` / ``max_task_retries``); decode tasks are retried (``max_retries``). When Ray still gives
-up on some work (an actor unreachable after its node died: ``ActorUnavailableError``), the driver streams
-the same plan's unfinished units again, so batch-mates and scores do not change. The results store
-is the checkpoint: a driver killed mid-run resumes on re-run like the local engine.
+Scores stream back through ``iter_rows`` (consumed by a thread, so the engine's loop can watch the cluster
+while it waits: ``ray_cluster.Watch``) in whatever order they finish; a re-delivered batch (a task retried
+after a lost node) is ignored. Decode tasks are retried (``max_retries``); an actor that dies, alone or with
+its node, is restarted by Ray and its batches retried (``max_restarts``/``max_task_retries``: measured faster
+than streaming again, ``benchmarks/scale.py --fault``), and its first batch after the restart makes the
+driver say so in one warning line. When Ray still gives up on some work (an actor unreachable after its
+node died: ``ActorUnavailableError``, or out of restarts), the driver streams the same plan's unfinished
+units again, so batch-mates and scores do not change. The results store is the checkpoint: a driver killed
+mid-run resumes on re-run like the local engine. CPUs are reserved so that scoring never starves decoding,
+on any node size and after a node is lost (``ray_cluster.plan_budget``).
 
 Inputs must be readable at the same path (or URL) from every node: a shared/NAS mount or a bucket. The
 model bundles need not be: the driver puts each bundle's bytes in Ray's object store once, and an actor
@@ -40,31 +44,32 @@ import os
 import pickle
 import time
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from monitor.config import Preprocess, check_batch_size
+from monitor.config import STALL_STOP_S, STALL_WARN_S, Preprocess, check_batch_size
 from monitor.decode import decode_task
 from monitor.device import resolve_precision, set_matmul_policy
 from monitor.engine import AUTO_BATCH_CPU, EngineInfo, OnFileDone, OnSegments, check_frontend
 from monitor.errors import MonitorError
 from monitor.infer import Scorer, prepare_models
-from monitor.logs import files_only
+from monitor.logs import warn
 from monitor.model.bundle import load_bundle
 from monitor.plan import (Assembler, BatchPlan, BatchScores, FileJob, Rows, concat_rows, plan_batches,
                           slice_rows)
+from monitor.ray_cluster import Budget, Watch, check_reachable, node_cpus, plan_budget
+from monitor.ray_logs import RayConsole, descendants, is_ray_process, reap
+from monitor.ray_stream import Stream, fault_line, ray_fault_errors
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "the Ray engine needs: pip install 'monitor[ray]'"
-MIN_ACTOR_CPUS = 0.5  # a CPU actor reserves its node's CPUs less one decode task's (at least this): like the
-# local engine on a CPU (one decode worker beside the model's threads), a node running an actor decodes one task
-# at a time instead of oversubscribing the cores the model's threads use; a 1-CPU node still fits both
 RAY_TASK_SAMPLES = 2_000_000  # smaller decode tasks than the local engine's: more units to spread over nodes
-RETRIES = 5  # actor restarts, actor task retries, decode task retries
-EXIT_ONCE_ENV = "MONITOR_RAY_TEST_EXIT_ONCE"  # tests: a folder; an actor exits once when FOLDER/armed exists
-DELAY_ENV = "MONITOR_RAY_TEST_DELAY_S"  # tests: decode tasks sleep a random 0..X s (out-of-order arrival)
+RETRIES = 5  # decode task retries; streams lost in a row (no new batch between) before the run stops
+ACTOR_RESTARTS = RETRIES  # Ray restarts a dead actor (its batches retried) this often; then the stream fails and the
+# driver streams the unfinished units again. Measured faster than re-streaming at once (benchmarks/scale.py --fault)
+FAULT_QUIET_S = 60.0  # lost work is one warning line per minute at most (every time in the log)
 
 
 def import_ray():
@@ -100,12 +105,6 @@ def unit_batches(plan: BatchPlan, unit: list[int]) -> set[int]:
     return set(range(first.first // bs, (last.first + last.n - 1) // bs + 1))
 
 
-def ray_fault_errors(ray) -> tuple[type[BaseException], ...]:
-    """Ray's errors for work lost with a node, an actor or an object (not the user's code's errors)."""
-    e = ray.exceptions
-    return (e.RayActorError, e.ObjectLostError, e.NodeDiedError, e.WorkerCrashedError)
-
-
 def split_batches(rows: Rows, batch_size: int) -> list[tuple[int, Rows]]:
     """A unit's rows (starting on a batch boundary) -> ``(batch, Rows)`` per planned batch."""
     out = []
@@ -115,27 +114,11 @@ def split_batches(rows: Rows, batch_size: int) -> list[tuple[int, Rows]]:
     return out
 
 
-def _decode_unit(row: dict[str, Any], pre: Preprocess, output: str, batch_size: int) -> list[dict[str, Any]]:
+def decode_unit(row: dict[str, Any], pre: Preprocess, output: str, batch_size: int) -> list[dict[str, Any]]:
     """Ray Data ``flat_map``: a unit of decode tasks -> one row per planned batch."""
-    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
-    if delay > 0:
-        time.sleep(np.random.default_rng().uniform(0, delay))
     tasks = pickle.loads(row["unit"])
     rows = concat_rows([decode_task(t, pre, output) for t in tasks])
     return [{"batch": b, "rows": pickle.dumps(r, protocol=5)} for b, r in split_batches(rows, batch_size)]
-
-
-def _exit_once() -> None:
-    """Tests only: the first actor call after FOLDER/armed appears exits the process (a crashing actor)."""
-    folder = os.environ.get(EXIT_ONCE_ENV)
-    if not folder:
-        return
-    armed = os.path.join(folder, "armed")
-    try:
-        os.rename(armed, os.path.join(folder, "fired"))  # atomic: exactly one actor call fires
-    except OSError:
-        return
-    os._exit(1)
 
 
 def bundle_payload(bundle) -> dict[str, bytes]:
@@ -182,7 +165,8 @@ def actor_bundles(specs: Sequence[tuple[str, str, Any]]) -> list:
 
 
 class ScoreActor:
-    """A Ray Data actor: the bundles loaded once, one planned batch per call -> pickled ``BatchScores``."""
+    """A Ray Data actor: the bundles loaded once, one planned batch per call -> pickled ``BatchScores``; its
+    first batch after Ray restarted it (it died) says so (``restarted``), for the driver's one warning line."""
 
     def __init__(self, bundle_specs: Sequence[tuple[str, str, Any]], device: str, precision: str, batch_size: int,
                  threads: int | None = None, per_node: int = 1):
@@ -194,29 +178,28 @@ class ScoreActor:
         bundles = actor_bundles(bundle_specs)
         nets, precision = prepare_models(bundles, device, precision)
         self.scorer = Scorer(bundles, nets, device, precision, batch_size, pre=bundles[0].preprocessing)
+        self.restarted = reconstructed()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        _exit_once()
         out = []
         for b, blob in zip(batch["batch"], batch["rows"]):
             rows: Rows = pickle.loads(blob)
             scores = self.scorer.collect(self.scorer.submit(rows))
             out.append(pickle.dumps(BatchScores(int(b), rows.first, scores, rows.nonfinite, rows.errors), protocol=5))
-        return {"batch": np.asarray(batch["batch"]), "scores": np.array(out, dtype=object)}
+        restarted, self.restarted = self.restarted, False
+        return {"batch": np.asarray(batch["batch"]), "scores": np.array(out, dtype=object),
+                "restarted": np.full(len(out), restarted)}
 
 
-def node_cpus() -> float:
-    """CPUs this Ray node offers (``ray start --num-cpus``), else the machine's cores."""
+def reconstructed() -> bool:
+    """In a Ray actor: whether Ray restarted it (its process died)."""
     try:
         import ray
 
-        me = ray.get_runtime_context().get_node_id()
-        for n in ray.nodes():
-            if n.get("NodeID") == me:
-                return float(n.get("Resources", {}).get("CPU", 0)) or float(os.cpu_count() or 1)
-    except Exception as exc:  # noqa: BLE001 - outside Ray, or an older API
-        log.debug("Ray did not say this node's CPUs (%s); using the machine's cores", exc)
-    return float(os.cpu_count() or 1)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception as exc:  # noqa: BLE001 - outside an actor: not restarted; say why in the log
+        log.debug("not a restarted Ray actor (%s: %s)", type(exc).__name__, exc)
+        return False
 
 
 def _probe_gpu(bundle_specs: Sequence[tuple[str, str, Any]], precision: str, batch_size: int | str,
@@ -228,38 +211,21 @@ def _probe_gpu(bundle_specs: Sequence[tuple[str, str, Any]], precision: str, bat
     return precision, int(batch_size) if batch_size != "auto" else s.probe_batch_size(kind)
 
 
-def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
-    """A ``HOST:PORT`` that nothing listens on fails here in one line (``ray.init`` would retry for minutes)."""
-    import socket
-
-    if not address or address == "auto" or "://" in address:
-        return
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise MonitorError(f"--address must be auto or HOST:PORT, got {address!r}")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise MonitorError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
-                           "`ray start --head` there, or check the address") from None
-
-
-def route_ray_logs() -> None:
-    """Ray's own Python loggers into monitor's log files only (not the console): ``logs.files_only``."""
-    files_only()
-
-
 class RayEngine:
     """Decode in Ray tasks, score in Ray actors; the driver assembles files and calls back (see module doc).
 
-    ``address``: ``None`` starts a Ray instance on this machine (stopped on close), ``auto`` or
-    ``HOST:PORT`` joins a running cluster (an already initialised Ray in this process is used as it
-    is). ``actors``: scoring actors (default: GPUs // gpus_per_actor with GPUs, else one per node).
-    ``gpus_per_actor``: default 1 when the cluster has GPUs. ``threads``: torch threads per CPU actor
-    (default: the node's CPUs / its actors). ``decode_cpus``: CPUs each decode task reserves.
-    ``task_samples``: the decode tasks' decoded-sample budget (smaller: more, smaller units to spread over
-    the cluster; batches, and so scores, do not change). ``shuffle_seed`` (tests): feed the units shuffled.
+    ``address``: ``None`` starts a Ray instance on this machine (stopped on close, its processes waited
+    for), ``auto`` or ``HOST:PORT`` joins a running cluster (an already initialised Ray in this process is
+    used as it is). ``actors``: scoring actors (default: GPUs // gpus_per_actor with GPUs, else one per
+    node). ``gpus_per_actor``: default 1 when the cluster has GPUs. ``threads``: torch threads per CPU actor
+    (default: the node's CPUs / its actors). ``decode_cpus``: CPUs each decode task reserves (the actors'
+    share follows: ``ray_cluster.plan_budget``). ``task_samples``: the decode tasks' decoded-sample budget
+    (smaller: more, smaller units to spread over the cluster; batches, and so scores, do not change).
+    ``stall_warn_s``/``stall_stop_s``: the watch (``ray_cluster.Watch``; None: ``config``'s defaults, stop 0:
+    never). ``actor_restarts``: Ray's own restarts of a dead actor (0: the stream fails at once and the
+    driver streams the unfinished units again, which measured slower). ``decode_fn``/``actor_cls``: what decodes a unit
+    (``decode_unit``'s signature) and what scores (``ScoreActor``'s); tests pass slowed or failing ones.
+    ``shuffle_seed`` (tests): feed the units shuffled.
     """
 
     name = "ray"
@@ -268,7 +234,9 @@ class RayEngine:
                  gpus_per_actor: float | None = None, device: str = "auto", precision: str = "auto",
                  batch_size: int | str = "auto", frontend: str = "auto", threads: int | None = None,
                  decode_cpus: float = 0.5, shuffle_seed: int | None = None, init_kwargs: dict | None = None,
-                 task_samples: int = RAY_TASK_SAMPLES):
+                 task_samples: int = RAY_TASK_SAMPLES, stall_warn_s: float | None = None,
+                 stall_stop_s: float | None = None, actor_restarts: int = ACTOR_RESTARTS,
+                 decode_fn: Callable[..., list] = decode_unit, actor_cls: type = ScoreActor):
         self.bundles = list(bundles)
         missing = [b.name for b in self.bundles if b.path is None]
         if missing:
@@ -285,11 +253,19 @@ class RayEngine:
         self.batch_size: int | str = batch_size
         self.frontend_req, self.threads, self.decode_cpus = frontend, threads, float(decode_cpus)
         self.shuffle_seed, self.task_samples = shuffle_seed, int(task_samples)
+        self.stall_warn_s = float(STALL_WARN_S if stall_warn_s is None else stall_warn_s)
+        self.stall_stop_s = float(STALL_STOP_S if stall_stop_s is None else stall_stop_s)
+        self.actor_restarts, self.decode_fn, self.actor_cls = int(actor_restarts), decode_fn, actor_cls
         self.ray = import_ray()
+        self.console = RayConsole()
         self._started = False
         self._specs: list | None = None
         t0 = time.perf_counter()
-        self._connect(init_kwargs or {})
+        try:
+            self._connect(init_kwargs or {})
+        except BaseException:
+            self.console.uninstall()
+            raise
         self.startup_s = time.perf_counter() - t0
         try:
             self._configure(device, precision, actors, gpus_per_actor, frontend)
@@ -303,8 +279,7 @@ class RayEngine:
         self.cluster_cpus, self.cluster_gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
         alive = [n for n in self.ray.nodes() if n.get("Alive")]
         self.nodes = len(alive)
-        node_cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in alive]
-        self.min_node_cpus = min([c for c in node_cpus if c > 0] or [1.0])
+        self.node_cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in alive]
         if device == "auto":
             device = "cuda" if self.cluster_gpus > 0 else "cpu"
         if device not in ("cpu", "cuda"):
@@ -319,18 +294,22 @@ class RayEngine:
         if actors is None:
             actors = max(1, int(self.cluster_gpus // self.gpus_per_actor)) if on_gpu else self.nodes
         self.actors = int(actors)
+        self.budget: Budget = plan_budget(self.node_cpus, self.actors, on_gpu, self.decode_cpus, self.gpus_per_actor)
         self.frontend = ("device" if on_gpu else "cpu") if frontend == "auto" else frontend
         self.precision = precision
         if not on_gpu:
             self.precision = resolve_precision(precision, "cpu")
             if self.batch_size == "auto":
                 self.batch_size = AUTO_BATCH_CPU
-        log.info("Ray engine: %s (start-up %.1f s), %d node(s), %g CPUs, %g GPUs", self.address or "local instance",
-                 self.startup_s, self.nodes, self.cluster_cpus, self.cluster_gpus)
+        log.info("Ray engine: %s (start-up %.1f s), %d node(s), %g CPUs, %g GPUs; %d actor(s): %s",
+                 self.address or "local instance", self.startup_s, self.nodes, self.cluster_cpus, self.cluster_gpus,
+                 self.actors, self.budget.describe())
 
     def _connect(self, init_kwargs: dict) -> None:
         ray = self.ray
+        self.console.install()
         if ray.is_initialized():
+            self.console.install_core()
             return
         # workers' output stays in Ray's session logs (log_to_driver off), not on the console
         kw: dict[str, Any] = dict(log_to_driver=False, include_dashboard=False, configure_logging=False)
@@ -338,7 +317,6 @@ class RayEngine:
         check_reachable(self.address)
         root = logging.getLogger()
         keep = list(root.handlers), root.level
-        route_ray_logs()
         try:
             ctx = ray.init(address=self.address, **kw)
         except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
@@ -350,11 +328,13 @@ class RayEngine:
                 if h not in keep[0]:
                     root.removeHandler(h)
             root.setLevel(keep[1])
-            route_ray_logs()
+            self.console.install()
         self._started = True
+        self.console.install_core()  # after ray.init: the local instance's processes keep the real stderr
         logs = getattr(ctx, "address_info", {}).get("session_dir") if ctx is not None else None
         if logs:
-            log.info("Ray's own logs (workers, actors, Ray Data): %s/logs", logs)
+            log.info("Ray's own logs (workers, actors, Ray Data, the driver's core: python-core-driver-*.log): "
+                     "%s/logs", logs)
 
     def describe(self) -> EngineInfo:
         self._resolve_gpu()  # GPU runs: precision and batch size as a GPU worker resolves them
@@ -370,10 +350,6 @@ class RayEngine:
         probe = self.ray.remote(_probe_gpu).options(num_gpus=self.gpus_per_actor, max_retries=RETRIES)
         self.precision, self.batch_size = self.ray.get(probe.remote(self.bundle_specs(), self.precision,
                                                                      self.batch_size, kind))
-
-    def actor_cpus(self) -> float:
-        """A CPU actor's reservation: the smallest node's CPUs less one decode task, at least 0.5."""
-        return max(MIN_ACTOR_CPUS, self.min_node_cpus - self.decode_cpus)
 
     def bundle_specs(self) -> list[tuple[str, str, Any]]:
         """``(folder, sha256, ObjectRef of its bytes)`` per bundle; the bytes are put once per engine."""
@@ -400,13 +376,29 @@ class RayEngine:
         ctx.print_on_execution_start = False
         asm = Assembler(plan, len(self.bundles[0].labels), in_order=False)
         seen: set[int] = set()
+
+        def left() -> list[list[int]]:
+            return [u for u in groups if not unit_batches(plan, u) <= seen]
+
+        watch = Watch(self.ray, self.stall_warn_s, self.stall_stop_s, lambda: (len(left()), len(groups)))
         lost = ray_fault_errors(self.ray)
-        for attempt in range(RETRIES + 1):
-            todo = [u for u in groups if not unit_batches(plan, u) <= seen]
-            if not todo:
-                break
+        said = {"at": -FAULT_QUIET_S}  # when lost work was last said on the console (a node's death: 1-2 faults)
+
+        def fault(text: str) -> None:
+            if time.monotonic() - said["at"] >= FAULT_QUIET_S:
+                warn(text)
+                said["at"] = time.monotonic()
+            else:
+                log.info("%s", text)
+
+        failed = 0  # streams lost in a row without a new batch: past RETRIES the run stops
+        while todo := left():
+            stream = self._stream(plan, todo)
+            before = len(seen)
             try:
-                for res in self._stream(plan, todo):
+                for res, restarted in stream.results(watch):
+                    if restarted:
+                        fault("a scoring actor died and Ray restarted it; its batches are scored again")
                     if res.batch in seen:
                         continue  # re-delivered (a retried task): already counted
                     seen.add(res.batch)
@@ -415,44 +407,52 @@ class RayEngine:
                     if on_segments:
                         on_segments(len(res.nonfinite))
                 break
-            except lost as exc:  # a node or actor Ray could not recover in place: the same plan's unfinished units again
-                if attempt == RETRIES:
+            except lost as exc:  # an actor or node Ray did not recover in place: the same plan's unfinished units again
+                failed = 1 if len(seen) > before else failed + 1
+                if failed > RETRIES:
                     raise MonitorError(f"the Ray cluster kept losing work ({type(exc).__name__}); run the same "
                                        "command again to resume from what is done") from exc
-                log.warning("Ray lost work (%s); streaming the %d unfinished unit(s) of the plan again",
-                            type(exc).__name__, len(todo))
-                log.debug("Ray fault", exc_info=True)
+                fault(f"Ray lost a scoring actor or decoded work ({type(exc).__name__}); streaming the "
+                      f"{len(left())} unfinished of {len(groups)} unit(s) again")
+                log.info("Ray fault: %s", fault_line(exc), exc_info=True)
+            finally:
+                stream.close()
+        watch.tick(final=True)  # a node lost near the end is still said
         if asm.pending:
             raise MonitorError(f"the Ray engine lost {asm.pending} file(s): {plan.n_batches - len(seen)} batches "
                                "never came back; run the same command again to resume")
 
-    def _stream(self, plan: BatchPlan, todo: list[list[int]]):
-        """Decode ``todo`` (units of ``plan``) in Ray tasks, score them in the actor pool; yields
+    def _stream(self, plan: BatchPlan, todo: list[list[int]]) -> "Stream":
+        """Decode ``todo`` (units of ``plan``) in Ray tasks, score them in the actor pool: a ``Stream`` of
         ``BatchScores`` as they arrive (any order, maybe re-delivered)."""
-        ray, bs = self.ray, plan.batch_size
+        ray, bs, b = self.ray, plan.batch_size, self.budget
         items = [{"unit": pickle.dumps([plan.tasks[i] for i in u], protocol=5)} for u in todo]
         output = "waves" if self.frontend == "device" else "features"
+        restarts = dict(max_restarts=self.actor_restarts, max_task_retries=self.actor_restarts)
         with warnings.catch_warnings():  # retry counts are ray_remote_args, deprecated from Ray 2.64 (pinned < 2.61)
             warnings.simplefilter("ignore", DeprecationWarning)
             ds = ray.data.from_items(items, override_num_blocks=len(items))
-            ds = ds.flat_map(_decode_unit, fn_kwargs=dict(pre=self.pre, output=output, batch_size=bs),
-                             num_cpus=self.decode_cpus, max_retries=RETRIES)
+            ds = ds.flat_map(self.decode_fn, fn_kwargs=dict(pre=self.pre, output=output, batch_size=bs),
+                             compute=ray.data.TaskPoolStrategy(size=b.decode_tasks), num_cpus=b.decode_cpus,
+                             max_retries=RETRIES)
             ds = ds.map_batches(
-                ScoreActor, fn_constructor_kwargs=dict(
+                self.actor_cls, fn_constructor_kwargs=dict(
                     bundle_specs=self.bundle_specs(), device=self.device, precision=self.precision, batch_size=bs,
                     threads=self.threads, per_node=-(-self.actors // max(1, self.nodes))),
                 batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.actors), batch_format="numpy",
-                num_cpus=0 if self.device == "cuda" else self.actor_cpus(),
-                num_gpus=self.gpus_per_actor if self.device == "cuda" else None,
-                max_restarts=RETRIES, max_task_retries=RETRIES)
-        for row in ds.iter_rows():
-            yield pickle.loads(row["scores"])
+                num_cpus=b.actor_cpus, num_gpus=b.actor_gpus or None, **restarts)
+        return Stream(ds)
 
     def close(self) -> None:
         self._specs = None
+        procs = []
         if self._started and self.ray.is_initialized():
+            if self.address is None:  # a local instance: its processes (actors too) are this process's descendants
+                procs = [p for p in descendants() if is_ray_process(p)]
             self.ray.shutdown()
         self._started = False
+        reap(procs)  # they end with the run, not seconds after it
+        self.console.uninstall()
 
     def __enter__(self) -> "RayEngine":
         return self

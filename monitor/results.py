@@ -352,6 +352,21 @@ def load_results(store, thresholds: Mapping[str, float], run: RunInfo) -> Result
     keep = store.get_meta("label_filter") or names
     cols = [names.index(lab) for lab in keep if lab in names]
     labels = [names[j] for j in cols]
+    recordings, warnings = load_recordings(store)
+    starts = {(d, f): parse_iso(t) for d, f, t in
+              zip(recordings["deployment"], recordings["file"], recordings["start_time"])}
+    deps, files, idx, s0, s1, scores = store.segments()
+    segments = segments_frame(deps, files, idx, s0, s1, scores[:, cols] if len(scores) else scores[:, :0],
+                              labels, starts, store.segment_scorers())
+    run = dataclasses.replace(run, warnings=warnings)
+    res = build_results(recordings, segments, labels, {lab: thresholds[lab] for lab in labels}, run,
+                        reviews_frame(store.reviews()), store.review_dates())
+    res.cards = store.cards()
+    return res
+
+
+def load_recordings(store) -> tuple[Any, list[str]]:
+    """The recordings table of the store (times in each deployment's local time) and the warnings about clocks."""
     rows = []
     for f in store.files():
         row = dict(f["metadata"])
@@ -363,14 +378,4 @@ def load_results(store, thresholds: Mapping[str, float], run: RunInfo) -> Result
                              "are kept (monitor run --prune archives them)")
         rows.append(row)
     warnings = local_times(rows, DeploymentTable.from_json(store.get_meta("deployments")))
-    recordings = recordings_frame(rows)
-    starts = {(d, f): parse_iso(t) for d, f, t in
-              zip(recordings["deployment"], recordings["file"], recordings["start_time"])}
-    deps, files, idx, s0, s1, scores = store.segments()
-    segments = segments_frame(deps, files, idx, s0, s1, scores[:, cols] if len(scores) else scores[:, :0],
-                              labels, starts, store.segment_scorers())
-    run = dataclasses.replace(run, warnings=warnings)
-    res = build_results(recordings, segments, labels, {lab: thresholds[lab] for lab in labels}, run,
-                        reviews_frame(store.reviews()), store.review_dates())
-    res.cards = store.cards()
-    return res
+    return recordings_frame(rows), warnings

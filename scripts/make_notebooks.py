@@ -59,12 +59,14 @@ MODEL = "demo-frog-bird"  # @param ["demo-frog-bird"] {allow-input: true}
 RUN_NAME = ""  # @param {type:"string"}
 # ^ the report goes to WORK/reports/RUN_NAME (empty: named after the input folder)
 BATCH_SIZE = 16  # @param {type:"integer"}
+EMBEDDINGS = True  # @param {type:"boolean"}
+# ^ also keep each segment's embedding: search by example and new heads in seconds (notebook 03)
 INPUT_DIR = nb.input_folder(INPUT_DIR, WORK)
 OUT_DIR = nb.report_folder(WORK, RUN_NAME or INPUT_DIR)
 print("report folder:", OUT_DIR)
 _ = nb.describe_model(MODEL)'''),
         new_code_cell('''# @title Run (resumes where it stopped when run again) { display-mode: "form" }
-info = monitor.run(INPUT_DIR, OUT_DIR, models=[MODEL], batch_size=BATCH_SIZE)
+info = monitor.run(INPUT_DIR, OUT_DIR, models=[MODEL], batch_size=BATCH_SIZE, embeddings=EMBEDDINGS)
 print(nb.run_summary(info))
 print("reports in", OUT_DIR)'''),
         new_code_cell('''# @title Summary: when each species was heard { display-mode: "form" }
@@ -85,11 +87,12 @@ def nb02():
         new_code_cell(SETUP),
         new_code_cell(WORK),
         new_code_cell('''# @title Training data { display-mode: "form" }
-DATA_SOURCE = "folders"  # @param ["folders", "annotations", "manifest", "report"]
+DATA_SOURCE = "folders"  # @param ["folders", "annotations", "manifest", "report", "embeddings"]
 # folders:     one folder per label in DATA_ROOT (DATA_ROOT/frog/*.wav ...; empty: WORK/training-data)
 # annotations: Raven / Audacity selection tables (ANNOTATIONS: a file or folder) over recordings in DATA_ROOT
 # manifest:    the official AST json {"data": [{"wav", "labels"}]} (MANIFEST) with its label csv (LABEL_CSV)
 # report:      a report reviewed in notebook 03 (REPORT: its folder; empty: the latest in WORK/reports)
+# embeddings:  a new head on that report's stored embeddings and verdicts: seconds on a CPU (as REPORT)
 DATA_ROOT = ""  # @param {type:"string"}
 ANNOTATIONS = ""  # @param {type:"string"}
 MANIFEST = ""  # @param {type:"string"}
@@ -158,6 +161,37 @@ VERDICTS = {}  # @param {type:"raw"}
 NOTES = {}  # @param {type:"raw"}
 print(nb.record_verdicts(OUT_DIR, VERDICTS, NOTES), "verdicts recorded")
 nb.reviewed(OUT_DIR)'''),
+        new_markdown_cell("## Find more calls like one, train a head, rescore\n\nWith embeddings kept (notebook 01's "
+                          "`EMBEDDINGS`), search the report folder for segments like a clip, mark what the search "
+                          "found, train a new head on the stored embeddings (seconds on a CPU) and rescore every "
+                          "card with it. Each search list is also a spreadsheet in `OUT_DIR/search` whose Verified "
+                          "column counts like the report's."),
+        new_code_cell('''# @title Search by example { display-mode: "form" }
+from monitor.agile import notebook as agile
+EXAMPLE = ""  # @param {type:"string"}
+# ^ an audio file, optionally @start seconds (e.g. /content/drive/MyDrive/peeper.wav@3); empty: the first detection
+SEARCH_LABEL = "frog"  # @param {type:"string"}
+# ^ the label your marks below are about (a new species' name is fine)
+TOP = 10  # @param {type:"integer"}
+found = agile.search(OUT_DIR, EXAMPLE, SEARCH_LABEL, TOP)
+found'''),
+        new_code_cell('''# @title Mark what the search found { display-mode: "form" }
+# rank (as listed above) -> "yes", "no" or "unsure", e.g. {1: "yes", 2: "no"}
+MARKS = {}  # @param {type:"raw"}
+_ = agile.mark(OUT_DIR, found, MARKS, SEARCH_LABEL)'''),
+        new_code_cell('''# @title Train a head on the stored embeddings (seconds) { display-mode: "form" }
+HEAD_NAME = "my-head"  # @param {type:"string"}
+# ^ the run folder WORK/runs/HEAD_NAME; the head learns from every yes / no verdict of this report folder
+HEAD = agile.train_head(OUT_DIR, WORK, HEAD_NAME)'''),
+        new_code_cell('''# @title Rescore every card with the new head { display-mode: "form" }
+RESCORE = False  # @param {type:"boolean"}
+# ^ tick to replace this folder's scores with the head's (verdicts are kept; rescoring with the previous model,
+#   monitor report OUT --rescore MODEL, brings its scores back: the embeddings stay)
+_ = agile.rescore(OUT_DIR, HEAD if RESCORE else None)'''),
+        new_code_cell('''# @title What to review next: the segments the model is least sure of { display-mode: "form" }
+NEXT_LABEL = ""  # @param {type:"string"}
+# ^ empty: the folder's first label
+agile.review_next(OUT_DIR, NEXT_LABEL, TOP)'''),
     ]
 
 

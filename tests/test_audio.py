@@ -1,4 +1,4 @@
-"""Streaming reader, segmentation arithmetic and the signal stages."""
+"""Seeking reader, segmentation arithmetic and the signal stages at the recorder's rate."""
 
 import numpy as np
 import pytest
@@ -7,9 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import write_wav
-from monitor.audio import (AudioError, bandpass, plan_segments, probe, resample, sanitize, stream_segments,
-                          to_mono, too_short)
-from monitor.config import SegmentConfig
+from monitor.audio import AudioError, plan_segments, probe, read_frames, resample, sanitize, to_mono
+from monitor.config import Preprocess, SegmentConfig
 
 RATES = [8000, 16000, 22050, 44100, 48000, 96000, 250000, 384000]
 EXPECTED = {0.5: 0, 1.0: 1, 9.99: 1, 10.0: 1, 25.0: 3}
@@ -23,6 +22,13 @@ def _write_int16(path, duration_s, sr, channels, seed=0):
     return data
 
 
+def _segments(path, cfg):
+    """What ``decode.decode_task`` reads: the planned windows, each by seeking, mixed to mono."""
+    info = probe(path)
+    return [(k, a, b, to_mono(read_frames(path, a, b))) for k, a, b in plan_segments(info.frames, info.sample_rate_hz,
+                                                                                     cfg)]
+
+
 @pytest.mark.parametrize("sr", RATES)
 @pytest.mark.parametrize("channels", [1, 2, 6])
 def test_segment_counts_and_times(tmp_path, sr, channels):
@@ -32,20 +38,16 @@ def test_segment_counts_and_times(tmp_path, sr, channels):
         data = _write_int16(p, dur, sr, channels)
         info = probe(p)
         assert (info.sample_rate_hz, info.channels, info.frames) == (sr, channels, len(data))
-        assert too_short(info, cfg) == (n == 0)
-        segs = list(stream_segments(p, cfg, rel=f"card/{dur}.wav"))
+        segs = _segments(p, cfg)
         assert len(segs) == n, (dur, sr, channels)
-        assert [s.index for s in segs] == list(range(n))
-        assert all(s.file == f"card/{dur}.wav" for s in segs)
-        for s in segs:
-            assert s.samples.ndim == 1 and s.samples.dtype == np.float32 and s.sample_rate_hz == sr
-            assert s.start_s == 10.0 * s.index
-            assert s.end_s == min(len(data), (s.index + 1) * 10 * sr) / sr
-            assert len(s.samples) == round((s.end_s - s.start_s) * sr) and s.nonfinite == 0
+        assert [k for k, _, _, _ in segs] == list(range(n))
+        for k, a, b, x in segs:
+            assert x.ndim == 1 and x.dtype == np.float32
+            assert a == 10 * sr * k and b == min(len(data), (k + 1) * 10 * sr) and len(x) == b - a
         if n:
-            a = int(round(segs[-1].start_s * sr))
+            a = segs[-1][1]
             mono = (data[a:].astype(np.float64) / 32768.0).mean(axis=1)
-            np.testing.assert_allclose(segs[-1].samples, mono, atol=1e-6)
+            np.testing.assert_allclose(segs[-1][3], mono, atol=1e-6)
 
 
 def test_issue_examples_and_partial_padding():
@@ -62,19 +64,24 @@ def test_overlap_and_gap_hops(tmp_path):
     sr = 8000
     p = write_wav(tmp_path / "a.wav", 30.0, sr, freq_hz=None, noise=0.1, seed=3)
     full = sf.read(p, dtype="float32")[0]
-    over = list(stream_segments(p, SegmentConfig(window_s=10, hop_s=5, block_s=3)))
-    assert [s.start_s for s in over] == [0, 5, 10, 15, 20]
-    for s in over:
-        a = int(s.start_s * sr)
-        np.testing.assert_array_equal(s.samples, full[a:a + len(s.samples)])
-    gap = list(stream_segments(p, SegmentConfig(window_s=2, hop_s=7, block_s=1)))
-    assert [s.start_s for s in gap] == [0, 7, 14, 21, 28]
-    np.testing.assert_array_equal(gap[3].samples, full[21 * sr:23 * sr])
+    over = _segments(p, SegmentConfig(window_s=10, hop_s=5))
+    assert [a / sr for _, a, _, _ in over] == [0, 5, 10, 15, 20]
+    for _, a, b, x in over:
+        np.testing.assert_array_equal(x, full[a:b])
+    gap = _segments(p, SegmentConfig(window_s=2, hop_s=7))
+    assert [a / sr for _, a, _, _ in gap] == [0, 7, 14, 21, 28]
+    np.testing.assert_array_equal(gap[3][3], full[21 * sr:23 * sr])
 
 
-def test_streaming_reads_in_blocks_never_whole_file(tmp_path, monkeypatch):
+def test_decode_reads_spans_by_seeking_never_the_whole_file(tmp_path, monkeypatch):
+    """``decode_task`` reads each task's span of a file by seeking, each frame once, never the whole file."""
+    from monitor.decode import decode_task
+    from monitor.plan import job_from_path, plan_batches
+
     sr = 16000
     p = write_wav(tmp_path / "long.wav", 120.0, sr, freq_hz=None, noise=0.1)
+    pre = Preprocess()
+    plan = plan_batches([job_from_path(p)], pre, 2, task_samples=4 * 10 * sr)
     sizes = []
     orig = sf.SoundFile.read
 
@@ -83,37 +90,28 @@ def test_streaming_reads_in_blocks_never_whole_file(tmp_path, monkeypatch):
         return orig(self, frames, *a, **k)
 
     monkeypatch.setattr(sf.SoundFile, "read", spy)
-    n = sum(1 for _ in stream_segments(p, SegmentConfig(block_s=4.0)))
-    assert n == 12
-    assert sizes and max(sizes) <= 4 * sr and -1 not in sizes
-    assert len(sizes) <= 120 * sr // (4 * sr) + 1  # each frame decoded once: no re-reading
-
-
-def test_streaming_memory_is_bounded_by_block_not_file(tmp_path):
-    import tracemalloc
-
-    sr = 48000
-    p = write_wav(tmp_path / "long.wav", 300.0, sr, freq_hz=None, noise=0.1)  # 57.6 MB as float32
-    tracemalloc.start()
-    try:
-        n = sum(1 for _ in stream_segments(p, SegmentConfig(block_s=5.0)))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert n == 30
-    assert peak < 8e6, peak  # a 5 s block + a 10 s window as float32 is ~3 MB
+    rows = [decode_task(t, pre, "waves") for t in plan.tasks]
+    assert sum(r.n for r in rows) == 12 and len(plan.tasks) == 3
+    assert sizes == [4 * 10 * sr] * 3 and -1 not in sizes  # each frame decoded once: no re-reading
 
 
 def test_nonfinite_samples_are_counted_and_replaced(tmp_path):
+    from monitor.decode import decode_task
+    from monitor.plan import job_from_path, plan_batches
+
     sr = 8000
     x = np.random.default_rng(2).standard_normal((25 * sr, 2)).astype(np.float32) * 0.1
     x[5, 0], x[100, 1], x[12 * sr, 0] = np.nan, np.inf, -np.inf
     p = tmp_path / "nan.wav"
     sf.write(str(p), x, sr, subtype="FLOAT")
-    segs = list(stream_segments(p, SegmentConfig(block_s=3.0)))
-    assert [s.nonfinite for s in segs] == [2, 1, 0]
-    assert all(np.isfinite(s.samples).all() for s in segs)
-    assert segs[0].samples[5] == 0.0 and segs[0].samples[6] == pytest.approx(x[6].mean())  # mixed, then replaced
+    pre = Preprocess()
+    (task,) = plan_batches([job_from_path(p)], pre, 4).tasks
+    rows = decode_task(task, pre, "waves")
+    assert rows.nonfinite.tolist() == [2, 1, 0]
+    assert np.isfinite(rows.data).all()
+    mono, n = sanitize(to_mono(read_frames(p, 0, 10 * sr)))
+    assert n == 2 and mono[5] == 0.0 and mono[6] == pytest.approx(x[6].mean())  # mixed, then replaced
+    np.testing.assert_array_equal(rows.data[0, :rows.lengths[0]], resample(mono, sr))
 
 
 def test_unreadable_file_raises_a_human_reason(tmp_path):
@@ -121,8 +119,6 @@ def test_unreadable_file_raises_a_human_reason(tmp_path):
     p.write_text("this is a text file with a .wav name")
     with pytest.raises(AudioError, match="not a readable audio file"):
         probe(p)
-    with pytest.raises(AudioError, match="not a readable audio file"):
-        list(stream_segments(p, SegmentConfig()))
 
 
 def test_plan_is_exact_over_four_hours():
@@ -136,17 +132,17 @@ def test_plan_is_exact_over_four_hours():
     assert odd[-1][2] == n and n - odd[-1][1] >= 22050
 
 
-def test_real_recordings_stream(shared):
+def test_real_recordings_read_by_plan(shared):
     for p in sorted((shared / "data" / "recordings").rglob("*.wav")):
         info = probe(p)
         ref = sf.info(str(p))
         assert (info.sample_rate_hz, info.channels, info.frames) == (ref.samplerate, ref.channels, ref.frames)
-        segs = list(stream_segments(p, SegmentConfig()))
+        segs = _segments(p, SegmentConfig())
         plan = plan_segments(ref.frames, ref.samplerate, SegmentConfig())
-        assert [(s.index, len(s.samples)) for s in segs] == [(i, b - a) for i, a, b in plan]
+        assert [(k, len(x)) for k, _, _, x in segs] == [(i, b - a) for i, a, b in plan]
         whole = sf.read(str(p), dtype="float32", always_2d=True)[0].mean(axis=1)
-        np.testing.assert_allclose(segs[-1].samples, whole[plan[-1][1]:plan[-1][2]], atol=1e-6)
-    assert len(list(stream_segments(shared / "data/recordings/opensoundscape/1min.wav", SegmentConfig()))) == 6
+        np.testing.assert_allclose(segs[-1][3], whole[plan[-1][1]:plan[-1][2]], atol=1e-6)
+    assert len(_segments(shared / "data/recordings/opensoundscape/1min.wav", SegmentConfig())) == 6
 
 
 def _tone_db(x, sr, f):
@@ -190,52 +186,6 @@ def test_fast_decimation_equals_resample_poly(sr):
     np.testing.assert_allclose(got, ref, atol=2e-6)
     two = resample(np.stack([x, -x], axis=1), sr, 16000)  # (n, channels) takes scipy's path
     np.testing.assert_allclose(two[:, 1], -got, atol=2e-6)
-
-
-def test_bandpass_attenuation_matches_butterworth():
-    from scipy.signal import butter, sosfreqz
-
-    sr, lo, hi, order = 16000, 500.0, 3000.0, 6
-    sos = butter(order, [lo, hi], btype="bandpass", fs=sr, output="sos")
-    t = np.arange(sr * 2) / sr
-    for f in (250.0, 400.0, 1500.0, 3500.0, 5000.0):
-        x = np.sin(2 * np.pi * f * t).astype(np.float32)
-        y = bandpass(x, sr, lo, hi, order)
-        got = 20 * np.log10(np.sqrt(np.mean(y[4000:-4000] ** 2)) / np.sqrt(np.mean(x[4000:-4000] ** 2)))
-        _, h = sosfreqz(sos, worN=[f], fs=sr)
-        expected = 2 * 20 * np.log10(abs(h[0]))  # zero-phase: the filter runs twice
-        assert expected > -120  # measurable above float32 noise
-        assert got == pytest.approx(expected, abs=0.5), f
-    # far outside the band: gone to the float32 noise floor
-    assert 20 * np.log10(np.abs(bandpass(np.sin(2 * np.pi * 100 * t), sr, lo, hi)[4000:-4000]).max()) < -120
-
-
-@pytest.mark.parametrize("shape", [(160000,), (16000, 2), (40,), (2,), (1,)])
-@pytest.mark.parametrize("band", [(200.0, 6000.0, 6), (None, 3000.0, 4), (500.0, None, 2)])
-def test_bandpass_is_scipy_sosfiltfilt_bit_for_bit(shape, band):
-    """The cached design + own sosfiltfilt step list is scipy's sosfiltfilt exactly, short inputs included."""
-    from scipy.signal import butter, sosfiltfilt
-
-    lo, hi, order = band
-    x = np.random.default_rng(len(shape) + shape[0]).standard_normal(shape).astype(np.float32)
-    btype, wn = ("bandpass", [lo, hi]) if lo and hi else ("lowpass", hi) if hi else ("highpass", lo)
-    sos = butter(order, wn, btype=btype, fs=16000, output="sos")
-    padlen = min(3 * (2 * len(sos) + 1), max(0, len(x) - 1))
-    ref = sosfiltfilt(sos, x.astype(np.float64), axis=0, padlen=padlen).astype(np.float32)
-    for _ in range(2):  # the second call uses the cached design
-        np.testing.assert_array_equal(bandpass(x, 16000, lo, hi, order), ref)
-
-
-def test_bandpass_edges_off_and_lowpass_highpass():
-    x = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
-    np.testing.assert_array_equal(bandpass(x, 16000, None, None), x)
-    np.testing.assert_array_equal(bandpass(x, 16000, 0, 8000), x)  # 0 and Nyquist edges are off
-    lp = bandpass(x, 16000, None, 1000)
-    hp = bandpass(x, 16000, 1000, None)
-    s_lp, s_hp = np.abs(np.fft.rfft(lp)), np.abs(np.fft.rfft(hp))
-    n = len(s_lp)
-    assert s_lp[n // 2:].mean() < 0.01 * s_lp[: n // 16].mean()
-    assert s_hp[: n // 32].mean() < 0.01 * s_hp[n // 2:].mean()
 
 
 def test_sanitize_and_mono():

@@ -143,7 +143,7 @@ def test_run_with_the_pulled_model_scores_as_the_official_recipe(pulled, officia
     import soundfile as sf
 
     from monitor.audio import resample
-    from monitor.features import fbank
+    from monitor.features import KaldiFbank
 
     root, _ = pulled
     src = shared / "data" / "recordings" / "opensoundscape" / "birds_10s.wav"  # 32 kHz, 10.1 s: one segment
@@ -165,7 +165,7 @@ def test_run_with_the_pulled_model_scores_as_the_official_recipe(pulled, officia
     x, sr = sf.read(str(src), dtype="float32")
     wave = resample(x, sr, 16000)[:160000]
     wave = torch.from_numpy(wave - wave.mean())
-    feats = fbank(wave, 16000, 128)
+    feats = KaldiFbank(16000, 128)(wave[None])[0]
     feats = torch.nn.functional.pad(feats, (0, 0, 0, 1024 - feats.shape[0]))
     feats = (feats - (-4.2677393)) / (4.5689974 * 2)
     model = load_bundle(root / "cache" / "models" / NAME).build_model()  # its weights are the .pth's (tested above)

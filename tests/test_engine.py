@@ -72,7 +72,7 @@ def test_failed_file_keeps_slots_and_others_are_unchanged(bundle, files):
 
 
 def test_every_way_of_running_the_plan_is_identical(bundle, files):
-    """Workers, the torch front end on the scoring device, two scoring threads: same scores, bit for bit."""
+    """Workers, the front end on the scoring device (waves in), two scoring threads: same scores, bit for bit."""
     ref, _, _ = _run(bundle, files, batch_size=4, workers=0)
     variants = [dict(workers=2), dict(frontend="device"), dict(frontend="device", workers=2),
                 dict(devices=["cpu", "cpu"]), dict(devices=["cpu", "cpu"], frontend="device")]
@@ -163,22 +163,17 @@ def test_gpu_front_end_matches_cpu_on_real_recordings():
     import soundfile as sf
 
     from monitor.config import BandConfig, Preprocess
-    from monitor.devfront import device_features
-    from monitor.frontend import features, prepare_wave
+    from monitor.frontend import front_end, prepare_wave, stack_waves
 
     pre = Preprocess(band=BandConfig(low_hz=200.0, high_hz=6000.0))
     paths = sorted((SHARED / "data" / "recordings").rglob("*.wav"))[:8]
-    ref, waves = [], []
+    waves = []
     for p in paths:
         y, sr = sf.read(str(p), dtype="float32", always_2d=True, frames=10 * sf.info(str(p)).samplerate)
-        ref.append(prepare_wave(y, sr, pre)[0])
-        waves.append(prepare_wave(y, sr, pre, band=False)[0])
-    want = features(ref, pre).numpy()
-    lengths = [len(w) for w in waves]
-    data = np.zeros((len(waves), max(lengths)), np.float32)
-    for i, w in enumerate(waves):
-        data[i, :len(w)] = w
-    got = device_features(torch.from_numpy(data).cuda(), lengths, pre).cpu().numpy()
+        waves.append(prepare_wave(y, sr, pre)[0])
+    data, lengths = stack_waves(waves)
+    want = front_end(pre)(data, lengths).numpy()
+    got = front_end(pre, "cuda")(torch.from_numpy(data).cuda(), lengths).cpu().numpy()
     assert np.abs(got - want).max() <= 1e-4
 
 

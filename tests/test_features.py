@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.features import dataset_stats, fbank, normalize, pad_or_crop, remove_mean
+from monitor.features import KaldiFbank, dataset_stats, frame_count, normalize
+from monitor.frontend import PadCrop, RemoveMean
+
+
+def fbank(wave, backend="auto"):
+    """``KaldiFbank`` on (samples,) or (batch, samples), array or tensor, on the wave's device."""
+    x = torch.as_tensor(wave)
+    layer = KaldiFbank(backend=backend).to(x.device)
+    return layer(x[None])[0] if x.dim() == 1 else layer(x)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -70,7 +78,9 @@ def test_batched_parity(golden):
 def test_frame_count_and_chunking_are_seamless():
     x = np.random.default_rng(3).standard_normal(16000 * 7 + 123).astype(np.float32)
     full = fbank(x)
-    assert full.shape == (1 + (len(x) - 400) // 160, 128)
+    assert full.shape == (1 + (len(x) - 400) // 160, 128) == (frame_count(len(x)), 128)
+    assert [frame_count(n) for n in (0, 399, 400, 559, 560)] == [0, 0, 1, 1, 2]
+    assert frame_count(22050, 22050, 25.0, 10.0) == 1 + (22050 - 551) // 220 == KaldiFbank(22050).frames(22050)
     part = fbank(x[160 * 300:160 * 300 + 400 + 160 * 99])  # frames 300..399 on their own
     np.testing.assert_allclose(part.numpy(), full[300:400].numpy(), atol=1e-5)
 
@@ -85,7 +95,7 @@ def test_torch_backend_equals_cpu_path(golden):
 @pytest.mark.parametrize("case", CASES)
 def test_gpu_parity_with_torchaudio_reference(golden, case):
     wave, ref = golden[case]
-    got = fbank(torch.from_numpy(np.stack([wave, wave])).cuda())
+    got = KaldiFbank().cuda()(torch.from_numpy(np.stack([wave, wave])).cuda())
     assert got.device.type == "cuda"
     _check(got[1].cpu().numpy(), ref)
 
@@ -93,18 +103,33 @@ def test_gpu_parity_with_torchaudio_reference(golden, case):
 def test_shorter_than_a_frame_gives_no_frames():
     assert fbank(np.zeros(300, np.float32)).shape == (0, 128)
     assert fbank(np.zeros((2, 300), np.float32)).shape == (2, 0, 128)
+    with pytest.raises(ValueError, match="batch, samples"):
+        KaldiFbank()(torch.zeros(300))
+    with pytest.raises(ValueError, match="backend"):
+        KaldiFbank(backend="cuda")
+
+
+def test_layer_buffers_are_the_window_and_the_banded_mel_bank():
+    layer = KaldiFbank()
+    names = dict(layer.named_buffers())
+    assert names["window"].shape == (400,) and len(names) == 1 + 128 // 16
+    assert not layer.state_dict()  # derived from the config: never saved with a model
+    assert sum(b[1] - b[0] for b in layer.blocks) == 128
 
 
 def test_pad_crop_normalize_and_mean_removal():
-    f = torch.randn(10, 128)
-    p = pad_or_crop(f, 16)
-    assert p.shape == (16, 128) and torch.equal(p[:10], f) and torch.all(p[10:] == 0)
-    assert torch.equal(pad_or_crop(f, 4), f[:4])
-    assert pad_or_crop(torch.randn(2, 10, 128), 12).shape == (2, 12, 128)
+    f = torch.randn(1, 10, 128)
+    p = PadCrop(16)(f)
+    assert p.shape == (1, 16, 128) and torch.equal(p[:, :10], f) and torch.all(p[:, 10:] == 0)
+    assert torch.equal(PadCrop(4)(f), f[:, :4])
+    assert PadCrop(12)(torch.randn(2, 10, 128)).shape == (2, 12, 128)
+    out = torch.zeros(3, 12, 128)
+    assert PadCrop(12)(f, out=out, rows=[1]) is out and torch.equal(out[1, :10], f[0]) and not out[[0, 2]].any()
     assert torch.allclose(normalize(torch.full((2, 2), 3.0), 1.0, 0.5), torch.full((2, 2), 2.0))
-    w = np.random.default_rng(0).standard_normal(1000).astype(np.float32) + 5
-    assert abs(remove_mean(w).mean()) < 1e-5
-    assert abs(float(remove_mean(torch.from_numpy(w)).mean())) < 1e-5
+    w = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32) + 5)
+    for backend in ("auto", "torch"):
+        assert float(RemoveMean(backend)(w).mean(-1).abs().max()) < 1e-5
+    assert torch.equal(RemoveMean("torch")(w), RemoveMean()(w))  # float64 mean, float32 subtraction, both ways
 
 
 def test_dataset_stats_matches_numpy():

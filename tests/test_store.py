@@ -181,7 +181,7 @@ def test_schema_1_store_is_upgraded_with_deployments(tmp_path):
     db.commit()
     db.close()
     st = ResultsStore(tmp_path / "monitor.sqlite")
-    assert st.get_meta("schema_version") == 4  # schema 4: segments.scored_by ('' = the run's model)
+    assert st.get_meta("schema_version") == 5  # 4: embeddings; 5: segments.scored_by ('' = the run's model)
     got = {(f["deployment"], f["file"]): f for f in st.files()}
     assert set(got) == {("24E1", "AM/a.wav"), ("SDCARD", "b.wav")}
     assert got[("24E1", "AM/a.wav")]["input_dir"] == "/media/SDCARD"

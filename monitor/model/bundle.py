@@ -31,6 +31,7 @@ from monitor.fileio import sha256_file
 from monitor.model.ast import AST
 from monitor.model.checkpoints import PRETRAINED, checkpoint_path
 from monitor.model.geometry import Geometry, expected_shapes
+from monitor.model.head import backbone_sha256
 from monitor.model.labels import summarise
 from monitor.model.screen import parse_screen
 from monitor.resources import models_dir, monitor_cache
@@ -64,6 +65,7 @@ class Bundle:
     weights_file: str = WEIGHTS
     weights_dtype: str = "float32"
     weights_sha256: str = ""  # of model.safetensors; recorded in bundle.json and checked on load
+    backbone_sha256: str = ""  # of the non-head tensors and the front end (``model.head``); see ``backbone``
     ensemble: dict[str, Any] | None = None  # an ensemble bundle's section as written (members by path and sha256)
     members: list["Bundle"] = field(default_factory=list)  # an ensemble's member bundles, loaded and verified
     screen: dict[str, Any] | None = None  # a distilled student's screen section (``monitor distill``), as written
@@ -88,7 +90,8 @@ class Bundle:
             d["ensemble"] = self.ensemble
         else:
             d["weights"] = {"file": self.weights_file, "dtype": self.weights_dtype,
-                            **({"sha256": self.weights_sha256} if self.weights_sha256 else {})}
+                            **({"sha256": self.weights_sha256} if self.weights_sha256 else {}),
+                            **({"backbone_sha256": self.backbone_sha256} if self.backbone_sha256 else {})}
         d["provenance"] = self.provenance
         if self.screen is not None:
             d["screen"] = self.screen
@@ -114,6 +117,32 @@ class Bundle:
                               "the bundle is damaged or from another model")
         model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in sd.items()}, assign=True)
         return model.to(device).eval()
+
+    def backbone(self) -> str:
+        """``backbone_sha256``: recorded in bundle.json since monitor records it, else computed from the weights
+        once (a bundle made by an older monitor). An ensemble has one only when it has one member."""
+        if self.is_ensemble:
+            if len(self.members) == 1:
+                return self.members[0].backbone()
+            raise BundleError(f"{self.name} is an ensemble of {len(self.members) or 'several'} bundles: no one backbone "
+                              "(embeddings and heads belong to one)")
+        if not self.backbone_sha256:
+            from safetensors.torch import load_file
+
+            if self.path is None:
+                raise BundleError(f"bundle {self.name} has no folder to read weights from; save it first")
+            sd = load_file(str(self.path / self.weights_file))
+            self.backbone_sha256 = backbone_sha256(sd.items(), self.architecture.to_dict(),
+                                                   self.preprocessing.to_dict())
+        return self.backbone_sha256
+
+    def head(self):
+        """The head alone (``model.head.Head``, float64), read without the backbone's tensors."""
+        from monitor.model.head import Head, head_tensors
+
+        if self.is_ensemble or self.path is None:
+            raise BundleError(f"{self.name} is an ensemble (its members have heads of their own) or was never saved")
+        return Head.from_tensors(head_tensors(self.path / self.weights_file), self.architecture.head_norm_eps)
 
 
 def _need(data: Mapping[str, Any], key: str, typ: type | tuple, where: str = "bundle.json") -> Any:
@@ -202,18 +231,21 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
     dtype = _need(weights, "dtype", str, "bundle.json weights")
     if dtype not in DTYPES:
         raise BundleError(f"bundle.json: weights dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    unknown_w = [k for k in weights if k not in ("file", "dtype", "sha256")]
+    unknown_w = [k for k in weights if k not in ("file", "dtype", "sha256", "backbone_sha256")]
     if unknown_w:
-        raise BundleError(f"bundle.json: unknown weights field '{unknown_w[0]}' (allowed: file, dtype, sha256)")
-    if "sha256" in weights and not (isinstance(weights["sha256"], str) and len(weights["sha256"]) == 64):
-        raise BundleError("bundle.json: weights sha256 must be 64 hex digits")
+        raise BundleError(f"bundle.json: unknown weights field '{unknown_w[0]}' (allowed: file, dtype, sha256, "
+                          "backbone_sha256)")
+    for key in ("sha256", "backbone_sha256"):
+        if key in weights and not (isinstance(weights[key], str) and len(weights[key]) == 64):
+            raise BundleError(f"bundle.json: weights {key} must be 64 hex digits")
     if folder is not None:
         _inside(folder, wfile)
     prov = data.get("provenance", {})
     if not isinstance(prov, dict):
         raise BundleError("bundle.json: 'provenance' must be an object")
     return Bundle(name, version, list(labels), task, arch, pre, {k: float(v) for k, v in thr.items()}, prov,
-                  folder, weights_file=wfile, weights_dtype=dtype, screen=screen)
+                  folder, weights_file=wfile, weights_dtype=dtype, backbone_sha256=weights.get("backbone_sha256", ""),
+                  screen=screen)
 
 
 def _parse_ensemble(ens: Any) -> dict[str, Any]:
@@ -416,6 +448,7 @@ def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: 
     parse_bundle(json.loads(json.dumps(b.to_json())))  # the same checks as on load, before writing anything
     dtype = torch.float16 if fp16 else torch.float32
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    b.backbone_sha256 = backbone_sha256(sd.items(), arch.to_dict(), preprocessing.to_dict())
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:

@@ -19,7 +19,7 @@ from monitor.verdicts import normalize_verdict  # the one vocabulary (re-exporte
 
 log = logging.getLogger(__name__)
 
-SHEETS = ("Detections", "Reviewed below threshold")
+SHEETS = ("Detections", "Reviewed below threshold", "Segments")  # Segments: the search / review-next workbooks
 
 
 class WorkbookUnreadable(Exception):
@@ -102,6 +102,8 @@ def _sheet_reviews(ws) -> list[Review]:
             a, b = float(r[aj]), float(r[bj])
         except (TypeError, ValueError):
             continue
+        if lj >= len(r) or not _text(r[lj]):
+            continue  # a search row nobody named a label for: no verdict can be kept
         out.append(Review(_text(r[dep]) if dep is not None and dep < len(r) else "", _text(r[fj]), _text(r[lj]),
                           a, b, normalize_verdict(r[vj] if vj < len(r) else None),
                           _text(r[nj]) if nj is not None and nj < len(r) else ""))

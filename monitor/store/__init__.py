@@ -67,6 +67,14 @@ class ResultsStore(FilesMixin, ReviewsMixin, CardsMixin):
         self.set_meta("labels", list(labels))
         self.set_meta("model", describe)
 
+    def rebind_model(self, model_hash: str, labels: Sequence[str], describe: str) -> None:
+        """Tie the store to another model whose scores replaced every stored file's (``monitor report
+        --rescore``): each file is then that model's, so a later run with it resumes instead of redoing them."""
+        self.db.execute("UPDATE files SET model_hash=?", (model_hash,))
+        self.set_meta("model_hash", model_hash)
+        self.set_meta("labels", list(labels))
+        self.set_meta("model", describe)
+
     def user_thresholds(self) -> dict[str, float]:
         """Thresholds set with ``monitor report --threshold`` (they persist until new ones are given)."""
         return {k: float(v) for k, v in (self.get_meta("user_thresholds") or {}).items()}

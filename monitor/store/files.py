@@ -8,11 +8,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from monitor.store.base import Db, FileKey, now_iso
+from monitor.store.base import FileKey, now_iso
+from monitor.store.embeddings import EmbeddingsMixin
 from monitor.store.schema import FILE_COLUMNS, SEGMENT_COLUMNS
 
 
-class FilesMixin(Db):
+class FilesMixin(EmbeddingsMixin):
     """Per-file results. Rows are keyed by (deployment, file); every file belongs to a card (``cards``)."""
 
     def count_files(self) -> int:
@@ -35,9 +36,10 @@ class FilesMixin(Db):
     def is_done(self, key: FileKey) -> bool:
         """True when ``key`` was finished (ok or skipped) by the same model with the same size/mtime."""
         row = self.db.execute(
-            "SELECT size, mtime_ns, model_hash, status FROM files WHERE deployment=? AND file=?",
+            "SELECT size, mtime_ns, model_hash, status, n_segments FROM files WHERE deployment=? AND file=?",
             (key.deployment, key.file)).fetchone()
-        return row is not None and tuple(row[:3]) == (key.size, key.mtime_ns, key.model_hash) and row[3] != "failed"
+        return row is not None and tuple(row[:3]) == (key.size, key.mtime_ns, key.model_hash) and row[3] != "failed" \
+            and not self._embeddings_needed(key.deployment, key.file, row[3], row[4])
 
     def same_file(self, key: FileKey) -> bool:
         """True when a finished file of this deployment and path has the same size and content fingerprint
@@ -45,10 +47,12 @@ class FilesMixin(Db):
         if not key.fingerprint:
             return False
         row = self.db.execute(
-            "SELECT size, model_hash, status, fingerprint FROM files WHERE deployment=? AND file=?",
+            "SELECT size, model_hash, status, fingerprint, n_segments FROM files WHERE deployment=? AND file=?",
             (key.deployment, key.file)).fetchone()
         if row is None or row[2] == "failed" or (row[0], row[1], row[3]) != (key.size, key.model_hash,
                                                                              key.fingerprint):
+            return False
+        if self._embeddings_needed(key.deployment, key.file, row[2], row[4]):
             return False
         self.db.execute("UPDATE files SET mtime_ns=? WHERE deployment=? AND file=?",
                         (key.mtime_ns, key.deployment, key.file))
@@ -73,9 +77,11 @@ class FilesMixin(Db):
 
     def put_file(self, key: FileKey, status: str, reason: str, metadata: dict[str, Any],
                  segments: Iterable[tuple[int, float, float, np.ndarray]] = (), nonfinite: int = 0,
-                 input_dir: str = "", card: int | None = None, scored_by: Sequence[str] = ()) -> None:
-        """Replace everything about one file in a single transaction. ``scored_by``: per segment, '' (the run's
-        model) or the name of the screen that alone scored it; empty: every segment by the run's model."""
+                 input_dir: str = "", card: int | None = None, embeddings: np.ndarray | None = None,
+                 backbone: str = "", bundle: str = "", scored_by: Sequence[str] = ()) -> None:
+        """Replace everything about one file in a single transaction (``embeddings``: its segments' float16
+        embeddings in segment order, of ``backbone``, made by ``bundle``; ``scored_by``: per segment, '' (the
+        run's model) or the name of the screen that alone scored it; empty: every segment by the run's model)."""
         dep = key.deployment
         seg_rows = [(dep, key.file, int(i), float(a), float(b), np.asarray(s, dtype=np.float32).tobytes())
                     for i, a, b, s in segments]
@@ -92,6 +98,8 @@ class FilesMixin(Db):
             )
             self.db.executemany(f"INSERT INTO segments({SEGMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
                                 [(*r, str(b)) for r, b in zip(seg_rows, by)])
+            self._put_embeddings(dep, key.file, np.array([r[2] for r in seg_rows], np.int64), embeddings, backbone,
+                                 bundle)
 
     def mark_missing(self, card: int, present: set[tuple[str, str]]) -> list[tuple[str, str]]:
         """Files of ``card`` that are not in ``present`` ({(deployment, file)}) are marked missing (their results
@@ -125,6 +133,7 @@ class FilesMixin(Db):
                                 "? FROM segments WHERE deployment=? AND file=?", (stamp, d, f))
                 self.db.execute("DELETE FROM segments WHERE deployment=? AND file=?", (d, f))
                 self.db.execute("DELETE FROM files WHERE deployment=? AND file=?", (d, f))
+                self._archive_embeddings(d, f, stamp)
         return len(files)
 
     def pruned(self) -> list[dict[str, Any]]:
@@ -150,6 +159,7 @@ class FilesMixin(Db):
                 self.db.execute(f"INSERT INTO segments({SEGMENT_COLUMNS}) SELECT {SEGMENT_COLUMNS} FROM "
                                 "pruned_segments WHERE deployment=? AND file=? AND pruned_at=?", (d, f, at))
                 self.db.execute("DELETE FROM pruned_segments WHERE deployment=? AND file=? AND pruned_at=?", (d, f, at))
+                self._restore_embeddings(d, f, at)
                 self.db.execute("DELETE FROM pruned_files WHERE deployment=? AND file=? AND pruned_at=?", (d, f, at))
                 back.append((d, f))
         return back
@@ -162,6 +172,7 @@ class FilesMixin(Db):
             for d, f in files:
                 self.db.execute("DELETE FROM segments WHERE deployment=? AND file=?", (d, f))
                 self.db.execute("DELETE FROM files WHERE deployment=? AND file=?", (d, f))
+                self.db.execute("DELETE FROM embeddings WHERE deployment=? AND file=?", (d, f))
         return len(files)
 
     def move_files(self, moves: Iterable[tuple[str, str, str]]) -> int:
@@ -171,7 +182,8 @@ class FilesMixin(Db):
         stamp = now_iso()
         with self.transaction():
             for src, f, dst in moves:
-                for table in ("files", "segments", "reviews", "review_dates", "workbook_reviews", "workbook_dates"):
+                for table in ("files", "segments", "embeddings", "reviews", "review_dates", "workbook_reviews",
+                              "workbook_dates"):
                     self.db.execute(f"UPDATE OR REPLACE {table} SET deployment=? WHERE deployment=? AND file=?",
                                     (dst, src, f))
                 self.db.execute("INSERT INTO moves VALUES (?,?,?,?)", (src, f, dst, stamp))

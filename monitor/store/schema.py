@@ -1,8 +1,9 @@
 """The store's tables and the upgrades from older schemas (nothing is ever dropped on the way).
 
-Schema 4 (this one) adds ``segments.scored_by``: '' where the run's model scored a segment, else the name of
+Schema 5 (this one) adds ``segments.scored_by``: '' where the run's model scored a segment, else the name of
 the screen (a distilled student, ``monitor run --screen``) that alone scored it; such rows are never
-detections. Schema 3 added cards: every file belongs to the card (SD card) it was read from, so the next
+detections. Schema 4 added segment embeddings (``store.embeddings``: ``embeddings``, ``pruned_embeddings``).
+Schema 3 added cards: every file belongs to the card (SD card) it was read from, so the next
 card of a recorder adds to its deployment and only a re-scanned card can have missing files; an archive
 of what ``--prune`` removed; what each workbook was last known to hold (so an older workbook never undoes
 a newer verdict); the card-folder cells a reviewer edited; and files moved between deployments.
@@ -17,19 +18,18 @@ from pathlib import Path, PurePosixPath
 
 from monitor.deployments import default_deployment
 from monitor.store.base import now_iso
+from monitor.store.embeddings import TABLES as EMBEDDING_TABLES
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 FILE_COLUMNS = ("deployment, file, size, mtime_ns, model_hash, status, reason, metadata, n_segments, nonfinite, "
                 "done_at, input_dir, missing_since, fingerprint, card")
 
 SEGMENT_COLUMNS = "deployment, file, segment, start_s, end_s, scores, scored_by"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files (
+_FILE_FIELDS = """  -- a file's row, in files and in the prune archive
     deployment TEXT NOT NULL, file TEXT NOT NULL,
     size INTEGER, mtime_ns INTEGER, model_hash TEXT,
     status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
@@ -41,7 +41,12 @@ CREATE TABLE IF NOT EXISTS files (
     missing_since TEXT,
     fingerprint TEXT NOT NULL DEFAULT '',
     card INTEGER,
-    PRIMARY KEY (deployment, file)
+"""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+{files}    PRIMARY KEY (deployment, file)
 );
 CREATE TABLE IF NOT EXISTS segments (
     deployment TEXT NOT NULL, file TEXT NOT NULL, segment INTEGER NOT NULL,
@@ -75,18 +80,7 @@ CREATE TABLE IF NOT EXISTS cards (
     first_scan TEXT NOT NULL, last_scan TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pruned_files (
-    deployment TEXT NOT NULL, file TEXT NOT NULL,
-    size INTEGER, mtime_ns INTEGER, model_hash TEXT,
-    status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
-    metadata TEXT NOT NULL DEFAULT '{}',
-    n_segments INTEGER NOT NULL DEFAULT 0,
-    nonfinite INTEGER NOT NULL DEFAULT 0,
-    done_at TEXT,
-    input_dir TEXT NOT NULL DEFAULT '',
-    missing_since TEXT,
-    fingerprint TEXT NOT NULL DEFAULT '',
-    card INTEGER,
-    pruned_at TEXT NOT NULL, why TEXT NOT NULL DEFAULT ''
+{files}    pruned_at TEXT NOT NULL, why TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS pruned_segments (
     deployment TEXT NOT NULL, file TEXT NOT NULL, segment INTEGER NOT NULL,
@@ -108,7 +102,7 @@ CREATE INDEX IF NOT EXISTS files_by_card ON files(card);
 CREATE TABLE IF NOT EXISTS moves (
     deployment_from TEXT NOT NULL, file TEXT NOT NULL, deployment_to TEXT NOT NULL, moved_at TEXT NOT NULL
 );
-"""
+""".replace("{files}", _FILE_FIELDS)
 
 
 def statements(script: str) -> list[str]:
@@ -120,12 +114,13 @@ def columns(db: sqlite3.Connection, table: str) -> list[str]:
 
 
 def create(db: sqlite3.Connection) -> None:
-    for stmt in statements(SCHEMA):
+    for stmt in statements(SCHEMA) + statements(EMBEDDING_TABLES):
         db.execute(stmt)
 
 
 def upgrade(db: sqlite3.Connection, path: Path) -> None:
-    """Bring an older store to schema 4 in one transaction (called with the tables as they are)."""
+    """Bring an older store to schema 5 in one transaction (called with the tables as they are; ``create`` then
+    adds the tables that are new since: schema 4's embeddings)."""
     cols = columns(db, "files")
     if not cols:
         return  # a new store
@@ -134,8 +129,10 @@ def upgrade(db: sqlite3.Connection, path: Path) -> None:
         _v1_to_v2(db)
         cols = columns(db, "files")
     if "card" not in cols:
-        log.info("upgrading the results store %s to schema %d (cards)", path, SCHEMA_VERSION)
+        log.info("upgrading the results store %s to schema 3 (cards)", path)
         _v2_to_v3(db)
+    if not columns(db, "embeddings"):
+        log.info("upgrading the results store %s to schema 4 (embeddings)", path)
     for table in ("segments", "pruned_segments"):
         if columns(db, table) and "scored_by" not in columns(db, table):
             if table == "segments":

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from monitor.config import DEFAULT_THRESHOLD
 from monitor.train.metrics import pr_curve
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def precision_threshold(y: np.ndarray, s: np.ndarray, target: float) -> tuple[fl
 
 
 def calibrate(targets: np.ndarray, scores: np.ndarray, labels: Sequence[str], method: str = "f1",
-              precision: float = 0.9, default: float = 0.5) -> tuple[dict[str, float], list[dict[str, Any]]]:
+              precision: float = 0.9, default: float = DEFAULT_THRESHOLD) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Thresholds per label and a report row per label (method, value, note)."""
     y = np.asarray(targets)
     s = np.asarray(scores)

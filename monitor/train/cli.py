@@ -192,6 +192,12 @@ def train(cfg, out_dir: Path, *, name: str, resume: bool = False, folds: int | N
             log.info("%s holds a finished training run; nothing to resume", out_dir)
             return {**json.loads((out_dir / DONE).read_text()), "result": None, "finished": True}
         raise MonitorError(f"{out_dir} holds a finished training run; choose another --out (it is never overwritten)")
+    if cfg.data.source == "embeddings":  # a head on stored embeddings: seconds, no checkpoints
+        from monitor.train.headfit import train_head
+
+        if folds:
+            raise MonitorError("--folds is not for data.source: embeddings (a head trains in seconds: use split.*)")
+        return train_head(cfg, out_dir, name=name, progress=progress)
     if _has_checkpoint(out_dir):
         if not resume:
             raise MonitorError(f"{out_dir} already holds a training run; use --resume to continue it or another --out")

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.config import (BandConfig, ConfigError, FbankConfig, Preprocess, ResampleConfig, SegmentConfig,
-                            from_dict, load_yaml)
+from monitor.config import (DEFAULT_THRESHOLD, BandConfig, ConfigError, FbankConfig, Preprocess, ResampleConfig,
+                            SegmentConfig, from_dict, load_yaml)
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("folders", "annotations", "manifest", "report")
+SOURCES = ("folders", "annotations", "manifest", "report", "embeddings")
 SOURCE_ALIASES = {"folder": "folders", "annotation": "annotations", "raven": "annotations", "reviews": "report",
                   "reviewed": "report", "workbook": "report", "ast_json": "manifest", "json": "manifest"}
 NORM_STATS = ("auto", "train", "config", "bundle")
@@ -29,7 +29,7 @@ MIN_CLIP_S = 0.25  # data.min_clip_s: shorter recordings are left out of trainin
 class DataConfig:
     """Where labelled audio comes from (``source``) and how it is cut into segments."""
 
-    source: str = "folders"  # folders | annotations | manifest | report (aliases: raven, ast_json, workbook, reviews)
+    source: str = "folders"  # folders | annotations | manifest | report | embeddings (aliases: raven, ast_json, ...)
     root: str | None = None  # folders: data/<label>/*; annotations/report: the recordings' folder
     labels: list[str] | None = None  # label order; default: sorted names found
     negative_class: str | None = None  # folders: this folder's segments carry no label (multilabel)
@@ -42,6 +42,11 @@ class DataConfig:
     val_manifest: str | None = None  # optional: a fixed validation manifest (no split of the train one)
     label_csv: str | None = None  # class_labels_indices.csv (index,mid,display_name)
     report: str | None = None  # a reviewed report.xlsx, or a `monitor run` output folder (its stored reviews)
+    # embeddings: a head on the stored embeddings of a `monitor run --embeddings` output folder and its verdicts
+    out: str | None = None  # that output folder
+    weak_negatives: int = 0  # embeddings: this many unreviewed segments (at random) count as absent for every label
+    weak_negative_weight: float = 0.1  # ... each weighing this much in the loss (a verdict weighs 1)
+    extend_head: bool = False  # embeddings: keep the model's labels (their head rows and thresholds) and add the new
     group_regex: str | None = None  # group = first match group on the relative path (default: the file)
     max_per_label: int | None = None  # cap segments per label (quick experiments, tests)
     # a recording shorter than segment.min_segment_s (which monitor run skips) trains as one window padded to
@@ -69,6 +74,8 @@ class DataConfig:
             raise ConfigError(f"data.min_clip_s must be > 0 seconds, got {self.min_clip_s}")
         if self.min_overlap_s < 0 or not 0 <= self.min_overlap_frac <= 1:
             raise ConfigError("data.min_overlap_s must be >= 0 and data.min_overlap_frac in 0..1")
+        if self.weak_negatives < 0 or not 0 < self.weak_negative_weight <= 1:
+            raise ConfigError("data.weak_negatives must be >= 0 and data.weak_negative_weight in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,7 @@ class EvalConfig:
 
     metric: str = "mAP"  # mAP | mAUC | d_prime | accuracy | exact_match | val_loss | macro_f1
     patience: int | None = None  # early stopping: stop after this many epochs without improvement (as Keras)
-    threshold: float = 0.5  # for per-label P/R/F1 during training
+    threshold: float = DEFAULT_THRESHOLD  # for per-label P/R/F1 during training
     average_from_epoch: int | None = None  # rolling weight average over epochs [from, to] (1-based, official wa)
     average_to_epoch: int | None = None
     batch_size: int = 16
@@ -219,7 +226,7 @@ class EvalConfig:
 class CalibrateConfig:
     method: str = "f1"  # f1 (max F1) | precision (lowest threshold reaching `precision`) | fixed
     precision: float = 0.9
-    default: float = 0.5  # labels that cannot be calibrated (no positives in validation)
+    default: float = DEFAULT_THRESHOLD  # labels that cannot be calibrated (no positives in validation)
 
     def __post_init__(self) -> None:
         if self.method not in ("f1", "precision", "fixed"):
@@ -269,7 +276,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-PATH_KEYS = {"data": ("root", "annotations", "manifest", "val_manifest", "label_csv", "report", "cache_dir"),
+PATH_KEYS = {"data": ("root", "annotations", "manifest", "val_manifest", "label_csv", "report", "cache_dir", "out"),
              "split": ("val_files", "test_files", "test_folder"), "model": ("checkpoint",)}
 NOT_PATHS = {("data", "cache_dir"): ("auto", "off")}
 

@@ -21,10 +21,10 @@ import numpy as np
 
 from monitor.audio import probe, read_frames
 from monitor.config import ConfigError, Preprocess
+from monitor.decode import default_workers
 from monitor.features import dataset_stats
 from monitor.fileio import atomic_path
-from monitor.frontend import features, prepare_wave
-from monitor.decode import default_workers
+from monitor.frontend import front_end, prepare_wave
 from monitor.model.bundle import load_bundle
 from monitor.train.config import TrainConfig
 from monitor.train.table import target_matrix
@@ -55,12 +55,9 @@ def region_features(path: str, start_s: float, end_s: float, pre: Preprocess,
     if x.shape[0] == 0:
         raise ValueError(f"{path}: no audio at {start_s:.2f}-{end_s:.2f} s")
     wave, _ = prepare_wave(x, sr, pre)
-    fb = pre.fbank
-    win = int(pre.resample.sample_rate_hz * fb.frame_length_ms * 0.001)
-    hop = int(pre.resample.sample_rate_hz * fb.frame_shift_ms * 0.001)
-    n_real = 0 if len(wave) < win else 1 + (len(wave) - win) // hop
-    feats = features([wave], pre, normalize=False)[0].numpy()
-    return feats.astype(np.float32, copy=False), min(n_real, fb.target_frames)
+    front = front_end(pre)
+    feats = front(wave[None], normalize=False)[0].numpy()
+    return feats.astype(np.float32, copy=False), min(front.fbank.frames(len(wave)), pre.fbank.target_frames)
 
 
 class FbankCache:

@@ -20,6 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from monitor.config import DEFAULT_THRESHOLD
+
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("mAP", "mAUC", "d_prime", "accuracy", "exact_match", "macro_f1")  # of evaluate_scores' summary
@@ -111,7 +113,7 @@ def _nanmean(v: Sequence[float]) -> float:
 
 
 def evaluate_scores(targets: np.ndarray, scores: np.ndarray, labels: Sequence[str], task: str = "multilabel",
-                    thresholds: Mapping[str, float] | float = 0.5) -> dict[str, Any]:
+                    thresholds: Mapping[str, float] | float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """All metrics of one evaluation. ``targets`` (n, L) 0/1 (soft > 0.5 counts) or NaN (unknown: left
     out for that label), ``scores`` (n, L) in 0..1.
 

@@ -172,6 +172,11 @@ def load_source(cfg, seg: SegmentConfig | None = None, left_out: LeftOut | None 
                                       d.group_regex, d.min_clip_s, left_out)
         if d.val_manifest:
             val, _ = from_manifest(Path(d.val_manifest), Path(d.label_csv), seg, d.group_regex, d.min_clip_s, left_out)
+    elif d.source == "embeddings":  # stored embeddings and verdicts (``train.embedded``; ``--plan`` reads it here)
+        from monitor.train.embedded import load_embedded
+
+        emb = load_embedded(cfg)
+        return emb.table, emb.labels, None
     else:
         table, labels = from_report(_need(d.report, "report"), Path(d.root) if d.root else None, seg, d.labels,
                                     d.group_regex, left_out)
