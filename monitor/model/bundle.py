@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from monitor.model.checkpoints import PRETRAINED, checkpoint_path
 from monitor.model.geometry import Geometry, expected_shapes
 from monitor.model.head import backbone_sha256
 from monitor.model.labels import summarise
+from monitor.model.safetensors_header import read_safetensors_header  # noqa: F401  (re-exported)
 from monitor.model.screen import parse_screen
 from monitor.resources import models_dir, monitor_cache
 
@@ -93,8 +93,7 @@ class Bundle:
                             **({"sha256": self.weights_sha256} if self.weights_sha256 else {}),
                             **({"backbone_sha256": self.backbone_sha256} if self.backbone_sha256 else {})}
         d["provenance"] = self.provenance
-        if self.screen is not None:
-            d["screen"] = self.screen
+        d.update({"screen": self.screen} if self.screen is not None else {})
         return d
 
     def build_model(self, device: str = "cpu"):
@@ -214,10 +213,8 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
     for k, v in thr.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
             raise BundleError(f"bundle.json: threshold for {k!r} must be a number in 0..1, got {v!r}")
-    screen = parse_screen(data["screen"], labels) if "screen" in data else None
+    screen = parse_screen(data["screen"], labels, ensemble="ensemble" in data) if "screen" in data else None
     if ens is not None:
-        if screen is not None:
-            raise BundleError("bundle.json: an ensemble bundle cannot be a screen (a screen is one distilled student)")
         if "weights" in data:
             raise BundleError("bundle.json: an ensemble bundle has no weights of its own; drop 'weights' (its members "
                               "hold theirs)")
@@ -337,25 +334,6 @@ def resolve(name_or_path: str | Path) -> Path:
                           f"`monitor models pull {name}` once (it downloads the checkpoint and makes its bundle)")
     raise BundleError(f"no model bundle {name!r} (looked in: {', '.join(map(str, bundle_search_path()))}); "
                       "see `monitor models list`")
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (tensor names -> dtype, shape, offsets), checked against its size."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            n = struct.unpack("<Q", fh.read(8))[0]
-            if n > min(100_000_000, size - 8):
-                raise ValueError("bad header length")
-            header = json.loads(fh.read(n))
-        header.pop("__metadata__", None)
-        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    except Exception:
-        raise BundleError(f"{path} is not a safetensors file; bundles hold weights only as safetensors") from None
-    if 8 + n + end != size:
-        raise BundleError(f"{path} is truncated or damaged ({size} bytes, the header needs {8 + n + end}); "
-                          "copy the bundle again")
-    return header
 
 
 def check_weights(b: Bundle, weights: Path) -> None:

@@ -27,8 +27,11 @@ def _number(sc: dict[str, Any], key: str) -> float:
     return float(v)
 
 
-def parse_screen(sc: Any, labels: Sequence[str]) -> dict[str, Any]:
-    """Validate a ``screen`` section; a wrong or missing field is a one-line ``BundleError``."""
+def parse_screen(sc: Any, labels: Sequence[str], ensemble: bool = False) -> dict[str, Any]:
+    """Validate a ``screen`` section (of an ``ensemble`` bundle: refused, a screen is one distilled student); a wrong
+    or missing field is a one-line ``BundleError``."""
+    if ensemble:
+        raise BundleError("bundle.json: an ensemble bundle cannot be a screen (a screen is one distilled student)")
     if not isinstance(sc, dict):
         raise BundleError(f"{WHERE} must be an object")
     unknown = [k for k in sc if k not in SCREEN_KEYS]
