@@ -20,8 +20,8 @@ linear layers (``MatMulConstBOnly``: weights int8 per output channel, activation
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 from pathlib import Path
 
 from monitor.resources import monitor_cache
@@ -41,13 +41,12 @@ def available() -> bool:
     return True
 
 
-EXPORT_VERSION = 2  # 2: attention as com.microsoft MultiHeadAttention (part of the cache key)
+EXPORT_VERSION = 3  # 2: attention as com.microsoft MultiHeadAttention; 3: exported from a wrapper module (cache key)
 
 
-@contextlib.contextmanager
-def fused_attention(model):
-    """While exporting: every timm ``Attention`` of ``model`` (plain: no q/k norm, output norm or gate) computes
-    ``proj(MultiHeadAttention(q, k, v))``, exported as ONNX Runtime's fused op; yields how many were replaced."""
+def _mha_function():
+    """A torch autograd Function that computes attention from (B, N, C) q, k, v and exports as ONNX Runtime's
+    ``com.microsoft::MultiHeadAttention`` (made on first use: torch is imported lazily)."""
     import torch
     from torch import nn
 
@@ -68,30 +67,55 @@ def fused_attention(model):
             out.setType(q.type())  # the output is shaped as the query
             return out
 
-    def plain(m) -> bool:
-        return (hasattr(m, "qkv") and hasattr(m, "proj") and hasattr(m, "num_heads") and
-                all(isinstance(getattr(m, a, nn.Identity()), nn.Identity) for a in ("q_norm", "k_norm", "norm"))
-                and getattr(m, "gate", None) is None and m.qkv.out_features == 3 * m.num_heads * m.head_dim)
+    return MultiHeadAttention
 
-    patched = []
-    for m in model.modules():
-        if type(m).__name__ == "Attention" and plain(m):
-            def forward(x, attn_mask=None, is_causal=False, m=m):
-                q, k, v = m.qkv(x).split(m.num_heads * m.head_dim, dim=-1)
-                return m.proj(MultiHeadAttention.apply(q, k, v, int(m.num_heads), float(m.scale)))
 
-            m.forward = forward
-            patched.append(m)
-    try:
-        yield len(patched)
-    finally:
-        for m in patched:
-            del m.forward
+def _plain_block(blk) -> bool:
+    """A timm ``Block`` whose attention is plain (no q/k norm, output norm or gate): the export graph below
+    computes it exactly."""
+    from torch import nn
+
+    a = getattr(blk, "attn", None)
+    parts = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+    return (type(blk).__name__ == "Block" and all(hasattr(blk, p) for p in parts)
+            and hasattr(a, "qkv") and hasattr(a, "proj") and hasattr(a, "num_heads") and hasattr(a, "head_dim")
+            and all(isinstance(getattr(a, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm", "norm"))
+            and getattr(a, "gate", None) is None and a.qkv.out_features == 3 * a.num_heads * a.head_dim)
+
+
+def export_module(model):
+    """The module ``export_int8`` exports: ``model`` itself, or, when every block of its ViT is plain, a
+    wrapper that runs the same submodules (nothing of timm's is changed) with each block's attention core as
+    one fused ``MultiHeadAttention`` node. (1, T, F) features -> (1, labels) logits, as ``model``."""
+    import torch
+    from torch import nn
+
+    v = model.v
+    if not all(_plain_block(b) for b in v.blocks):
+        return model
+    mha = _mha_function()
+
+    class FusedAttentionAST(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.unsqueeze(1).transpose(2, 3)  # as AST.forward_features
+            x = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(x))))
+            for blk in v.blocks:
+                a = blk.attn
+                q, k, w = a.qkv(blk.norm1(x)).split(a.num_heads * a.head_dim, dim=-1)
+                x = x + blk.drop_path1(blk.ls1(a.proj(mha.apply(q, k, w, int(a.num_heads), float(a.scale)))))
+                x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+            return model.forward_head(v.norm(x))
+
+    return FusedAttentionAST().eval()
 
 
 def export_int8(model, folder: Path, frames: int | None = None, mel: int | None = None) -> tuple[Path, Path]:
     """Export ``model`` (an AST, eval mode) for one ``(1, frames, mel)`` input to ``folder/model.onnx`` (attention
-    fused: ``fused_attention``) and its dynamically quantised copy ``folder/model.int8.onnx``; returns both paths."""
+    fused: ``export_module``) and its dynamically quantised copy ``folder/model.int8.onnx``; returns both paths."""
     import warnings
 
     import onnx
@@ -102,9 +126,16 @@ def export_int8(model, folder: Path, frames: int | None = None, mel: int | None 
     g = model.geometry
     frames, mel = frames or g.input_tdim, mel or g.input_fdim
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), fused_attention(model.eval()):
+    model.eval()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, frames, mel),), str(fp32), input_names=["features"],
+        probe = torch.randn(1, frames, mel, generator=torch.Generator().manual_seed(0))
+        module = export_module(model)
+        if module is not model and not torch.allclose(module(probe), model(probe), atol=1e-4, rtol=1e-4):
+            log.warning("int8 export: the fused-attention graph does not match the model (another timm?); "
+                        "exporting the plain graph")
+            module = model
+        torch.onnx.export(module, (torch.zeros(1, frames, mel),), str(fp32), input_names=["features"],
                           output_names=["logits"], opset_version=17, dynamo=False, custom_opsets={"com.microsoft": 1})
     root = logging.getLogger()
     level = root.level
@@ -161,7 +192,7 @@ def prepare_int8(bundle, model, threads: int):
             folder = monitor_cache() / "int8" / f"{sha[:32]}-ort{ort.__version__}-x{EXPORT_VERSION}"
             if not (folder / "model.int8.onnx").is_file():
                 log.info("exporting %s to ONNX int8 (once; cached in %s)", getattr(bundle, "name", "model"), folder)
-                tmp = folder.with_name(folder.name + f".tmp{__import__('os').getpid()}")
+                tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
                 export_int8(model, tmp)
                 try:
                     tmp.rename(folder)
