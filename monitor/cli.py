@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--move", action="store_true",
                    help="with --deployment (or a deployments table): re-file files of this card already stored under "
                         "another deployment, with their verdicts, instead of refusing")
+    r.add_argument("--screen", default=None, metavar="STUDENT",
+                   help="a student distilled from --model (monitor distill): it scores every segment, the model only "
+                        "those it passes; detections come only from the model (README 'Screening')")
     r.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=None,
                    help="also keep each segment's embedding (float16, in the results store) for `monitor search`, "
                         "heads trained from them and `monitor report --rescore`; kept for later runs into OUT_DIR")
@@ -137,6 +140,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write plan.csv (every window's group, split and per-label target) and print counts; no training")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (YAML syntax), e.g. --set optim.epochs=2")
+
+    ds = sub.add_parser("distill", help="train a small student that screens segments for a model "
+                        "(monitor run --screen)")
+    ds.add_argument("teacher", nargs="+", help="the model to screen for, as given to monitor run --model (bundle name "
+                    "or folder, a run folder, an ensemble bundle; several: their ensemble)")
+    ds.add_argument("--audio", type=Path, nargs="+", required=True, metavar="DIR",
+                    help="folders of your own recordings (unlabelled: the teacher labels them)")
+    ds.add_argument("--out", type=Path, required=True, metavar="RUN",
+                    help="run folder: teacher scores (cached, resumable), the student bundle in RUN/bundle")
+    ds.add_argument("--reviews", type=Path, nargs="+", default=None, metavar="OUT_DIR",
+                    help="run folders whose reviewers' yes / no replace the teacher's score for their label")
+    ds.add_argument("--recall", type=float, default=0.99,
+                    help="fraction of the teacher's positive segments the screen must keep on held-out recordings")
+    ds.add_argument("--held-out", type=float, default=0.25, help="fraction of recordings held out (never trained on)")
+    ds.add_argument("--student-size", default="tiny224", choices=["tiny224", "small224", "base224", "base384"])
+    ds.add_argument("--depth", type=int, default=2, help="the student's transformer blocks")
+    ds.add_argument("--stride", type=int, default=16, help="the student's patch stride (16: no overlap, fastest)")
+    ds.add_argument("--init", default="auto", choices=["auto", "teacher", "scratch"],
+                    help="auto: the teacher's first blocks when it has the student's size and stride, else scratch")
+    ds.add_argument("--epochs", type=int, default=30)
+    ds.add_argument("--patience", type=int, default=6,
+                    help="stop after this many epochs without a better held-out loss")
+    ds.add_argument("--batch-size", type=int, default=16)
+    ds.add_argument("--lr", type=float, default=5e-4)
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--name", default=None, help="the student bundle's name (default: TEACHER-screen)")
+    ds.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    ds.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                    help="the teacher's precision while it scores your audio (use the one monitor run will use)")
+    ds.add_argument("--restart", action="store_true",
+                    help="train the student again from the start (teacher scores stay cached)")
 
     rp = sub.add_parser("report", help="rebuild reports from OUT_DIR's results store (no model run)")
     rp.add_argument("out_dir", type=Path)
@@ -246,7 +280,7 @@ def run_command(args: argparse.Namespace) -> int:
                         prune=args.prune, move=args.move, engine=args.engine, address=args.address,
                         actors=args.actors, gpus_per_actor=args.gpus_per_actor, stall_warn_s=args.stall_warn,
                         stall_stop_s=args.stall_stop, progress_every_s=args.progress_every, command=command,
-                        embeddings=args.embeddings)
+                        embeddings=args.embeddings, screen=args.screen)
         info = run(cfg)
     except MonitorError:
         if is_out(dst):  # the run got as far as making OUT: its log says why it stopped
@@ -338,6 +372,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return train_command(args)
     if args.command == "report":
         return report_command(args)
+    if args.command == "distill":
+        from monitor.train.distill import distill_command
+
+        return distill_command(args)
     if args.command == "search":
         return search_command(args)
     if args.command == "recipes":

@@ -167,7 +167,9 @@ class RunConfig:
     under another deployment (else refused); ``engine``: ``local`` or ``ray`` (``address``, ``actors``,
     ``gpus_per_actor``, ``stall_warn_s``, ``stall_stop_s`` are Ray's: None is ``STALL_WARN_S``/``STALL_STOP_S``);
     ``progress``: None shows a bar on a terminal and progress lines every ``progress_every_s`` elsewhere (0: no
-    lines); ``embeddings``: keep each segment's embedding (None: as ``out_dir`` already does, kept for later runs).
+    lines); ``embeddings``: keep each segment's embedding (None: as ``out_dir`` already does, kept for later runs);
+    ``screen``: a distilled student bundle (``monitor distill``) that scores every segment first, the model
+    only those it escalates (``monitor.cascade``).
     """
 
     input_dir: Path | str
@@ -195,6 +197,7 @@ class RunConfig:
     stall_stop_s: float | None = None
     command: str = ""
     embeddings: bool | None = None
+    screen: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

@@ -110,6 +110,7 @@ class LocalEngine:
         self.compile = bool(compile)
         self.workers = default_workers(self.device) if workers is None else int(workers)
         self.pool = WorkerPool(self.pre, self.workers, "waves" if self.frontend == "device" else "features")
+        self._scorers: list[Scorer] | None = None
 
     def describe(self) -> EngineInfo:
         runtime = ""
@@ -139,7 +140,9 @@ class LocalEngine:
         jobs = list(jobs)
         if not jobs:
             return
-        scorers = self.scorers()
+        if self._scorers is None:  # once per engine: a cascade (``monitor.cascade``) calls run once per chunk
+            self._scorers = self.scorers()
+        scorers = self._scorers
         plan = plan_batches(jobs, self.pre, int(self.batch_size))
         asm = Assembler(plan, len(self.bundles[0].labels))
         batches = iter_batches(plan, self.pool.results(plan.tasks))

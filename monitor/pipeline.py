@@ -23,6 +23,7 @@ import numpy as np
 
 from monitor import __version__
 from monitor.card import WorkPlan, scan_card
+from monitor.cascade import CascadeEngine, load_screen, run_identity, screen_info, screen_precision
 from monitor.config import PROGRESS_EVERY_S, RunConfig
 from monitor.deployments import read_deployments
 from monitor.detect import label_filter, resolve_thresholds
@@ -65,6 +66,7 @@ def run(cfg: RunConfig) -> RunInfo:
     """Run detection as ``cfg`` says; returns the ``RunInfo`` written to ``run.json``."""
     src, dst = check_folders(cfg.input_dir, cfg.out_dir)
     models = load_ensemble(cfg.models)
+    screen = load_screen(cfg.screen, models) if cfg.screen else None  # a mismatched student fails here, in one line
     bundles = models.members  # what the engine scores (their probabilities averaged)
     names = models.labels
     resolve_thresholds(names, models.thresholds, cfg.thresholds)  # a bad --threshold fails before any work
@@ -78,7 +80,7 @@ def run(cfg: RunConfig) -> RunInfo:
         store.set_meta("bundle_thresholds", dict(models.thresholds))
         remember_choices(store, table, keep)
         thr = current_thresholds(store, RunInfo(labels=names), cfg.thresholds)
-        info = _run_info(src, dst, models, thr, cfg.command, started)
+        info = _run_info(src, dst, models, thr, cfg.command, started, screen)
         run_id = store.begin_run(str(src), info.to_json())
         warnings: list[str] = []
         if not models.calibrated:
@@ -86,15 +88,17 @@ def run(cfg: RunConfig) -> RunInfo:
                             f"{models.thresholds_from}")
         with _StopOnSigint() as stop:  # Ctrl-C during the reports still lets them finish
             # the engine starts first: its worker processes' imports overlap discovery and model loading
-            with make_engine(bundles, cfg, embed) as engine:
-                plan = scan_card(src, store, bundles[0].preprocessing, model_hash, stop.state, cfg.deployment,
-                                 cfg.prune, cfg.resume, stored_deployments(store), cfg.move)
+            with make_engine(bundles, cfg, embed, screen) as engine:
+                plan = scan_card(src, store, bundles[0].preprocessing, run_identity(model_hash, screen), stop.state,
+                                 cfg.deployment, cfg.prune, cfg.resume, stored_deployments(store), cfg.move)
                 if table is not None and plan.unmatched_rows:
                     warnings.append(f"deployments table {Path(cfg.deployments).name}: "
                                     f"{listing(plan.unmatched_rows)} matched no file of this card")
                 stats, interrupted = score_planned(engine, plan, store, bundles, cfg.progress, stop.state,
                                                    cfg.progress_every_s,
                                                    (store.embeddings_backbone or "", model_hash) if embed else None)
+                if screen is not None:
+                    info = dataclasses.replace(info, screen={**info.screen, **engine.summary()})
             interrupted = interrupted or stop.state["flag"]
             e = stats.engine
             info = dataclasses.replace(
@@ -119,6 +123,7 @@ def keep_embeddings(store: ResultsStore, cfg: RunConfig, bundles: list[Bundle]) 
     keep = bool(store.get_meta("embeddings")) if cfg.embeddings is None else bool(cfg.embeddings)
     why = "" if not keep else ("--engine ray" if cfg.engine == "ray" else "--precision int8" if cfg.precision == "int8"
                                else "--compile" if cfg.compile else
+                               "--screen (the model scores only the segments the screen passes)" if cfg.screen else
                                f"an ensemble of {len(bundles)} models (embeddings belong to one backbone)"
                                if len(bundles) > 1 else "")
     if why:
@@ -132,8 +137,19 @@ def keep_embeddings(store: ResultsStore, cfg: RunConfig, bundles: list[Bundle]) 
     return keep
 
 
-def make_engine(bundles: list[Bundle], cfg: RunConfig, embeddings: bool = False) -> Engine:
-    """The engine ``monitor run`` scores through: ``engine.LocalEngine`` or ``ray_engine.RayEngine``."""
+def make_engine(bundles: list[Bundle], cfg: RunConfig, embeddings: bool = False,
+                screen: Bundle | None = None) -> Engine:
+    """The engine ``monitor run`` scores through: ``engine.LocalEngine`` or ``ray_engine.RayEngine``; with a
+    ``screen``, a ``cascade.CascadeEngine`` over one of them for the student and one for the teacher."""
+    if screen is not None:
+        plain = dataclasses.replace(cfg, screen=None)
+        student = make_engine([screen], dataclasses.replace(plain, precision=screen_precision(cfg.precision,
+                                                                                              cfg.device)))
+        try:
+            return CascadeEngine(student, make_engine(bundles, plain), screen)
+        except BaseException:
+            student.close()
+            raise
     if cfg.engine == "ray":
         return RayEngine(bundles, address=cfg.address, actors=cfg.actors, gpus_per_actor=cfg.gpus_per_actor,
                          device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
@@ -192,7 +208,7 @@ def score_planned(engine: Engine, plan: WorkPlan, store: ResultsStore, bundles: 
             backbone, bundle = embeddings or ("", "")
             store.put_file(job.key, "ok", reason, meta, segs, nonfinite=res.nonfinite, input_dir=plan.input_dir,
                            card=plan.card, embeddings=res.embeddings if embeddings else None, backbone=backbone,
-                           bundle=bundle)
+                           bundle=bundle, scored_by=res.scored_by)
         stats.done += 1
         bar.file_done()
 
@@ -232,7 +248,7 @@ class _StopOnSigint:
 
 
 def _run_info(src: Path | str, dst: Path, models: Models, thr: dict[str, float], command: str,
-              started: datetime) -> RunInfo:
+              started: datetime, screen: Bundle | None = None) -> RunInfo:
     def ref(x: Bundle) -> ModelRef:
         return ModelRef(x.name, x.version, x.sha256, str(x.path or ""))
 
@@ -244,4 +260,4 @@ def _run_info(src: Path | str, dst: Path, models: Models, thr: dict[str, float],
                    thresholds=dict(thr), thresholds_from=models.thresholds_from,
                    preprocessing=models.preprocessing.to_dict(), package_version=__version__, command=command or "",
                    input_dir=str(src), out_dir=str(dst), started=started.isoformat(timespec="seconds"),
-                   completed=False)
+                   completed=False, screen=screen_info(screen) if screen is not None else {})

@@ -37,7 +37,10 @@ TASK_SEGMENTS = 48  # at most this many segments per task: each counts at least 
 
 @dataclass(frozen=True)
 class FileJob:
-    """One recording to score. ``key`` is the caller's own (opaque here) and comes back with the scores."""
+    """One recording to score. ``key`` is the caller's own (opaque here) and comes back with the scores.
+
+    ``segments``: only these segment indices of the file (``None``: every segment), e.g. the segments a
+    screen escalates to the teacher (``monitor.cascade``); the plan numbers and batches only those."""
 
     key: Any
     path: str
@@ -45,6 +48,7 @@ class FileJob:
     frames: int
     channels: int
     sample_rate_hz: int
+    segments: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,9 @@ def plan_batches(jobs: Sequence[FileJob], pre: Preprocess, batch_size: int,
     firsts, counts = [], []
     for fi, j in enumerate(jobs):
         plan = plan_segments(int(j.frames), int(j.sample_rate_hz), pre.segment)
+        if j.segments is not None:
+            wanted = set(j.segments)
+            plan = [p for p in plan if p[0] in wanted]
         firsts.append(len(segs))
         counts.append(len(plan))
         for k, a, b in plan:
@@ -278,7 +285,9 @@ def concat_rows(parts: Sequence[Rows]) -> Rows:
 class FileScores:
     """Everything scored for one file: ``index``/``start_s``/``end_s`` (n,), ``scores`` (n, labels)
     float32, non-finite input samples replaced, and ``error`` (non-empty: the file failed, in words;
-    its scores are then meaningless); ``embeddings`` (n, width) float16 when the run keeps them."""
+    its scores are then meaningless); ``embeddings`` (n, width) float16 when the run keeps them. ``scored_by``:
+    per segment, '' where the run's model scored it, else the name of the screen that alone scored it
+    (``monitor.cascade``; such a row is never a detection); empty: every segment by the run's model."""
 
     index: np.ndarray
     start_s: np.ndarray
@@ -287,6 +296,7 @@ class FileScores:
     nonfinite: int = 0
     error: str = ""
     embeddings: np.ndarray | None = None
+    scored_by: tuple[str, ...] = ()
 
 
 @dataclass

@@ -28,6 +28,7 @@ RECORDINGS = ["deployment", "file", "status", "reason", "recorder", "device_id",
 RECORDING_EXTRAS = ["latitude", "longitude", "filter", "trigger", "stop_reason", "comment", "warnings", "input_dir",
                     "time_zone", "recorder_start_time", "card"]
 SEGMENTS = ["deployment", "file", "segment", "start_s", "end_s", "start_time"]
+SCORED_BY = "scored_by"  # segments.csv's last column when a screen scored some rows (``monitor run --screen``)
 DETECTIONS = ["deployment", "file", "label", "start_s", "end_s", "start_time", "end_time", "score_max",
               "score_mean", "segments", "device_id", "verified", "notes"]
 REVIEWS = ["deployment", "file", "label", "start_s", "end_s", "verified", "notes", "updated_at", "source"]
@@ -85,6 +86,7 @@ class RunInfo:
     card_name: str = ""
     card_counts: dict[str, Any] = field(default_factory=dict)  # as ``counts``, for this run's card only
     workbook: str = "report.xlsx"  # the workbook written (a side file while report.xlsx is open)
+    screen: dict[str, Any] = field(default_factory=dict)  # --screen: the student, its thresholds, recall, escalation
 
     @property
     def status(self) -> str:
@@ -133,6 +135,11 @@ class RunInfo:
             more = c["failed"] - len(failed)
             lines.append("failed: " + ", ".join(failed) + (f" and {more} more" if more > 0 else "")
                          + " (reasons in recordings.csv and the workbook's Skipped files sheet)")
+        if self.screen.get("segments_screened"):
+            sc = self.screen
+            lines.append(f"screen {sc.get('name')}: {sc['segments_escalated']} of "
+                         f"{plural(sc['segments_screened'], 'segment')} ({sc['escalated_fraction']:.1%}) went to the "
+                         "model; only its scores make detections")
         if c.get("reviews"):
             lines.append(f"{plural(c['reviews'], 'reviewer verdict')} kept in the results store")
         lines += [f"warning: {w}" for w in self.warnings]
@@ -191,10 +198,24 @@ class Results:
         return {lab: int(counts.get(lab, 0)) for lab in self.labels}
 
 
-def apply_thresholds(scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float]) -> np.ndarray:
-    """The one place thresholds are applied: ``scores`` (n, labels) -> positives (n, labels) bool, ``score >= t``."""
+def apply_thresholds(scores: np.ndarray, labels: Sequence[str], thresholds: Mapping[str, float],
+                     screened: np.ndarray | None = None) -> np.ndarray:
+    """The one place thresholds are applied: ``scores`` (n, labels) -> positives (n, labels) bool, ``score >= t``.
+
+    ``screened`` (n,) bool: rows only a screen scored (``monitor run --screen``: the student's scores, the teacher
+    never saw the segment); they are never positive, whatever the thresholds."""
     t = np.array([float(thresholds[lab]) for lab in labels], dtype=np.float64)
-    return np.asarray(scores, dtype=np.float64) >= t[None, :] if len(labels) else np.zeros((len(scores), 0), bool)
+    pos = np.asarray(scores, dtype=np.float64) >= t[None, :] if len(labels) else np.zeros((len(scores), 0), bool)
+    if screened is not None and len(pos):
+        pos &= ~np.asarray(screened, dtype=bool)[:, None]
+    return pos
+
+
+def screened_rows(segments) -> np.ndarray | None:
+    """(n,) bool: the segments table's rows that only a screen scored (None: the table has no ``scored_by``)."""
+    if SCORED_BY not in getattr(segments, "columns", ()):
+        return None
+    return (segments[SCORED_BY].astype(str) != "").to_numpy()
 
 
 def empty_recordings():
@@ -220,8 +241,10 @@ def recordings_frame(rows: Sequence[Mapping[str, Any]]):
 
 
 def segments_frame(deployments: Sequence[str], files: Sequence[str], index, start_s, end_s, scores: np.ndarray,
-                   labels: Sequence[str], starts: Mapping[tuple[str, str], Any]):
-    """Segments DataFrame; ``starts`` maps (deployment, file) -> the recording's aware start datetime or None."""
+                   labels: Sequence[str], starts: Mapping[tuple[str, str], Any],
+                   scored_by: Sequence[str] | None = None):
+    """Segments DataFrame; ``starts`` maps (deployment, file) -> the recording's aware start datetime or None;
+    ``scored_by`` (per row: '' for the run's model, else the screen's name) adds that column."""
     import pandas as pd
 
     cols: dict[str, Any] = {"deployment": list(deployments), "file": list(files),
@@ -231,6 +254,8 @@ def segments_frame(deployments: Sequence[str], files: Sequence[str], index, star
                           zip(cols["deployment"], cols["file"], cols["start_s"])]
     scores = np.asarray(scores, dtype=np.float64).reshape(len(cols["file"]), len(labels))
     cols.update({lab: scores[:, j] for j, lab in enumerate(labels)})
+    if scored_by is not None:
+        cols[SCORED_BY] = [str(b) for b in scored_by]
     return pd.DataFrame(cols)
 
 
@@ -251,7 +276,7 @@ def build_results(recordings, segments, labels: Sequence[str], thresholds: Mappi
     labels = list(labels)
     thr = {lab: float(thresholds[lab]) for lab in labels}
     scores = segments[labels].to_numpy(dtype=np.float64) if len(segments) else np.zeros((0, len(labels)))
-    positives = apply_thresholds(scores, labels, thr)
+    positives = apply_thresholds(scores, labels, thr, screened_rows(segments))
     det = detections_table(segments, positives, recordings, labels)
     reviews = reviews if reviews is not None else reviews_frame([])
     by_key = {(d, f, lab, start_ms(a)): (v, n) for d, f, lab, a, v, n in
@@ -285,6 +310,9 @@ def _why(r, det, segments, positives, labels: Sequence[str], thr: Mapping[str, f
          & (segments["start_s"] >= r.start_s - 1e-6) & (segments["start_s"] < r.end_s - 1e-6)).to_numpy()
     if not m.any():
         return "recording no longer in the results (pruned)"
+    screened = screened_rows(segments)
+    if screened is not None and screened[m].all():
+        return "only the screen scored it (monitor run --screen): the model never did; run without --screen"
     best = float(segments.loc[m, r.label].max())
     return f"below the threshold now (max score {best:.3f} < {thr[r.label]:g})"
 
@@ -329,7 +357,7 @@ def load_results(store, thresholds: Mapping[str, float], run: RunInfo) -> Result
               zip(recordings["deployment"], recordings["file"], recordings["start_time"])}
     deps, files, idx, s0, s1, scores = store.segments()
     segments = segments_frame(deps, files, idx, s0, s1, scores[:, cols] if len(scores) else scores[:, :0],
-                              labels, starts)
+                              labels, starts, store.segment_scorers())
     run = dataclasses.replace(run, warnings=warnings)
     res = build_results(recordings, segments, labels, {lab: thresholds[lab] for lab in labels}, run,
                         reviews_frame(store.reviews()), store.review_dates())

@@ -81,7 +81,7 @@ def test_a_schema_3_store_gains_the_embeddings_tables(tmp_path):
     db.commit()
     db.close()
     st = ResultsStore(path)
-    assert st.get_meta("schema_version") == 4 and st.count_embeddings() == 0
+    assert st.get_meta("schema_version") == 5 and st.count_embeddings() == 0
     assert st.files_without_embeddings("bb") == [("d", "x.wav")] and len(st.segments()[0]) == 2
     st.close()
 

@@ -40,3 +40,27 @@ def test_gpu_benchmark_monitor_run_on_the_cpu(card, tmp_path):
     bench = _load("gpu")
     info = bench.monitor_run(card, tmp_path / "out", DEMO, "cpu", "4", "0", "fp32", [])
     assert info["counts"]["segments"] == 3 and info["whole_s"] >= info["wall_s"] > 0
+
+
+def test_cascade_benchmark_monitor_run(card, tmp_path):
+    """The cascade benchmark's run helper and its positives on the production path (a screen of the demo model
+    whose thresholds escalate every segment: the cascade then equals the model alone)."""
+    import shutil
+
+    bench = _load("cascade")
+    from monitor.model.bundle import load_bundle
+
+    demo = load_bundle(DEMO)
+    scr = tmp_path / "screen"
+    shutil.copytree(DEMO, scr)
+    data = json.loads((scr / "bundle.json").read_text())
+    data["name"] = "demo-screen"
+    data["screen"] = {"teacher": {"name": demo.name, "version": demo.version, "sha256": demo.sha256},
+                      "thresholds": {k: 0.0 for k in demo.labels}, "target_recall": 0.99, "escalation": 1.0}
+    (scr / "bundle.json").write_text(json.dumps(data))
+    full = bench.monitor_run(card, tmp_path / "full", [str(DEMO)])
+    cas = bench.monitor_run(card, tmp_path / "cas", [str(DEMO)], screen=str(scr), precision="fp32")
+    assert full["segments"] == cas["segments"] == 3 and cas["whole_s"] >= cas["wall_s"] > 0
+    assert cas["screen"]["segments_escalated"] == 3
+    a = bench.agreement(tmp_path / "full", tmp_path / "cas")
+    assert a["added"] == 0 and a["kept"] == a["teacher_pos"] and a["escalation"] == 1.0

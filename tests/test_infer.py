@@ -130,3 +130,28 @@ def test_attention_is_fused_sdpa():
     m = AST(label_dim=2, fstride=16, tstride=16, input_tdim=1024, model_size="tiny224", depth=2)
     flags = [a.fused_attn for a in m.modules() if type(a).__name__ == "Attention"]
     assert flags == [True, True]
+
+
+def test_int8_export_fuses_attention_without_touching_the_model(one_torch_thread, tmp_path):
+    """The exported graph has one fused MultiHeadAttention per block, its fp32 logits equal the model's, and the
+    model's own (timm) modules are not changed by the export."""
+    import onnx
+    import torch
+
+    from monitor.int8 import OrtModel, export_int8
+    from monitor.model.ast import AST
+
+    torch.manual_seed(1)
+    model = AST(label_dim=3, fstride=16, tstride=16, input_fdim=128, input_tdim=1024, model_size="tiny224", depth=2)
+    forwards = [type(b.attn).forward for b in model.v.blocks]
+    fp32, int8 = export_int8(model, tmp_path)
+    ops = [n.op_type for n in onnx.load(str(fp32)).graph.node]
+    assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops
+    assert all("forward" not in vars(b.attn) for b in model.v.blocks)
+    assert [type(b.attn).forward for b in model.v.blocks] == forwards
+    x = torch.from_numpy(_feats(3, 1))
+    with torch.no_grad():
+        ref = model.eval()(x)
+    assert float((OrtModel(fp32, 1)(x) - ref).abs().max()) < 1e-5
+    q = OrtModel(int8, 1)(x)
+    assert 0 < float((q - ref).abs().max()) < 0.1  # really quantised, still close

@@ -181,7 +181,7 @@ def test_schema_1_store_is_upgraded_with_deployments(tmp_path):
     db.commit()
     db.close()
     st = ResultsStore(tmp_path / "monitor.sqlite")
-    assert st.get_meta("schema_version") == 4
+    assert st.get_meta("schema_version") == 5  # 4: embeddings; 5: segments.scored_by ('' = the run's model)
     got = {(f["deployment"], f["file"]): f for f in st.files()}
     assert set(got) == {("24E1", "AM/a.wav"), ("SDCARD", "b.wav")}
     assert got[("24E1", "AM/a.wav")]["input_dir"] == "/media/SDCARD"
@@ -192,3 +192,18 @@ def test_schema_1_store_is_upgraded_with_deployments(tmp_path):
     assert list(zip(deps, files)) == [("24E1", "AM/a.wav"), ("SDCARD", "b.wav")]
     np.testing.assert_array_equal(sc[0], np.float32([0.1, 0.2]))
     assert st.is_done(FileKey("24E1", "AM/a.wav", 10, 20, "h"))
+    assert st.segment_scorers() == ["", ""]
+
+
+def test_scored_by_survives_prune_and_restore(tmp_path):
+    """Which model scored each segment (``monitor run --screen``) is kept through the prune archive and back."""
+    st = ResultsStore(tmp_path / "monitor.sqlite")
+    key = FileKey("dep", "a.wav", 10, 20, "h")
+    segs = [(i, 10.0 * i, 10.0 * i + 10, np.float32([0.1 * i, 0.2])) for i in range(3)]
+    st.put_file(key, "ok", "", {}, segs, scored_by=["", "student", ""])
+    assert st.segment_scorers() == ["", "student", ""]
+    with pytest.raises(ValueError):
+        st.put_file(key, "ok", "", {}, segs, scored_by=["", "student"])
+    assert st.archive([("dep", "a.wav")], "test") == 1 and st.segment_scorers() == []
+    assert st.restore_pruned() == [("dep", "a.wav")]
+    assert st.segment_scorers() == ["", "student", ""]

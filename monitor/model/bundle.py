@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ from monitor.model.checkpoints import PRETRAINED, checkpoint_path
 from monitor.model.geometry import Geometry, expected_shapes
 from monitor.model.head import backbone_sha256
 from monitor.model.labels import summarise
+from monitor.model.safetensors_header import read_safetensors_header  # noqa: F401  (re-exported)
+from monitor.model.screen import parse_screen
 from monitor.resources import models_dir, monitor_cache
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ DEFAULT_MODEL = "demo-frog-bird"
 WEIGHTS = "model.safetensors"
 TASKS = ("multilabel", "multiclass")
 TOP_KEYS = ("format_version", "name", "version", "labels", "task", "architecture", "preprocessing", "thresholds",
-            "weights", "provenance", "ensemble")
+            "weights", "provenance", "ensemble", "screen")
 ENSEMBLE_KEYS = ("members", "thresholds", "thresholds_note", "combine")
 DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
@@ -67,6 +68,7 @@ class Bundle:
     backbone_sha256: str = ""  # of the non-head tensors and the front end (``model.head``); see ``backbone``
     ensemble: dict[str, Any] | None = None  # an ensemble bundle's section as written (members by path and sha256)
     members: list["Bundle"] = field(default_factory=list)  # an ensemble's member bundles, loaded and verified
+    screen: dict[str, Any] | None = None  # a distilled student's screen section (``monitor distill``), as written
 
     @property
     def is_ensemble(self) -> bool:
@@ -91,6 +93,7 @@ class Bundle:
                             **({"sha256": self.weights_sha256} if self.weights_sha256 else {}),
                             **({"backbone_sha256": self.backbone_sha256} if self.backbone_sha256 else {})}
         d["provenance"] = self.provenance
+        d.update({"screen": self.screen} if self.screen is not None else {})
         return d
 
     def build_model(self, device: str = "cpu"):
@@ -210,6 +213,7 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
     for k, v in thr.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
             raise BundleError(f"bundle.json: threshold for {k!r} must be a number in 0..1, got {v!r}")
+    screen = parse_screen(data["screen"], labels, ensemble="ensemble" in data) if "screen" in data else None
     if ens is not None:
         if "weights" in data:
             raise BundleError("bundle.json: an ensemble bundle has no weights of its own; drop 'weights' (its members "
@@ -237,7 +241,8 @@ def parse_bundle(data: Mapping[str, Any], folder: Path | None = None) -> Bundle:
     if not isinstance(prov, dict):
         raise BundleError("bundle.json: 'provenance' must be an object")
     return Bundle(name, version, list(labels), task, arch, pre, {k: float(v) for k, v in thr.items()}, prov,
-                  folder, weights_file=wfile, weights_dtype=dtype, backbone_sha256=weights.get("backbone_sha256", ""))
+                  folder, weights_file=wfile, weights_dtype=dtype, backbone_sha256=weights.get("backbone_sha256", ""),
+                  screen=screen)
 
 
 def _parse_ensemble(ens: Any) -> dict[str, Any]:
@@ -331,25 +336,6 @@ def resolve(name_or_path: str | Path) -> Path:
                       "see `monitor models list`")
 
 
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file (tensor names -> dtype, shape, offsets), checked against its size."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            n = struct.unpack("<Q", fh.read(8))[0]
-            if n > min(100_000_000, size - 8):
-                raise ValueError("bad header length")
-            header = json.loads(fh.read(n))
-        header.pop("__metadata__", None)
-        end = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    except Exception:
-        raise BundleError(f"{path} is not a safetensors file; bundles hold weights only as safetensors") from None
-    if 8 + n + end != size:
-        raise BundleError(f"{path} is truncated or damaged ({size} bytes, the header needs {8 + n + end}); "
-                          "copy the bundle again")
-    return header
-
-
 def check_weights(b: Bundle, weights: Path) -> None:
     """Every tensor name, shape and dtype of ``weights`` must be what ``b.architecture`` declares."""
     header = read_safetensors_header(weights)
@@ -419,7 +405,7 @@ def _load(folder: Path, member: bool = False) -> Bundle:
 
 def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: list[str], task: str,
                 preprocessing: Preprocess, thresholds: Mapping[str, float], provenance: Mapping[str, Any] | None = None,
-                fp16: bool = False) -> Bundle:
+                fp16: bool = False, screen: Mapping[str, Any] | None = None) -> Bundle:
     """Write ``bundle.json`` + ``model.safetensors`` (in a temp folder, then renamed); returns the loaded bundle.
 
     The architecture is ``model.geometry``. An existing bundle at ``out_dir`` is replaced (other
@@ -436,7 +422,7 @@ def save_bundle(out_dir: str | Path, model, *, name: str, version: str, labels: 
         raise BundleError("save_bundle needs a monitor AST (model.geometry holds its shape)")
     b = Bundle(name, version, list(labels), task, arch, preprocessing,
                {k: float(thresholds[k]) for k in labels if k in thresholds}, dict(provenance or {}),
-               weights_dtype="float16" if fp16 else "float32")
+               weights_dtype="float16" if fp16 else "float32", screen=None if screen is None else dict(screen))
     parse_bundle(json.loads(json.dumps(b.to_json())))  # the same checks as on load, before writing anything
     dtype = torch.float16 if fp16 else torch.float32
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}

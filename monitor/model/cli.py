@@ -17,6 +17,7 @@ from monitor.model.bundle import list_models, load_bundle, resolve, save_bundle
 from monitor.model.checkpoints import (PRETRAINED, checkpoint_path, from_hf_checkpoint, from_official_checkpoint,
                                        load_state_dict_file)
 from monitor.model.labels import read_labels, summarise  # read_labels re-exported: ``monitor.model.cli.read_labels``
+from monitor.model.screen import describe_screen
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ def _info(name: str, all_labels: bool = False) -> int:
                   f"{p.fbank.target_frames} frames, wave mean {'removed' if p.fbank.remove_wave_mean else 'kept'}"),
         ("normalise", f"mean {p.fbank.norm_mean:g}, std {p.fbank.norm_std:g}"),
     ]
+    if b.screen is not None:
+        lines += [("screen", line) for line in describe_screen(b.screen)]
     lines += [(k, v) for k, v in b.provenance.items() if isinstance(v, (str, int, float))]
     width = max(len(k) for k, _ in lines)
     for k, v in lines:

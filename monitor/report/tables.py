@@ -10,9 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from monitor.fileio import atomic_path
 from monitor.report.safe import safe_text, unquote
 from monitor.results import DETECTIONS, RECORDING_EXTRAS, RECORDINGS, SEGMENTS  # noqa: F401  (the one column list)
+from monitor.results import SCORED_BY, screened_rows
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +61,15 @@ def write_tables(out_dir: Path, results: Any) -> dict[str, Path]:
     reviewers' ``verified`` and ``notes``)."""
     labels = list(results.labels)
     seg_cols = SEGMENTS + labels
+    segments = results.segments
+    screened = screened_rows(segments)
+    if screened is not None and screened.any():  # a screen scored some rows: say which model scored each
+        segments = segments.assign(**{SCORED_BY: np.where(screened, segments[SCORED_BY].astype(str),
+                                                          results.run.model.name or "model")})
+        seg_cols = seg_cols + [SCORED_BY]
     return {
         "recordings.csv": write_csv(results.recordings, out_dir / "recordings.csv", RECORDINGS),
-        "segments.csv": write_csv(results.segments[seg_cols], out_dir / "segments.csv", seg_cols,
+        "segments.csv": write_csv(segments[seg_cols], out_dir / "segments.csv", seg_cols,
                                   score_columns=labels),
         "detections.csv": write_csv(results.detections, out_dir / "detections.csv", DETECTIONS),
     }

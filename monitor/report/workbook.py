@@ -25,7 +25,7 @@ from monitor.fileio import atomic_path
 from monitor.report.safe import link_formula
 from monitor.report.sheet import (DATE, DATETIME, DURATION, SCORE, TEMPERATURE, Col, is_missing, start_sheet,
                                   write_table)
-from monitor.results import MANY_LABELS, VERIFIED_CHOICES
+from monitor.results import MANY_LABELS, VERIFIED_CHOICES, screened_rows
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,8 @@ def summary_rows(results: Any, files: Files) -> list[list[Any]]:
     n_pos: dict[str, dict[tuple[str, str], int]] = {}
     if len(segments):
         keyed = segments.assign(_k=list(zip(segments["deployment"], segments["file"])))
-        by = keyed.groupby("_k", sort=False)
+        screened = screened_rows(segments)  # best scores are the model's: rows only a screen scored are left out
+        by = (keyed if screened is None else keyed[~screened]).groupby("_k", sort=False)
         for j, lab in enumerate(labels):
             if positives_only and not results.positives[:, j].any():
                 continue

@@ -4,13 +4,13 @@ moves between deployments."""
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from monitor.store.base import FileKey, now_iso
 from monitor.store.embeddings import EmbeddingsMixin
-from monitor.store.schema import FILE_COLUMNS
+from monitor.store.schema import FILE_COLUMNS, SEGMENT_COLUMNS
 
 
 class FilesMixin(EmbeddingsMixin):
@@ -78,12 +78,16 @@ class FilesMixin(EmbeddingsMixin):
     def put_file(self, key: FileKey, status: str, reason: str, metadata: dict[str, Any],
                  segments: Iterable[tuple[int, float, float, np.ndarray]] = (), nonfinite: int = 0,
                  input_dir: str = "", card: int | None = None, embeddings: np.ndarray | None = None,
-                 backbone: str = "", bundle: str = "") -> None:
+                 backbone: str = "", bundle: str = "", scored_by: Sequence[str] = ()) -> None:
         """Replace everything about one file in a single transaction (``embeddings``: its segments' float16
-        embeddings in segment order, of ``backbone``, made by ``bundle``)."""
+        embeddings in segment order, of ``backbone``, made by ``bundle``; ``scored_by``: per segment, '' (the
+        run's model) or the name of the screen that alone scored it; empty: every segment by the run's model)."""
         dep = key.deployment
         seg_rows = [(dep, key.file, int(i), float(a), float(b), np.asarray(s, dtype=np.float32).tobytes())
                     for i, a, b, s in segments]
+        by = list(scored_by) or [""] * len(seg_rows)
+        if len(by) != len(seg_rows):
+            raise ValueError(f"scored_by has {len(by)} entries for {len(seg_rows)} segments")
         with self.transaction():
             self.db.execute("DELETE FROM segments WHERE deployment=? AND file=?", (dep, key.file))
             self.db.execute(
@@ -92,7 +96,8 @@ class FilesMixin(EmbeddingsMixin):
                  json.dumps(metadata, default=str), len(seg_rows), int(nonfinite), now_iso(), input_dir,
                  key.fingerprint, card),
             )
-            self.db.executemany("INSERT INTO segments VALUES (?,?,?,?,?,?)", seg_rows)
+            self.db.executemany(f"INSERT INTO segments({SEGMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                                [(*r, str(b)) for r, b in zip(seg_rows, by)])
             self._put_embeddings(dep, key.file, np.array([r[2] for r in seg_rows], np.int64), embeddings, backbone,
                                  bundle)
 
@@ -124,7 +129,7 @@ class FilesMixin(EmbeddingsMixin):
             for d, f in files:
                 self.db.execute(f"INSERT INTO pruned_files({FILE_COLUMNS}, pruned_at, why) SELECT {FILE_COLUMNS}, ?, ? "
                                 "FROM files WHERE deployment=? AND file=?", (stamp, why, d, f))
-                self.db.execute("INSERT INTO pruned_segments SELECT deployment, file, segment, start_s, end_s, scores, "
+                self.db.execute(f"INSERT INTO pruned_segments({SEGMENT_COLUMNS}, pruned_at) SELECT {SEGMENT_COLUMNS}, "
                                 "? FROM segments WHERE deployment=? AND file=?", (stamp, d, f))
                 self.db.execute("DELETE FROM segments WHERE deployment=? AND file=?", (d, f))
                 self.db.execute("DELETE FROM files WHERE deployment=? AND file=?", (d, f))
@@ -151,7 +156,7 @@ class FilesMixin(EmbeddingsMixin):
                                 "WHERE deployment=? AND file=? AND pruned_at=?", (d, f, at))
                 self.db.execute("UPDATE files SET missing_since=COALESCE(missing_since, ?) WHERE deployment=? AND "
                                 "file=?", (at, d, f))
-                self.db.execute("INSERT INTO segments SELECT deployment, file, segment, start_s, end_s, scores FROM "
+                self.db.execute(f"INSERT INTO segments({SEGMENT_COLUMNS}) SELECT {SEGMENT_COLUMNS} FROM "
                                 "pruned_segments WHERE deployment=? AND file=? AND pruned_at=?", (d, f, at))
                 self.db.execute("DELETE FROM pruned_segments WHERE deployment=? AND file=? AND pruned_at=?", (d, f, at))
                 self._restore_embeddings(d, f, at)
@@ -215,3 +220,7 @@ class FilesMixin(EmbeddingsMixin):
             sc.append(np.frombuffer(blob, dtype=np.float32))
         scores = np.vstack(sc) if sc else np.zeros((0, len(labels)), np.float32)
         return deps, files, np.asarray(idx, np.int64), np.asarray(s0, float), np.asarray(s1, float), scores
+
+    def segment_scorers(self) -> list[str]:
+        """Per segment, in ``segments()``'s order: '' (the run's model scored it) or the screen that alone did."""
+        return [b for (b,) in self.db.execute("SELECT scored_by FROM segments ORDER BY deployment, file, segment")]

@@ -1,7 +1,9 @@
 """The store's tables and the upgrades from older schemas (nothing is ever dropped on the way).
 
-Schema 4 (this one) adds segment embeddings (``store.embeddings``: ``embeddings``, ``pruned_embeddings``);
-nothing else changes, so a schema 3 store only gains the empty tables. Schema 3 added cards: every file belongs to the card (SD card) it was read from, so the next
+Schema 5 (this one) adds ``segments.scored_by``: '' where the run's model scored a segment, else the name of
+the screen (a distilled student, ``monitor run --screen``) that alone scored it; such rows are never
+detections. Schema 4 added segment embeddings (``store.embeddings``: ``embeddings``, ``pruned_embeddings``).
+Schema 3 added cards: every file belongs to the card (SD card) it was read from, so the next
 card of a recorder adds to its deployment and only a re-scanned card can have missing files; an archive
 of what ``--prune`` removed; what each workbook was last known to hold (so an older workbook never undoes
 a newer verdict); the card-folder cells a reviewer edited; and files moved between deployments.
@@ -20,10 +22,12 @@ from monitor.store.embeddings import TABLES as EMBEDDING_TABLES
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 FILE_COLUMNS = ("deployment, file, size, mtime_ns, model_hash, status, reason, metadata, n_segments, nonfinite, "
                 "done_at, input_dir, missing_since, fingerprint, card")
+
+SEGMENT_COLUMNS = "deployment, file, segment, start_s, end_s, scores, scored_by"
 
 _FILE_FIELDS = """  -- a file's row, in files and in the prune archive
     deployment TEXT NOT NULL, file TEXT NOT NULL,
@@ -48,6 +52,7 @@ CREATE TABLE IF NOT EXISTS segments (
     deployment TEXT NOT NULL, file TEXT NOT NULL, segment INTEGER NOT NULL,
     start_s REAL NOT NULL, end_s REAL NOT NULL,
     scores BLOB NOT NULL,
+    scored_by TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (deployment, file, segment)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reviews (
@@ -79,7 +84,8 @@ CREATE TABLE IF NOT EXISTS pruned_files (
 );
 CREATE TABLE IF NOT EXISTS pruned_segments (
     deployment TEXT NOT NULL, file TEXT NOT NULL, segment INTEGER NOT NULL,
-    start_s REAL NOT NULL, end_s REAL NOT NULL, scores BLOB NOT NULL, pruned_at TEXT NOT NULL
+    start_s REAL NOT NULL, end_s REAL NOT NULL, scores BLOB NOT NULL, pruned_at TEXT NOT NULL,
+    scored_by TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS workbook_reviews (
     workbook TEXT NOT NULL, deployment TEXT NOT NULL, file TEXT NOT NULL, label TEXT NOT NULL,
@@ -113,7 +119,7 @@ def create(db: sqlite3.Connection) -> None:
 
 
 def upgrade(db: sqlite3.Connection, path: Path) -> None:
-    """Bring an older store to schema 4 in one transaction (called with the tables as they are; ``create`` then
+    """Bring an older store to schema 5 in one transaction (called with the tables as they are; ``create`` then
     adds the tables that are new since: schema 4's embeddings)."""
     cols = columns(db, "files")
     if not cols:
@@ -126,7 +132,13 @@ def upgrade(db: sqlite3.Connection, path: Path) -> None:
         log.info("upgrading the results store %s to schema 3 (cards)", path)
         _v2_to_v3(db)
     if not columns(db, "embeddings"):
-        log.info("upgrading the results store %s to schema %d (embeddings)", path, SCHEMA_VERSION)
+        log.info("upgrading the results store %s to schema 4 (embeddings)", path)
+    for table in ("segments", "pruned_segments"):
+        if columns(db, table) and "scored_by" not in columns(db, table):
+            if table == "segments":
+                log.info("upgrading the results store %s to schema %d (which model scored each segment)", path,
+                         SCHEMA_VERSION)
+            db.execute(f"ALTER TABLE {table} ADD COLUMN scored_by TEXT NOT NULL DEFAULT ''")
     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
 
 
