@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
 from sparse_card import make_card  # noqa: E402
 
 LABELS = ["bird", "frog"]
@@ -57,16 +58,6 @@ eval: {{metric: mAP, patience: 6}}
 calibrate: {{method: f1}}
 export: {{name: field-frog-bird, version: 1.0.0}}
 """
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def cli(*args: str) -> None:

@@ -37,6 +37,9 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMB
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
+
 BATCH = 16
 
 
@@ -280,7 +283,7 @@ def main() -> None:
     short, long_, hi = (600, 2400, 120) if args.quick else (3600, 14400, 1200)
     band_arg = f"{args.band[0]},{args.band[1]}"
     label = lambda s: f"{s / 3600:g} h" if s >= 3600 else f"{s / 60:g} min"  # noqa: E731
-    print(f"CPU: {_cpu_name()} ({os.cpu_count()} cores; one thread used); {platform.python_version()}")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} cores; one thread used); {platform.python_version()}")
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="monitor-frontend-bench-") as tmp:
         tmp_path = Path(tmp)
         t0 = time.perf_counter()
@@ -318,18 +321,6 @@ def main() -> None:
     print(f"with the band: {rb['audio_s'] / rb['wall_s']:.0f}x realtime, {naive_band['wall_s'] / rb['wall_s']:.2f}x naive")
     print(f"frontend: {r1['audio_s'] / r1['wall_s']:.0f}x realtime, {naive['wall_s'] / r1['wall_s']:.2f}x naive, "
           f"peak {r1['peak_mb']:.0f} MB ({label(short)}) / {r4['peak_mb']:.0f} MB ({label(long_)})")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

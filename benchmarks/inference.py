@@ -24,20 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MONITOR_SHARED", REPO.parent / "shared"))
 SIZES = {"tiny224": (192, 3), "small224": (384, 6), "base224": (768, 12), "base384": (768, 12)}
-
-
-def cpu_name() -> str:
-    """``lscpu``'s model name (from /proc/cpuinfo)."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def gather_audio(dst: Path, minutes: float) -> float:
