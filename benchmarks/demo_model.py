@@ -16,7 +16,6 @@ Prints a table; the last line reads ``demo: <model> mAP <a>, AUC <b>; linear bas
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
