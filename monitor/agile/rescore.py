@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from monitor.backbone import check_backbone
 from monitor.decode import one_torch_thread
 from monitor.detect import label_filter
 from monitor.errors import MonitorError
@@ -42,15 +43,7 @@ def rescore(out_dir: Path | str, bundle_ref: str | Path, thresholds: Mapping[str
     b = load_bundle(bundle_ref)
     with open_out(out_dir) as store:
         found = harvest_reviews(store, out_dir)  # verdicts typed into any workbook, before anything changes
-        have = store.embedding_backbones()
-        if not have:
-            raise MonitorError(f"no segment embeddings in {out_dir} to rescore; run the cards with "
-                               f"`monitor run CARD --out {out_dir} --embeddings` first")
-        bb = b.backbone()
-        if bb not in have:
-            raise MonitorError(f"--rescore {b.name}: its backbone ({bb[:12]}) is not the one that made the stored "
-                               f"embeddings ({', '.join(x[:12] for x in have)}); a head applies only to embeddings of "
-                               "its own backbone")
+        bb = check_backbone(store, b, "a head applies only to embeddings of its own backbone")
         missing = store.files_without_embeddings(bb)
         if missing:
             raise MonitorError(f"--rescore: {plural(len(missing), 'analysed file')} in {out_dir} have no stored "

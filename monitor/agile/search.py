@@ -21,6 +21,7 @@ import numpy as np
 from monitor.agile.examples import example_embeddings, parse_example
 from monitor.agile.index import SegmentIndex
 from monitor.agile.sheets import reviewed_mask, sheet_name, write_list
+from monitor.backbone import check_backbone, run_bundle
 from monitor.detect import match_label
 from monitor.errors import MonitorError
 from monitor.logs import plural
@@ -43,29 +44,6 @@ class Listed:
     seconds: float
 
 
-def _bundle(store, model: str | None):
-    """The bundle that made the folder's embeddings (``--model``: another bundle with the same backbone)."""
-    from monitor.model.bundle import load_bundle
-
-    info = RunInfo.from_json(store.get_meta("run_info"))
-    ref = model or next((m.path for m in info.models if m.path), "") or info.model.path
-    if not ref:
-        raise MonitorError("the results store does not say which model made it; give --model")
-    return load_bundle(ref)
-
-
-def _backbone(store, bundle) -> str:
-    have = store.embedding_backbones()
-    if not have:
-        raise MonitorError(f"no segment embeddings in {store.path.parent}; run `monitor run CARD --out "
-                           f"{store.path.parent} --embeddings` first")
-    bb = bundle.backbone()
-    if bb not in have:
-        raise MonitorError(f"{bundle.name}'s backbone ({bb[:12]}) did not make the stored embeddings "
-                           f"({', '.join(b[:12] for b in have)}); search with the model of the run (--model)")
-    return bb
-
-
 def _label(store, label: str | None) -> str | None:
     """A label as the folder spells it when it has one of that name (any case), else as given (a new species)."""
     if label is None:
@@ -86,8 +64,8 @@ def search(out_dir: Path | str, examples: Sequence[str], top: int = 100, label: 
     parsed = [parse_example(e) for e in examples]
     with open_out(out_dir) as store:
         harvest_reviews(store, out_dir)
-        bundle = _bundle(store, model)
-        bb = _backbone(store, bundle)
+        bundle = run_bundle(store, model, "--model")
+        bb = check_backbone(store, bundle, "search with the model of the run (--model)")
         info = RunInfo.from_json(store.get_meta("run_info"))
         q = example_embeddings(bundle, parsed, info.batch_size if isinstance(info.batch_size, int) and
                                info.batch_size > 0 else 16)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from monitor.backbone import check_backbone, run_bundle
 from monitor.errors import MonitorError
 from monitor.train.reviews import verdict
 from monitor.train.table import group_of, make_table
@@ -42,21 +43,8 @@ class Embedded:
 
 def source_bundle(store, checkpoint: str | None):
     """The bundle whose backbone made the stored embeddings (``model.checkpoint``: another with that backbone)."""
-    from monitor.model.bundle import load_bundle
-    from monitor.results import RunInfo
-
-    info = RunInfo.from_json(store.get_meta("run_info"))
-    ref = checkpoint or next((m.path for m in info.models if m.path), "") or info.model.path
-    if not ref:
-        raise MonitorError(f"{store.path.parent} does not say which model made it; set model.checkpoint")
-    b = load_bundle(ref)
-    have = store.embedding_backbones()
-    if not have:
-        raise MonitorError(f"data.out {store.path.parent} holds no segment embeddings; run the cards with "
-                           "`monitor run CARD --out OUT --embeddings` first")
-    if b.backbone() not in have:
-        raise MonitorError(f"model.checkpoint {b.name}'s backbone ({b.backbone()[:12]}) did not make the embeddings "
-                           f"in {store.path.parent} ({', '.join(x[:12] for x in have)})")
+    b = run_bundle(store, checkpoint, "model.checkpoint")
+    check_backbone(store, b, "set model.checkpoint to the model of the run")
     return b
 
 
