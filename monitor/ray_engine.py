@@ -382,7 +382,9 @@ class RayEngine:
 
         watch = Watch(self.ray, self.stall_warn_s, self.stall_stop_s, lambda: (len(left()), len(groups)))
         lost = ray_fault_errors(self.ray)
-        said = {"at": -FAULT_QUIET_S}  # when lost work was last said on the console (a node's death: 1-2 faults)
+        # when lost work was last said on the console (a node's death: 1-2 faults); streams lost since, whose
+        # actor may come back restarted (one death, one line)
+        said = {"at": -FAULT_QUIET_S, "streamed": 0}
 
         def fault(text: str) -> None:
             if time.monotonic() - said["at"] >= FAULT_QUIET_S:
@@ -397,7 +399,10 @@ class RayEngine:
             before = len(seen)
             try:
                 for res, restarted in stream.results(watch):
-                    if restarted:
+                    if restarted and said["streamed"]:
+                        said["streamed"] -= 1  # the actor whose loss broke a stream: said already
+                        log.info("a scoring actor Ray restarted after the loss said above")
+                    elif restarted:
                         fault("a scoring actor died and Ray restarted it; its batches are scored again")
                     if res.batch in seen:
                         continue  # re-delivered (a retried task): already counted
@@ -412,6 +417,7 @@ class RayEngine:
                 if failed > RETRIES:
                     raise MonitorError(f"the Ray cluster kept losing work ({type(exc).__name__}); run the same "
                                        "command again to resume from what is done") from exc
+                said["streamed"] += 1
                 fault(f"Ray lost a scoring actor or decoded work ({type(exc).__name__}); streaming the "
                       f"{len(left())} unfinished of {len(groups)} unit(s) again")
                 log.info("Ray fault: %s", fault_line(exc), exc_info=True)
