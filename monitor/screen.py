@@ -4,7 +4,8 @@ A *teacher positive* is a segment whose teacher score reaches the teacher's thre
 label's screen threshold is the highest student score cut that still keeps at least ``target`` (0.99) of the
 held-out teacher positives of that label: with ``n`` positives, at most ``floor((1 - target) * n)`` may fall
 below it (none below 100 positives), so the cut is the lowest kept positive's student score, less a small
-margin. A segment escalates to the teacher when any label reaches its cut.
+margin, and never above the teacher's own threshold less that margin (``caps``). A segment escalates to the
+teacher when any label reaches its cut.
 
 The recall reported is not the one the thresholds were fitted on: the held-out recordings are split in two
 halves by recording, thresholds chosen on one half are measured on the other and the other way round, and
@@ -42,13 +43,23 @@ def escalated(student: np.ndarray, cuts: Sequence[float]) -> np.ndarray:
     return (np.asarray(student, dtype=np.float64) >= np.asarray(cuts, dtype=np.float64)[None, :]).any(axis=1)
 
 
-def fit_cuts(student: np.ndarray, positives: np.ndarray, target: float, fallback: Sequence[float]) -> list[float]:
-    """Per label the cut from these rows, or ``fallback[j]`` for a label without positives here."""
+def fit_cuts(student: np.ndarray, positives: np.ndarray, target: float, fallback: Sequence[float],
+             cap: Sequence[float] | None = None) -> list[float]:
+    """Per label the cut from these rows, or ``fallback[j]`` for a label without positives here; never above
+    ``cap[j]`` (``caps``: the teacher's own threshold less the margin)."""
     out = []
     for j in range(positives.shape[1]):
         c = label_cut(student[:, j], positives[:, j], target)
-        out.append(float(fallback[j]) if c is None else c)
+        c = float(fallback[j]) if c is None else c
+        out.append(c if cap is None else float(max(FLOOR, min(c, cap[j]))))
     return out
+
+
+def caps(teacher_thresholds: Sequence[float]) -> list[float]:
+    """The highest cut per label: ``MARGIN`` times the teacher's threshold. The student learns the teacher's
+    probabilities, so a cut above the teacher's own threshold would drop the teacher's weakest positives on new
+    audio while keeping the target on the held-out recordings (measured: ``benchmarks/cascade.py``)."""
+    return [float(t) * MARGIN for t in teacher_thresholds]
 
 
 def halves(groups: Sequence[str], seed: int = 0) -> np.ndarray:
@@ -61,7 +72,7 @@ def halves(groups: Sequence[str], seed: int = 0) -> np.ndarray:
 
 
 def cross_check(student: np.ndarray, positives: np.ndarray, groups: Sequence[str], target: float,
-                fallback: Sequence[float], seed: int = 0) -> dict[str, Any]:
+                fallback: Sequence[float], seed: int = 0, cap: Sequence[float] | None = None) -> dict[str, Any]:
     """Recall and escalation with cuts chosen on the other half of the recordings, pooled over both halves.
 
     Returns ``recall`` (label -> fraction of its teacher positives escalated, None without positives),
@@ -75,7 +86,7 @@ def cross_check(student: np.ndarray, positives: np.ndarray, groups: Sequence[str
         fit, test = h != part, h == part
         if not test.any():
             continue
-        cuts = fit_cuts(student[fit], positives[fit], target, fallback)
+        cuts = fit_cuts(student[fit], positives[fit], target, fallback, cap)
         esc = escalated(student[test], cuts)
         p = positives[test]
         kept += (p & esc[:, None]).sum(0)
@@ -114,8 +125,9 @@ def screen_section(student: np.ndarray, teacher: np.ndarray, labels: Sequence[st
                             "segment the student gives it a score (safe, but slow): distil on audio that holds it")
             c = FLOOR
         fallback.append(c if c is not None else FLOOR)
-    cuts = fit_cuts(student, pos, target, fallback)
-    check = cross_check(student, pos, groups, target, fallback)
+    cap = caps(teacher_thresholds)
+    cuts = fit_cuts(student, pos, target, fallback, cap)
+    check = cross_check(student, pos, groups, target, fallback, cap=cap)
     in_sample = escalated(student, cuts)
     section = {
         "teacher": dict(teacher_ref),
